@@ -1,0 +1,104 @@
+//! Ownership rules of the safe layer: RX bursts free what was not taken, mbufs free on drop,
+//! the EAL starts once per process (issue 2).
+
+use colo_suite::{loopback_ring_port, test_eal, test_eal_args, unique, varied_frames};
+use dpdk::{Eal, Error, Mbuf, Mempool, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
+
+#[test]
+fn a_half_consumed_rx_burst_returns_every_mbuf_to_the_pool() {
+    let eal = test_eal();
+    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 127, 0, 2176).unwrap();
+    let id = loopback_ring_port(eal, "net_ring_loop", 256);
+    let port = Port::configure(eal, id, &PortConfig::default(), &pool).unwrap();
+    let (mut rxq, mut txq) = (port.rx_queue(0).unwrap(), port.tx_queue(0).unwrap());
+
+    let frames = varied_frames(BURST_SIZE, 7);
+    let mut batch = TxBatch::new();
+    for f in &frames {
+        batch.push(Mbuf::from_slice(&pool, f).unwrap()).unwrap();
+    }
+    assert_eq!(pool.in_use(), BURST_SIZE as u32);
+    assert_eq!(txq.tx_burst(&mut batch), BURST_SIZE);
+
+    let mut burst = RxBurst::new();
+    assert_eq!(rxq.rx_burst(&mut burst), BURST_SIZE);
+    let taken: Vec<Mbuf> = burst.by_ref().take(BURST_SIZE / 2).collect();
+    assert_eq!(taken[0].data(), &frames[0][..]);
+    assert_eq!(burst.remaining(), BURST_SIZE / 2);
+    drop(burst);
+    assert_eq!(pool.in_use(), (BURST_SIZE / 2) as u32, "untaken mbufs freed with the burst");
+    drop(taken);
+    assert_eq!(pool.in_use(), 0, "taken mbufs freed on drop");
+}
+
+#[test]
+fn refilling_a_burst_frees_the_previous_leftovers() {
+    let eal = test_eal();
+    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 127, 0, 2176).unwrap();
+    let id = loopback_ring_port(eal, "net_ring_refill", 256);
+    let port = Port::configure(eal, id, &PortConfig::default(), &pool).unwrap();
+    let (mut rxq, mut txq) = (port.rx_queue(0).unwrap(), port.tx_queue(0).unwrap());
+    let mut batch = TxBatch::new();
+    for f in varied_frames(8, 3) {
+        batch.push(Mbuf::from_slice(&pool, &f).unwrap()).unwrap();
+    }
+    txq.tx_burst(&mut batch);
+    let mut burst = RxBurst::new();
+    assert_eq!(rxq.rx_burst(&mut burst), 8);
+    let one = burst.next();
+    assert_eq!(rxq.rx_burst(&mut burst), 0);
+    assert_eq!(pool.in_use(), 1, "only the taken mbuf is still out");
+    drop(one);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn a_full_tx_batch_gives_the_mbuf_back_and_unsent_stay_in_order() {
+    let eal = test_eal();
+    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 127, 0, 2176).unwrap();
+    // A ring of 16 slots accepts at most 15 frames: the rest must stay in the batch.
+    let id = loopback_ring_port(eal, "net_ring_small", 16);
+    let port = Port::configure(eal, id, &PortConfig::default(), &pool).unwrap();
+    let mut txq = port.tx_queue(0).unwrap();
+    let frames = varied_frames(BURST_SIZE + 1, 11);
+    let mut batch = TxBatch::new();
+    for f in &frames[..BURST_SIZE] {
+        batch.push(Mbuf::from_slice(&pool, f).unwrap()).unwrap();
+    }
+    let extra = Mbuf::from_slice(&pool, &frames[BURST_SIZE]).unwrap();
+    let back = batch.push(extra).expect_err("batch full");
+    assert_eq!(back.data(), &frames[BURST_SIZE][..]);
+    drop(back);
+    let sent = txq.tx_burst(&mut batch);
+    assert!(sent < BURST_SIZE, "the small ring cannot take all");
+    assert_eq!(batch.len(), BURST_SIZE - sent);
+    let first_unsent = batch.pop_front().unwrap();
+    assert_eq!(first_unsent.data(), &frames[sent][..], "unsent keep their order");
+}
+
+#[test]
+fn mbuf_from_slice_round_trips_and_refuses_oversize() {
+    let eal = test_eal();
+    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 63, 0, 2176).unwrap();
+    let m = Mbuf::from_slice(&pool, b"hello, dpdk").unwrap();
+    assert_eq!(m.data(), b"hello, dpdk");
+    assert!(m.is_contiguous());
+    assert_eq!(m.refcnt(), 1);
+    assert!(Mbuf::from_slice(&pool, &[0u8; 4000]).is_err());
+    drop(m);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn second_eal_init_is_an_error_not_undefined_behaviour() {
+    let _eal = test_eal();
+    let err = Eal::init(test_eal_args("colo-second")).expect_err("refused");
+    assert_eq!(err, Error::AlreadyInitialized);
+}
+
+#[test]
+fn an_unknown_port_name_is_a_clear_error() {
+    let eal = test_eal();
+    let err = Port::lookup(eal, "net_nonexistent9").expect_err("unknown");
+    assert!(err.to_string().contains("unknown port"), "{err}");
+}
