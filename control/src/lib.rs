@@ -1,5 +1,12 @@
-//! COLO control plane (SPEC §7): the frame-socket protocol, checkpoint aggregation across shards
-//! and the admin socket. No DPDK and no packet handling here.
+//! COLO control plane (SPEC §7): the frame-socket protocol, checkpoint coordination across
+//! shards, and the frame server. No DPDK and no packet handling here.
 //!
-//! Still to come (issue 6).
+//! * [`codec`] — the `notify_dev` wire format shared with QEMU's colo-compare and Xen's frame.
+//! * [`coordinator`] — sans-IO checkpoint epochs: aggregation, flush barrier, frame loss.
+//! * [`frame_server`] — the listening socket (`unix:PATH` or `tcp:HOST:PORT`), one frame at a
+//!   time, reconnection accepted.
 #![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod coordinator;
+pub mod frame_server;

@@ -1,0 +1,295 @@
+//! The frame socket (SPEC §7): we listen on `unix:PATH` (mode 0600 by default) or
+//! `tcp:HOST:PORT`; one frame is served at a time and a reconnecting frame is accepted.
+//!
+//! Non-blocking and polled by the control thread; it turns bytes into [`ServerEvent`]s and
+//! never decides anything itself (the coordinator does). Oversized messages close the
+//! connection cleanly; the listener keeps running.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::codec::{encode, Decoder, FrameMessage};
+
+/// Where the frame socket listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+    /// A TCP listener (configure loopback unless the frame is remote).
+    Tcp(SocketAddr),
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    /// `unix:PATH`, `tcp:HOST:PORT`, or a bare path (Unix).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/run/colo/frame.sock".into());
+            }
+            return Ok(Endpoint::Unix(path.into()));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map_err(|e| format!("bad tcp endpoint {addr:?} ({e}); use tcp:127.0.0.1:PORT"))?;
+            return addrs.next().map(Endpoint::Tcp).ok_or_else(|| format!("tcp endpoint {addr:?} resolves to nothing"));
+        }
+        if s.is_empty() {
+            return Err("empty endpoint; use unix:PATH or tcp:HOST:PORT".into());
+        }
+        Ok(Endpoint::Unix(s.into()))
+    }
+}
+
+/// Permissions of a Unix socket (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPermissions {
+    /// File mode (default 0o600).
+    pub mode: u32,
+    /// Owner uid to set, if any.
+    pub owner: Option<u32>,
+    /// Group gid to set, if any.
+    pub group: Option<u32>,
+}
+
+impl Default for SocketPermissions {
+    fn default() -> Self {
+        SocketPermissions { mode: 0o600, owner: None, group: None }
+    }
+}
+
+/// What happened on the frame socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A frame connected.
+    Connected,
+    /// The frame went away or was disconnected; `reason` says why.
+    Disconnected {
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// A decoded message.
+    Message(FrameMessage),
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+}
+
+/// The listening frame socket and its current connection.
+pub struct FrameServer {
+    listener: Listener,
+    conn: Option<Conn>,
+    decoder: Decoder,
+    outbox: Vec<u8>,
+}
+
+/// Largest amount of unsent output kept for a slow frame before it is disconnected.
+const MAX_OUTBOX: usize = 64 * 1024;
+
+/// Binds a Unix socket with `perms` applied before it becomes visible at `path`: it is bound
+/// under a temporary name in the same directory, given its mode and owner, then renamed.
+fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ));
+        }
+        // A stale socket from an earlier run.
+        std::fs::remove_file(path)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let result = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(perms.mode))?;
+        if perms.owner.is_some() || perms.group.is_some() {
+            std::os::unix::fs::chown(&tmp, perms.owner, perms.group)?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+impl FrameServer {
+    /// Starts listening.
+    pub fn bind(endpoint: &Endpoint, perms: SocketPermissions) -> io::Result<FrameServer> {
+        let listener = match endpoint {
+            Endpoint::Unix(path) => {
+                let l = bind_unix(path, perms)?;
+                l.set_nonblocking(true)?;
+                Listener::Unix(l, path.clone())
+            }
+            Endpoint::Tcp(addr) => {
+                let l = TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Listener::Tcp(l)
+            }
+        };
+        Ok(FrameServer { listener, conn: None, decoder: Decoder::new(), outbox: Vec::new() })
+    }
+
+    /// The bound TCP address (useful with port 0), if TCP.
+    pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    /// Whether a frame is connected.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Queues `msg` for the frame (dropped with a warning when none is connected; the
+    /// coordinator resends what matters on reconnect).
+    pub fn send(&mut self, msg: &str) {
+        if self.conn.is_none() {
+            tracing::warn!(message = msg, "no COLO frame connected; message not sent");
+            return;
+        }
+        encode(msg, &mut self.outbox);
+    }
+
+    fn disconnect(&mut self, reason: String, events: &mut Vec<ServerEvent>) {
+        if self.conn.take().is_some() {
+            if self.decoder.pending() > 0 {
+                tracing::warn!(bytes = self.decoder.pending(), "frame left a truncated message");
+            }
+            self.decoder = Decoder::new();
+            self.outbox.clear();
+            events.push(ServerEvent::Disconnected { reason });
+        }
+    }
+
+    fn accept(&mut self) -> io::Result<Option<Conn>> {
+        let conn = match &self.listener {
+            Listener::Unix(l, _) => match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(true)?;
+                    Conn::Unix(s)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            Listener::Tcp(l) => match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(true)?;
+                    s.set_nodelay(true)?;
+                    Conn::Tcp(s)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Some(conn))
+    }
+
+    /// Accepts, reads, decodes and writes what is ready, without blocking; appends what
+    /// happened to `events`.
+    pub fn poll(&mut self, events: &mut Vec<ServerEvent>) {
+        // A new connection replaces the current one: a frame that restarted may reconnect
+        // before its old connection is seen closed.
+        match self.accept() {
+            Ok(Some(conn)) => {
+                self.disconnect("replaced by a new frame connection".into(), events);
+                self.conn = Some(conn);
+                events.push(ServerEvent::Connected);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "accept on the frame socket failed"),
+        }
+        self.read_ready(events);
+        self.write_ready(events);
+    }
+
+    fn read_ready(&mut self, events: &mut Vec<ServerEvent>) {
+        let mut buf = [0u8; 1024];
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return };
+            match conn.read(&mut buf) {
+                Ok(0) => return self.disconnect("frame closed the connection".into(), events),
+                Ok(n) => {
+                    self.decoder.push(&buf[..n]);
+                    loop {
+                        match self.decoder.next_message() {
+                            Ok(Some(m)) => events.push(ServerEvent::Message(m)),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "bad input from the COLO frame");
+                                return self.disconnect(e.to_string(), events);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.disconnect(format!("read error: {e}"), events),
+            }
+        }
+    }
+
+    fn write_ready(&mut self, events: &mut Vec<ServerEvent>) {
+        while !self.outbox.is_empty() {
+            let Some(conn) = self.conn.as_mut() else {
+                self.outbox.clear();
+                return;
+            };
+            match conn.write(&self.outbox) {
+                Ok(0) => return self.disconnect("frame stopped reading".into(), events),
+                Ok(n) => {
+                    self.outbox.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.disconnect(format!("write error: {e}"), events),
+            }
+        }
+        if self.outbox.len() > MAX_OUTBOX {
+            self.disconnect("frame is not reading its messages".into(), events);
+        }
+    }
+}
+
+impl Drop for FrameServer {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = &self.listener {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
