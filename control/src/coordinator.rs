@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use crate::codec::{FrameMessage, DO_CHECKPOINT, GET_XEN_INIT};
 
+/// How long a new frame connection has to send `COLO_USERSPACE_PROXY_INIT` before a pending
+/// `DO_CHECKPOINT` is sent anyway.
+pub const INIT_GRACE: Duration = Duration::from_secs(1);
+
 /// Which guest's output is forwarded after a failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverTarget {
@@ -129,6 +133,9 @@ pub struct Coordinator {
     epoch: u64,
     phase: Phase,
     frame_connected: bool,
+    /// Until when a new connection's handshake is awaited before a pending request is sent
+    /// (`None`: handshake seen or grace over, the frame may be told at once).
+    init_grace_until: Option<Duration>,
     /// When the frame was last seen connected (or start-up), for `frame_timeout`.
     frame_lost_at: Duration,
     epoch_reasons: Vec<CheckpointRequest>,
@@ -146,6 +153,7 @@ impl Coordinator {
             epoch: 0,
             phase: Phase::Idle,
             frame_connected: false,
+            init_grace_until: None,
             frame_lost_at: now,
             epoch_reasons: Vec::new(),
             next_reasons: Vec::new(),
@@ -218,10 +226,10 @@ impl Coordinator {
         match self.cfg.mode {
             CheckpointMode::Standalone => self.start_flush(),
             CheckpointMode::Frame => {
-                let sent = self.frame_connected;
+                let sent = self.frame_ready();
                 if sent {
                     self.send_do_checkpoint();
-                } else {
+                } else if !self.frame_connected {
                     tracing::error!(
                         timeout_ms = self.cfg.frame_timeout.as_millis() as u64,
                         "checkpoint needed but no COLO frame is connected: holding primary output"
@@ -243,17 +251,30 @@ impl Coordinator {
         self.outputs.push_back(Output::FlushShards { epoch: self.epoch });
     }
 
-    /// A frame connected.
-    pub fn on_frame_connected(&mut self, _now: Duration) {
-        self.frame_connected = true;
-        self.stats.frame_connects += 1;
-        tracing::info!("COLO frame connected");
-        // A request made while no frame was there (or lost with the previous connection) is
-        // sent now: the frame cannot know about it otherwise.
-        if let Phase::Requested { sent, .. } = &mut self.phase {
+    fn frame_ready(&self) -> bool {
+        self.frame_connected && self.init_grace_until.is_none()
+    }
+
+    /// Tells the frame about a request it has not heard of yet, once it is ready.
+    fn send_pending(&mut self) {
+        if !self.frame_ready() {
+            return;
+        }
+        if let Phase::Requested { sent: sent @ false, .. } = &mut self.phase {
             *sent = true;
             self.send_do_checkpoint();
         }
+    }
+
+    /// A frame connected. A request made while no frame was there (or lost with the previous
+    /// connection) is sent once the frame has said `COLO_USERSPACE_PROXY_INIT` — so our
+    /// `COLO_COMPARE_GET_XEN_INIT` comes first — or after [`INIT_GRACE`] for frames that
+    /// skip the handshake.
+    pub fn on_frame_connected(&mut self, now: Duration) {
+        self.frame_connected = true;
+        self.init_grace_until = Some(now + INIT_GRACE);
+        self.stats.frame_connects += 1;
+        tracing::info!("COLO frame connected");
     }
 
     /// The frame disconnected.
@@ -262,6 +283,7 @@ impl Coordinator {
             tracing::warn!("COLO frame disconnected");
         }
         self.frame_connected = false;
+        self.init_grace_until = None;
         self.frame_lost_at = now;
         if let Phase::Requested { sent, since } = &mut self.phase {
             *sent = false;
@@ -273,8 +295,16 @@ impl Coordinator {
     /// A message from the frame.
     pub fn on_frame_message(&mut self, msg: FrameMessage, now: Duration) {
         match msg {
-            FrameMessage::ProxyInit => self.outputs.push_back(Output::SendToFrame(GET_XEN_INIT)),
-            FrameMessage::CheckpointDone => self.on_checkpoint_done(now),
+            FrameMessage::ProxyInit => {
+                self.outputs.push_back(Output::SendToFrame(GET_XEN_INIT));
+                self.init_grace_until = None;
+                self.send_pending();
+            }
+            FrameMessage::CheckpointDone => {
+                // A frame that checkpoints is evidently ready.
+                self.init_grace_until = None;
+                self.on_checkpoint_done(now)
+            }
             FrameMessage::Unknown(text) => {
                 self.stats.unknown_messages += 1;
                 tracing::warn!(message = %text, "ignoring unknown message from the COLO frame");
@@ -335,6 +365,9 @@ impl Coordinator {
 
     /// When [`Coordinator::handle_timeout`] must next be called.
     pub fn next_deadline(&self) -> Option<Duration> {
+        if let (Some(t), Phase::Requested { sent: false, .. }) = (self.init_grace_until, &self.phase) {
+            return Some(t);
+        }
         match self.phase {
             Phase::Requested { since, sent: false } if self.cfg.on_frame_loss == FrameLossPolicy::FailoverPrimary => {
                 Some(since.max(self.frame_lost_at) + self.cfg.frame_timeout)
@@ -345,6 +378,10 @@ impl Coordinator {
 
     /// Applies `on_frame_loss` once a checkpoint has waited `frame_timeout` without a frame.
     pub fn handle_timeout(&mut self, now: Duration) {
+        if self.init_grace_until.is_some_and(|t| now >= t) {
+            self.init_grace_until = None;
+            self.send_pending();
+        }
         if let Some(deadline) = self.next_deadline() {
             if now >= deadline {
                 tracing::error!(
@@ -376,14 +413,30 @@ mod tests {
     fn connected(shards: usize) -> Coordinator {
         let mut c = Coordinator::new(CoordinatorConfig { shards, ..Default::default() }, ms(0));
         c.on_frame_connected(ms(0));
+        c.on_frame_message(FrameMessage::ProxyInit, ms(0));
+        assert_eq!(drain(&mut c), vec![Output::SendToFrame(GET_XEN_INIT)]);
         c
     }
 
     #[test]
-    fn handshake_is_answered() {
-        let mut c = connected(1);
-        c.on_frame_message(FrameMessage::ProxyInit, ms(1));
-        assert_eq!(drain(&mut c), vec![Output::SendToFrame(GET_XEN_INIT)]);
+    fn handshake_is_answered_before_a_pending_request() {
+        let mut c = Coordinator::new(CoordinatorConfig::default(), ms(0));
+        c.on_request(req(0, "tcp-payload-mismatch"), ms(1));
+        c.on_frame_connected(ms(2));
+        assert!(drain(&mut c).is_empty(), "waits for the handshake");
+        c.on_frame_message(FrameMessage::ProxyInit, ms(3));
+        assert_eq!(drain(&mut c), vec![Output::SendToFrame(GET_XEN_INIT), Output::SendToFrame(DO_CHECKPOINT)]);
+    }
+
+    #[test]
+    fn a_frame_that_skips_the_handshake_is_told_after_the_grace() {
+        let mut c = Coordinator::new(CoordinatorConfig::default(), ms(0));
+        c.on_frame_connected(ms(10));
+        c.on_request(req(0, "timeout-primary"), ms(20));
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.next_deadline(), Some(ms(10) + INIT_GRACE));
+        c.handle_timeout(ms(10) + INIT_GRACE);
+        assert_eq!(drain(&mut c), vec![Output::SendToFrame(DO_CHECKPOINT)]);
     }
 
     #[test]
@@ -454,7 +507,8 @@ mod tests {
         c.on_request(req(0, "tcp-fin-mismatch"), ms(10));
         assert!(drain(&mut c).is_empty());
         c.on_frame_connected(ms(20));
-        assert_eq!(drain(&mut c), vec![Output::SendToFrame(DO_CHECKPOINT)]);
+        c.on_frame_message(FrameMessage::ProxyInit, ms(21));
+        assert_eq!(drain(&mut c), vec![Output::SendToFrame(GET_XEN_INIT), Output::SendToFrame(DO_CHECKPOINT)]);
     }
 
     #[test]
@@ -464,6 +518,7 @@ mod tests {
         drain(&mut c);
         c.on_frame_disconnected(ms(2));
         c.on_frame_connected(ms(3));
+        c.handle_timeout(ms(3) + INIT_GRACE);
         assert_eq!(drain(&mut c), vec![Output::SendToFrame(DO_CHECKPOINT)]);
         c.on_checkpoint_done(ms(4));
         assert_eq!(drain(&mut c), vec![Output::FlushShards { epoch: 0 }]);

@@ -116,7 +116,7 @@ const MAX_OUTBOX: usize = 64 * 1024;
 
 /// Binds a Unix socket with `perms` applied before it becomes visible at `path`: it is bound
 /// under a temporary name in the same directory, given its mode and owner, then renamed.
-fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {

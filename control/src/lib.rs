@@ -5,8 +5,10 @@
 //! * [`coordinator`] — sans-IO checkpoint epochs: aggregation, flush barrier, frame loss.
 //! * [`frame_server`] — the listening socket (`unix:PATH` or `tcp:HOST:PORT`), one frame at a
 //!   time, reconnection accepted.
+//! * [`admin`] — the admin socket (JSON lines) that `colo-ctl` talks to.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod codec;
 pub mod coordinator;
 pub mod frame_server;

@@ -109,3 +109,138 @@ pub fn varied_frames(n: usize, seed: u64) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// Path of a workspace binary next to the test executable. It is (re)built once per test
+/// process, so a test never runs a stale binary (a no-op when it is up to date).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
+    }
+    assert!(bin.exists(), "{} not found", bin.display());
+    bin
+}
+
+/// What a `colo-dataplane` run over pcap vdevs produced.
+#[derive(Debug)]
+pub struct DataplaneRun {
+    /// Exit status code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Frames of the output pcap, in file order.
+    pub output: Vec<Vec<u8>>,
+    /// `--stats-json` contents (Null if missing).
+    pub stats: serde_json::Value,
+}
+
+/// EAL options for a `colo-dataplane` child process with `lcores` lcores time-sliced on the
+/// available CPUs and a private runtime directory.
+pub fn dataplane_eal_args(dir: &Path, lcores: usize) -> Vec<String> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu_set = if cpus >= 2 { "(0,1)" } else { "(0)" };
+    vec![
+        "--no-huge".into(),
+        "--no-pci".into(),
+        "--no-shconf".into(),
+        "--no-telemetry".into(),
+        "-m".into(),
+        "512".into(),
+        "--file-prefix".into(),
+        format!("colo-dp-{}-{}", std::process::id(), unique("")),
+        "--log-level=lib.eal:error".into(),
+        "--lcores".into(),
+        format!("(0-{})@{cpu_set}", lcores - 1),
+        format!("--vdev=net_pcap0,rx_pcap={}", dir.join("primary.pcap").display()),
+        format!("--vdev=net_pcap1,rx_pcap={}", dir.join("secondary.pcap").display()),
+        format!("--vdev=net_pcap2,tx_pcap={}", dir.join("out.pcap").display()),
+    ]
+}
+
+/// A `colo-dataplane` command on the net_pcap vdevs of `dir` (`net_pcap0` primary input,
+/// `net_pcap1` secondary input, `net_pcap2` output), with enough lcores for `shards` and the
+/// EAL options already followed by `--`.
+pub fn dataplane_command(dir: &Path, shards: usize) -> std::process::Command {
+    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
+    cmd.args(dataplane_eal_args(dir, shards + 2))
+        .arg("--")
+        .env("RUNTIME_DIRECTORY", dir)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` and collects what it wrote into `dir`.
+pub fn collect_run(dir: &Path, mut cmd: std::process::Command) -> DataplaneRun {
+    let out = cmd.output().expect("run colo-dataplane");
+    let output = if dir.join("out.pcap").exists() { read_pcap(&dir.join("out.pcap")) } else { Vec::new() };
+    let stats = std::fs::read_to_string(dir.join("stats.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    DataplaneRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        output,
+        stats,
+    }
+}
+
+/// Writes the two captures into `dir`, runs `colo-dataplane` on net_pcap vdevs in standalone
+/// checkpoint mode until its inputs are idle, and collects what it wrote.
+pub fn run_dataplane(
+    dir: &Path,
+    primary: &[Vec<u8>],
+    secondary: &[Vec<u8>],
+    shards: usize,
+    extra: &[&str],
+) -> DataplaneRun {
+    write_pcap(&dir.join("primary.pcap"), primary);
+    write_pcap(&dir.join("secondary.pcap"), secondary);
+    let mut cmd = dataplane_command(dir, shards);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
+        .args(["--shards", &shards.to_string(), "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"])
+        .arg("--stats-json")
+        .arg(dir.join("stats.json"))
+        .args(extra);
+    collect_run(dir, cmd)
+}
+
+/// The flow a frame belongs to, as the comparator keys it ("none" for non-IP/malformed).
+pub fn flow_of(frame: &[u8]) -> String {
+    match colo_core::wire::parse(frame).key() {
+        Some(k) => format!("{k:?}"),
+        None => "none".into(),
+    }
+}
+
+/// Every flow's frames in `output` are exactly that flow's frames in `expected`, in order
+/// (flows may interleave differently: they run on different shards).
+pub fn assert_same_per_flow(output: &[Vec<u8>], expected: &[Vec<u8>]) {
+    use std::collections::HashMap;
+    let group = |frames: &[Vec<u8>]| {
+        let mut m: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for f in frames {
+            m.entry(flow_of(f)).or_default().push(f.clone());
+        }
+        m
+    };
+    let (got, want) = (group(output), group(expected));
+    assert_eq!(output.len(), expected.len(), "frame count");
+    assert_eq!(got.len(), want.len(), "flows in output");
+    for (flow, frames) in &want {
+        assert!(got.get(flow) == Some(frames), "flow {flow} differs or is reordered");
+    }
+}

@@ -1,4 +1,151 @@
 //! Sans-IO COLO comparator core (SPEC §4–§6): frames and `now` go in, actions come out.
 //!
-//! This crate owns the comparison logic and must never read a clock, touch DPDK, or use `unsafe`.
+//! This crate owns the comparison logic and must never read a clock, touch DPDK, log on the
+//! packet path, or use `unsafe`. The runtime (DPDK lcores), `colo-replay`, the property tests
+//! and the benchmarks all drive the same [`Shard`] value:
+//!
+//! ```text
+//! shard.handle(side, frame, now);          // or handle_timeout / checkpoint_done / failover
+//! while let Some(action) = shard.poll_action() { /* transmit, free, or forward a request */ }
+//! ```
+//!
+//! Module map: [`wire`] parses frames into compact summaries, [`rss`] is the software Toeplitz
+//! hash used to pick a shard, [`tcp`] compares one TCP connection's byte streams, [`shard`]
+//! owns the flow table, timers and actions, [`counters`] the SPEC §10 statistics and
+//! [`checkpoint`] the request reasons of SPEC §6. A `datagram` module (UDP/ICMP/other IP,
+//! fragment reassembly; issue 4) slots in next to [`tcp`].
 #![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod counters;
+pub mod fixtures;
+pub mod rss;
+pub mod shard;
+pub mod tcp;
+mod time;
+mod timer;
+pub mod wire;
+
+pub use checkpoint::{CheckpointReason, CheckpointRequest};
+pub use counters::{Counters, HoldTime};
+pub use shard::{Action, DropReason, FlowStatus, Shard, Via};
+pub use tcp::HoldReason;
+pub use time::Timestamp;
+pub use wire::{FlowKey, MalformedReason};
+
+use core::time::Duration;
+
+/// A frame handle the shard can hold and give back: an owned buffer, a DPDK mbuf wrapper, ….
+///
+/// The shard only reads the bytes; ownership returns to the caller in an [`Action`] so the
+/// runtime decides whether to transmit or free it. Implementations must return the same bytes
+/// on every call (the parser's offsets are reused later); if they do not, comparisons fail
+/// safely (a mismatch), never a panic.
+pub trait Frame {
+    /// The whole frame, starting at the Ethernet header.
+    fn bytes(&self) -> &[u8];
+}
+
+impl Frame for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Frame for Box<[u8]> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Frame for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Which guest a frame came from (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The guest whose output reaches the clients.
+    Primary,
+    /// The guest whose output only proves the primary's output is reproducible.
+    Secondary,
+}
+
+impl Side {
+    /// `primary` / `secondary`, as used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Secondary => "secondary",
+        }
+    }
+}
+
+/// Where the secondary's TCP sequence numbers live (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The secondary's segments (except SYN/SYN-ACK) already use the primary's sequence space.
+    Compare,
+    /// The shard learns the ISN offset from the SYN pair of each connection.
+    Proxy,
+}
+
+/// What happens to non-IP and malformed frames (SPEC §4).
+///
+/// Only `Passthrough` exists today; the whole-frame FIFO `compare` policy arrives with the
+/// datagram module (issue 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonIpPolicy {
+    /// Release the primary's frame at once, drop the secondary's (QEMU's behaviour).
+    Passthrough,
+}
+
+/// Shard configuration. All durations are virtual: the shard compares them with the `now`
+/// arguments it is given.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A held packet older than this is a checkpoint (`timeout-*`, `ack-lag-timeout`; SPEC §6).
+    pub compare_timeout: Duration,
+    /// Per-connection, per-side queue length that triggers `queue-overflow` (SPEC §6).
+    pub max_queue_size: usize,
+    /// Hard per-connection limit (frames) past which primary frames are dropped and counted;
+    /// SPEC §6 allows dropping only when memory is truly exhausted. Default 4 × `max_queue_size`.
+    pub hard_queue_limit: usize,
+    /// Idle connections with empty queues are removed after this (SPEC §5.1).
+    pub conn_idle_timeout: Duration,
+    /// How long a closed connection absorbs retransmissions (SPEC §5.1, default 2 × timeout).
+    pub linger: Duration,
+    /// Flow-table capacity of this shard (SPEC §11).
+    pub max_flows: usize,
+    /// Non-IP and malformed frames (SPEC §4).
+    pub non_ip_policy: NonIpPolicy,
+    /// Sequence-space handling of the secondary (SPEC §3).
+    pub mode: Mode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let compare_timeout = Duration::from_millis(3000);
+        Config {
+            compare_timeout,
+            max_queue_size: 1024,
+            hard_queue_limit: 4 * 1024,
+            conn_idle_timeout: Duration::from_secs(300),
+            linger: 2 * compare_timeout,
+            max_flows: 65_536,
+            non_ip_policy: NonIpPolicy::Passthrough,
+            mode: Mode::Compare,
+        }
+    }
+}
+
+impl Config {
+    /// Sets `compare_timeout` and keeps `linger` at twice it (the SPEC default).
+    pub fn with_compare_timeout(mut self, timeout: Duration) -> Self {
+        self.compare_timeout = timeout;
+        self.linger = 2 * timeout;
+        self
+    }
+}

@@ -1,4 +1,32 @@
-//! The lcore runtime of `colo-dataplane` (SPEC §3, §8): port set-up, dispatch to shards, shard
-//! loops and TX. It owns the mbufs and the clock; the comparison itself lives in `colo-core`.
+//! The lcore runtime of `colo-dataplane` (SPEC §3, §8, §9.1): port set-up, software dispatch
+//! to shards, shard loops, TX, the control loop and shutdown. It owns the mbufs and the clock;
+//! the comparison itself lives in `colo-core`, the checkpoint protocol in `colo-control`.
 //!
-//! Still to come (issue 5): the shard loop and the `colo-dataplane` binary.
+//! Lcores: the main lcore runs the control loop ([`app`]); one I/O lcore receives from both
+//! guest ports and dispatches by symmetric Toeplitz hash ([`io_lcore`]); one lcore per shard
+//! runs the comparator ([`shard_lcore`]). Shards transmit on their own output queue when the
+//! device has one per shard, else through a ring drained by the I/O lcore ([`tx`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod held;
+pub mod io_lcore;
+pub mod messages;
+pub mod shard_lcore;
+pub mod tx;
+
+/// Flags shared by the control thread and the lcores (written rarely, read in loops).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Set by the control thread: stop receiving.
+    pub stop_rx: AtomicBool,
+    /// Set by the I/O lcore once it has stopped receiving and dispatched everything.
+    pub rx_stopped: AtomicBool,
+    /// Shards that have flushed and left their loop.
+    pub shards_stopped: AtomicUsize,
+    /// TSC of the last received burst (for `--exit-when-idle-ms`).
+    pub last_rx_tsc: AtomicU64,
+}

@@ -1,0 +1,204 @@
+//! Shard statistics (SPEC §10) and the accounting invariant.
+//!
+//! Owns plain counters and gauges updated by the shard on the packet path (no allocation, no
+//! atomics: the runtime copies them out or reads them at quiescent points). It never decides
+//! anything; it only records.
+
+use core::time::Duration;
+
+use crate::checkpoint::CheckpointReason;
+use crate::shard::{DropReason, Via};
+use crate::wire::MalformedReason;
+use crate::Side;
+
+/// Hold-time statistics of released primary frames: a log2 histogram over nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldTime {
+    /// Released frames measured.
+    pub count: u64,
+    /// Sum of hold times, ns.
+    pub sum_ns: u64,
+    /// Longest hold time, ns.
+    pub max_ns: u64,
+    /// `buckets[i]` counts hold times in `[2^(i-1), 2^i)` ns (`buckets[0]`: 0 ns).
+    pub buckets: [u64; 64],
+}
+
+impl Default for HoldTime {
+    fn default() -> Self {
+        HoldTime { count: 0, sum_ns: 0, max_ns: 0, buckets: [0; 64] }
+    }
+}
+
+impl HoldTime {
+    pub(crate) fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        let idx = (64 - ns.leading_zeros() as usize).min(63);
+        self.buckets[idx] += 1;
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (0.0..=1.0), e.g. p50, p99.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let target = ((self.count as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                let upper = if i == 0 { 0 } else { 1u64 << i.min(63) };
+                return Duration::from_nanos(upper.min(self.max_ns));
+            }
+        }
+        Duration::from_nanos(self.max_ns)
+    }
+}
+
+/// Per-shard counters and gauges (SPEC §10).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames handed to `handle`, primary side.
+    pub primary_in: u64,
+    /// Frames handed to `handle`, secondary side.
+    pub secondary_in: u64,
+    /// Primary frames released, indexed by [`Via`] (`Via::ALL` order).
+    pub released: [u64; 4],
+    /// Secondary frames consumed after comparison (or carrying nothing to compare).
+    pub secondary_consumed: u64,
+    /// Secondary frames dropped by a checkpoint flush.
+    pub secondary_flushed: u64,
+    /// Secondary frames forwarded after a failover to the secondary.
+    pub secondary_forwarded: u64,
+    /// Primary frames dropped, indexed by [`DropReason`] (`DropReason::ALL` order).
+    pub primary_dropped: [u64; DropReason::COUNT],
+    /// Secondary frames dropped (other than consumed/flushed), by [`DropReason`].
+    pub secondary_dropped: [u64; DropReason::COUNT],
+    /// Malformed frames by [`MalformedReason`] (both sides).
+    pub malformed: [u64; 8],
+    /// Frames (both sides) that bypassed comparison because their class is not compared yet
+    /// (fragments, datagrams, other IP: issue 4).
+    pub uncompared: u64,
+    /// Gauge: primary frames held.
+    pub held_primary_frames: u64,
+    /// Gauge: bytes of primary frames held.
+    pub held_primary_bytes: u64,
+    /// Gauge: secondary frames held.
+    pub held_secondary_frames: u64,
+    /// Gauge: bytes of secondary frames held.
+    pub held_secondary_bytes: u64,
+    /// Gauge: flows in the table.
+    pub flows: u64,
+    /// Flows evicted to make room (closed or idle, never with held frames).
+    pub flows_evicted: u64,
+    /// Checkpoint requests by reason (`CheckpointReason::ALL` order).
+    pub checkpoint_requests: [u64; 11],
+    /// `checkpoint_done` calls.
+    pub checkpoints_completed: u64,
+    /// Hold time of released primary frames.
+    pub hold_time: HoldTime,
+}
+
+impl Counters {
+    /// Primary frames released by `via`.
+    pub fn released_via(&self, via: Via) -> u64 {
+        self.released[via as usize]
+    }
+    /// All primary frames released.
+    pub fn released_total(&self) -> u64 {
+        self.released.iter().sum()
+    }
+    /// Frames of `side` dropped for `reason`.
+    pub fn dropped(&self, side: Side, reason: DropReason) -> u64 {
+        match side {
+            Side::Primary => self.primary_dropped[reason as usize],
+            Side::Secondary => self.secondary_dropped[reason as usize],
+        }
+    }
+    /// Checkpoint requests for `reason`.
+    pub fn requests(&self, reason: CheckpointReason) -> u64 {
+        self.checkpoint_requests[reason as usize]
+    }
+    /// Malformed frames for `reason`.
+    pub fn malformed_count(&self, reason: MalformedReason) -> u64 {
+        self.malformed[reason as usize]
+    }
+
+    /// The accounting invariant of SPEC §10: primary in = released + held + dropped, and
+    /// secondary in = consumed + flushed + forwarded + held + dropped. Holds after every
+    /// call into the shard once its actions are drained (frames in the action queue count as
+    /// released/dropped already).
+    pub fn check_accounting(&self) -> Result<(), String> {
+        let p_drop: u64 = self.primary_dropped.iter().sum();
+        let p_out = self.released_total() + self.held_primary_frames + p_drop;
+        let s_drop: u64 = self.secondary_dropped.iter().sum();
+        let s_out = self.secondary_consumed
+            + self.secondary_flushed
+            + self.secondary_forwarded
+            + self.held_secondary_frames
+            + s_drop;
+        if p_out != self.primary_in {
+            return Err(format!(
+                "primary: in {} != released {} + held {} + dropped {}",
+                self.primary_in,
+                self.released_total(),
+                self.held_primary_frames,
+                p_drop
+            ));
+        }
+        if s_out != self.secondary_in {
+            return Err(format!(
+                "secondary: in {} != consumed {} + flushed {} + forwarded {} + held {} + dropped {}",
+                self.secondary_in,
+                self.secondary_consumed,
+                self.secondary_flushed,
+                self.secondary_forwarded,
+                self.held_secondary_frames,
+                s_drop
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds another shard's counters (the control thread's sum). Gauges add too.
+    pub fn merge(&mut self, o: &Counters) {
+        self.primary_in += o.primary_in;
+        self.secondary_in += o.secondary_in;
+        for (a, b) in self.released.iter_mut().zip(o.released) {
+            *a += b;
+        }
+        self.secondary_consumed += o.secondary_consumed;
+        self.secondary_flushed += o.secondary_flushed;
+        self.secondary_forwarded += o.secondary_forwarded;
+        for (a, b) in self.primary_dropped.iter_mut().zip(o.primary_dropped) {
+            *a += b;
+        }
+        for (a, b) in self.secondary_dropped.iter_mut().zip(o.secondary_dropped) {
+            *a += b;
+        }
+        for (a, b) in self.malformed.iter_mut().zip(o.malformed) {
+            *a += b;
+        }
+        self.uncompared += o.uncompared;
+        self.held_primary_frames += o.held_primary_frames;
+        self.held_primary_bytes += o.held_primary_bytes;
+        self.held_secondary_frames += o.held_secondary_frames;
+        self.held_secondary_bytes += o.held_secondary_bytes;
+        self.flows += o.flows;
+        self.flows_evicted += o.flows_evicted;
+        for (a, b) in self.checkpoint_requests.iter_mut().zip(o.checkpoint_requests) {
+            *a += b;
+        }
+        self.checkpoints_completed += o.checkpoints_completed;
+        let h = &mut self.hold_time;
+        h.count += o.hold_time.count;
+        h.sum_ns = h.sum_ns.saturating_add(o.hold_time.sum_ns);
+        h.max_ns = h.max_ns.max(o.hold_time.max_ns);
+        for (a, b) in h.buckets.iter_mut().zip(o.hold_time.buckets) {
+            *a += b;
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! The shard (SPEC §1, §6, §8): one core's comparator, fed frames and time, polled for actions.
+//!
+//! Owns the flow table (bounded, ahash; evicts closed then idle flows, never wipes), the
+//! per-shard deadline queue, checkpoint-request aggregation per epoch, the counters, and the
+//! action queue. It dispatches each frame by class: TCP to [`crate::tcp`], everything not yet
+//! compared (fragments, datagrams, other IP: issue 4) and non-IP/malformed frames to the
+//! passthrough policy.
+//!
+//! Must never: read a clock, log or allocate on the per-packet path in steady state (queues
+//! keep their capacity; only checkpoint diagnostics allocate), drop primary output silently,
+//! or reorder a flow. Calls are driven in this order by the caller: any `handle*`,
+//! `checkpoint_done` or `failover` call, then `poll_action` until `None`.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::checkpoint::{CheckpointReason, CheckpointRequest};
+use crate::counters::Counters;
+use crate::tcp::{HoldReason, TcpConn};
+use crate::time::Timestamp;
+use crate::timer::{DeadlineQueue, TimerKind};
+use crate::wire::{self, Class, FlowKey, TcpSegment};
+use crate::{Config, Frame, Side};
+
+/// Why a primary frame was released (SPEC §9.2 `via`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Every position verified against the secondary (and the ACK rule holds).
+    Match,
+    /// Wholly below `compared` when it arrived: the client already saw those bytes.
+    Retransmission,
+    /// Released by a checkpoint completion or failover.
+    Flush,
+    /// Not compared (non-IP, malformed, not-yet-compared classes, after failover).
+    Passthrough,
+}
+
+impl Via {
+    /// Every value, in counter order.
+    pub const ALL: [Via; 4] = [Via::Match, Via::Retransmission, Via::Flush, Via::Passthrough];
+
+    /// `match`, `retransmission`, `flush`, `passthrough`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Match => "match",
+            Via::Retransmission => "retransmission",
+            Via::Flush => "flush",
+            Via::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Why a frame is handed back without being transmitted.
+///
+/// `Consumed` and `Flushed` are the normal ends of secondary frames and are counted as
+/// `secondary_consumed` / `secondary_flushed`, not as drops; every other reason is a drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Secondary frame fully compared (or carrying nothing to compare).
+    Consumed,
+    /// Secondary frame discarded by a checkpoint flush.
+    Flushed,
+    /// Secondary non-IP frame under the passthrough policy.
+    NonIp,
+    /// Secondary malformed frame under the passthrough policy.
+    Malformed,
+    /// Secondary frame of a class not compared yet (fragments, datagrams, other IP).
+    Uncompared,
+    /// Secondary frame beyond `max_queue_size` (a checkpoint was requested).
+    QueueFull,
+    /// Primary frame beyond the hard queue limit (memory truly exhausted, SPEC §6).
+    QueueHardLimit,
+    /// Flow table full and nothing evictable (a `resource-pressure` request was made).
+    FlowTableFull,
+    /// Frame of the side no longer forwarded after a failover.
+    FailedOver,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 9;
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Consumed,
+        DropReason::Flushed,
+        DropReason::NonIp,
+        DropReason::Malformed,
+        DropReason::Uncompared,
+        DropReason::QueueFull,
+        DropReason::QueueHardLimit,
+        DropReason::FlowTableFull,
+        DropReason::FailedOver,
+    ];
+
+    /// Stable name for counters and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Consumed => "consumed",
+            DropReason::Flushed => "flushed",
+            DropReason::NonIp => "non-ip",
+            DropReason::Malformed => "malformed",
+            DropReason::Uncompared => "uncompared",
+            DropReason::QueueFull => "queue-full",
+            DropReason::QueueHardLimit => "queue-hard-limit",
+            DropReason::FlowTableFull => "flow-table-full",
+            DropReason::FailedOver => "failed-over",
+        }
+    }
+}
+
+/// What the caller must do next. Frames come back by ownership so the runtime can transmit or
+/// free them (DPDK mbufs).
+#[derive(Debug)]
+pub enum Action<F> {
+    /// Transmit this frame to the clients, unmodified.
+    Release {
+        /// The primary's frame (or the secondary's after a failover to it).
+        frame: F,
+        /// Why it may go.
+        via: Via,
+    },
+    /// Do not transmit; free the frame.
+    Drop {
+        /// Which guest sent it.
+        side: Side,
+        /// The frame.
+        frame: F,
+        /// Why.
+        reason: DropReason,
+    },
+    /// Ask the control thread for a checkpoint.
+    Checkpoint(CheckpointRequest),
+}
+
+/// A flow's comparison state, for `--explain` and the admin socket's `flows`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowStatus {
+    /// First stream position.
+    pub base: Option<u32>,
+    /// Verified-equal frontier (absolute sequence number).
+    pub compared: Option<u32>,
+    /// Highest ACK the secondary sent.
+    pub secondary_ack: Option<u32>,
+    /// Primary frames held.
+    pub held_primary: usize,
+    /// Secondary frames held.
+    pub held_secondary: usize,
+    /// Why the oldest primary frame is held.
+    pub head: Option<HoldReason>,
+    /// A mismatch was requested; waiting for the checkpoint.
+    pub diverged: bool,
+    /// Both FINs compared or a RST pair.
+    pub closed: bool,
+}
+
+/// The shard's output side, borrowed by the comparison modules while they run.
+pub(crate) struct Out<'a, F> {
+    pub(crate) actions: &'a mut VecDeque<Action<F>>,
+    pub(crate) counters: &'a mut Counters,
+    pub(crate) now: Timestamp,
+}
+
+impl<F> Out<'_, F> {
+    pub(crate) fn hold(&mut self, side: Side, len: u32) {
+        let c = &mut *self.counters;
+        match side {
+            Side::Primary => {
+                c.held_primary_frames += 1;
+                c.held_primary_bytes += u64::from(len);
+            }
+            Side::Secondary => {
+                c.held_secondary_frames += 1;
+                c.held_secondary_bytes += u64::from(len);
+            }
+        }
+    }
+
+    pub(crate) fn release_held(&mut self, frame: F, via: Via, arrived: Timestamp, len: u32) {
+        let c = &mut *self.counters;
+        c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
+        c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
+        c.released[via as usize] += 1;
+        c.hold_time.record(self.now.saturating_since(arrived));
+        self.actions.push_back(Action::Release { frame, via });
+    }
+
+    fn release_now(&mut self, frame: F, via: Via) {
+        self.counters.released[via as usize] += 1;
+        self.actions.push_back(Action::Release { frame, via });
+    }
+
+    pub(crate) fn release_secondary_held(&mut self, frame: F, len: u32, reason: DropReason) {
+        let c = &mut *self.counters;
+        c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
+        c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
+        self.count_secondary(reason);
+        self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason });
+    }
+
+    pub(crate) fn consume_new(&mut self, frame: F) {
+        self.count_secondary(DropReason::Consumed);
+        self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason: DropReason::Consumed });
+    }
+
+    fn count_secondary(&mut self, reason: DropReason) {
+        let c = &mut *self.counters;
+        match reason {
+            DropReason::Consumed => c.secondary_consumed += 1,
+            DropReason::Flushed => c.secondary_flushed += 1,
+            r => c.secondary_dropped[r as usize] += 1,
+        }
+    }
+
+    pub(crate) fn drop_new(&mut self, side: Side, frame: F, reason: DropReason) {
+        match side {
+            Side::Primary => self.counters.primary_dropped[reason as usize] += 1,
+            Side::Secondary => self.count_secondary(reason),
+        }
+        self.actions.push_back(Action::Drop { side, frame, reason });
+    }
+
+    /// Emits a checkpoint request unless this reason was already requested for this flow (or
+    /// shard) in the current epoch.
+    pub(crate) fn request(
+        &mut self,
+        requested: &mut u16,
+        reason: CheckpointReason,
+        key: &FlowKey,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.request_flow(requested, reason, Some(key), detail);
+    }
+
+    fn request_flow(
+        &mut self,
+        requested: &mut u16,
+        reason: CheckpointReason,
+        key: Option<&FlowKey>,
+        detail: impl FnOnce() -> String,
+    ) {
+        if *requested & reason.bit() != 0 {
+            return;
+        }
+        *requested |= reason.bit();
+        self.counters.checkpoint_requests[reason as usize] += 1;
+        self.actions.push_back(Action::Checkpoint(CheckpointRequest {
+            reason,
+            flow: key.map(ToString::to_string).unwrap_or_default(),
+            detail: detail(),
+            now: self.now,
+        }));
+    }
+}
+
+struct Flow<F> {
+    key: FlowKey,
+    conn: TcpConn<F>,
+    last_activity: Timestamp,
+    /// Earliest compare-timer entry outstanding for this flow (lazy invalidation).
+    compare_at: Option<Timestamp>,
+    /// Earliest lifetime-timer (idle/linger) entry outstanding.
+    lifetime_at: Option<Timestamp>,
+}
+
+impl<F: Frame> Flow<F> {
+    fn lifetime_deadline(&self, cfg: &Config) -> Timestamp {
+        let d = self.last_activity.saturating_add(cfg.conn_idle_timeout);
+        match self.conn.closed_at {
+            Some(closed) => d.min(closed.saturating_add(cfg.linger)),
+            None => d,
+        }
+    }
+
+    fn removable(&self, cfg: &Config, now: Timestamp) -> bool {
+        self.conn.is_empty()
+            && (self.conn.closed_at.is_some_and(|c| c.saturating_add(cfg.linger) <= now)
+                || self.last_activity.saturating_add(cfg.conn_idle_timeout) <= now)
+    }
+}
+
+struct Slot<F> {
+    generation: u32,
+    flow: Option<Flow<F>>,
+}
+
+/// One core's comparator. See the module doc for the calling convention.
+pub struct Shard<F> {
+    cfg: Config,
+    map: HashMap<FlowKey, u32, ahash::RandomState>,
+    slots: Vec<Slot<F>>,
+    free: Vec<u32>,
+    timers: DeadlineQueue,
+    actions: VecDeque<Action<F>>,
+    counters: Counters,
+    /// Primary frames of flows that found the table full: held in arrival order until the
+    /// next flush (SPEC §6: never a silent drop), bounded by `max_queue_size`.
+    unflowed: VecDeque<(F, Timestamp, u32)>,
+    /// Shard-wide reasons requested this epoch.
+    requested: u16,
+    failed_over: Option<Side>,
+}
+
+impl<F: Frame> Shard<F> {
+    /// A shard with an empty flow table.
+    pub fn new(config: Config) -> Self {
+        Shard {
+            map: HashMap::with_capacity_and_hasher(config.max_flows.min(1 << 16), ahash::RandomState::new()),
+            slots: Vec::new(),
+            free: Vec::new(),
+            timers: DeadlineQueue::default(),
+            actions: VecDeque::with_capacity(64),
+            counters: Counters::default(),
+            unflowed: VecDeque::new(),
+            requested: 0,
+            failed_over: None,
+            cfg: config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters and gauges (SPEC §10).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Flows in the table.
+    pub fn flow_count(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Entries in the deadline queue (for memory-bound checks).
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The next action, in the order they arose. Drain after every call.
+    pub fn poll_action(&mut self) -> Option<Action<F>> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called. May be early (a stale entry), never late.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.peek()
+    }
+
+    /// Takes one frame from `side` at `now`.
+    pub fn handle(&mut self, side: Side, frame: F, now: Timestamp) {
+        match side {
+            Side::Primary => self.counters.primary_in += 1,
+            Side::Secondary => self.counters.secondary_in += 1,
+        }
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        if let Some(forwarded) = self.failed_over {
+            // SPEC §6 failover: the chosen side is forwarded uncompared.
+            if side == forwarded {
+                if side == Side::Secondary {
+                    out.counters.secondary_forwarded += 1;
+                    out.actions.push_back(Action::Release { frame, via: Via::Passthrough });
+                } else {
+                    out.release_now(frame, Via::Passthrough);
+                }
+            } else {
+                out.drop_new(side, frame, DropReason::FailedOver);
+            }
+            return;
+        }
+        match wire::parse(frame.bytes()) {
+            Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
+            Class::Malformed(reason) => {
+                out.counters.malformed[reason as usize] += 1;
+                passthrough(&mut out, side, frame, DropReason::Malformed);
+            }
+            Class::NonIp(_) => passthrough(&mut out, side, frame, DropReason::NonIp),
+            Class::Datagram(_) | Class::Fragment(_) | Class::OtherIp(_) => {
+                // Issue 4 adds the datagram module; until then these are not compared.
+                out.counters.uncompared += 1;
+                passthrough(&mut out, side, frame, DropReason::Uncompared);
+            }
+        }
+    }
+
+    fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+        let slot = match self.map.get(&key) {
+            Some(&slot) => Some(slot),
+            // While frames wait in `unflowed`, new flows join them so none overtakes them.
+            None if self.unflowed.is_empty() => self.insert(key, now),
+            None => None,
+        };
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
+            out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, Some(&key), || {
+                format!("flow table full ({} flows)", self.map.len())
+            });
+            match side {
+                Side::Primary if self.unflowed.len() < self.cfg.max_queue_size => {
+                    let len = frame.bytes().len() as u32;
+                    out.hold(Side::Primary, len);
+                    self.unflowed.push_back((frame, now, len));
+                }
+                _ => out.drop_new(side, frame, DropReason::FlowTableFull),
+            }
+            return;
+        };
+        flow.last_activity = now;
+        if flow.conn.is_new_incarnation(&seg) {
+            flow.conn = TcpConn::new(self.cfg.mode);
+        }
+        match side {
+            Side::Primary => flow.conn.on_primary(frame, seg, &mut out, &self.cfg, &flow.key),
+            Side::Secondary => flow.conn.on_secondary(frame, seg, &mut out, &self.cfg, &flow.key),
+        }
+        if flow.conn.is_closed() && flow.conn.closed_at.is_none() {
+            flow.conn.closed_at = Some(now);
+        }
+        if let Some(slot) = slot {
+            self.reschedule(slot);
+        }
+    }
+
+    fn insert(&mut self, key: FlowKey, now: Timestamp) -> Option<u32> {
+        if self.map.len() >= self.cfg.max_flows && !self.evict_one(now) {
+            return None;
+        }
+        let flow =
+            Flow { key, conn: TcpConn::new(self.cfg.mode), last_activity: now, compare_at: None, lifetime_at: None };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                if let Some(entry) = self.slots.get_mut(s as usize) {
+                    entry.flow = Some(flow);
+                }
+                s
+            }
+            None => {
+                self.slots.push(Slot { generation: 0, flow: Some(flow) });
+                u32::try_from(self.slots.len() - 1).ok()?
+            }
+        };
+        self.map.insert(key, slot);
+        self.counters.flows += 1;
+        Some(slot)
+    }
+
+    /// SPEC §11: evict a closed flow, else the longest-idle flow, never one holding frames.
+    /// Runs only when the table is full (a scan of the table, off the steady-state path).
+    fn evict_one(&mut self, now: Timestamp) -> bool {
+        let mut closed = None;
+        let mut idle: Option<(Timestamp, u32)> = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(f) = &s.flow else { continue };
+            if !f.conn.is_empty() {
+                continue;
+            }
+            if f.conn.is_closed() {
+                closed = Some(i as u32);
+                break;
+            }
+            if idle.is_none_or(|(t, _)| f.last_activity < t) {
+                idle = Some((f.last_activity, i as u32));
+            }
+        }
+        let _ = now;
+        match closed.or(idle.map(|(_, i)| i)) {
+            Some(slot) => {
+                self.remove(slot);
+                self.counters.flows_evicted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            if let Some(f) = s.flow.take() {
+                self.map.remove(&f.key);
+                s.generation = s.generation.wrapping_add(1);
+                self.free.push(slot);
+                self.counters.flows = self.counters.flows.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Arms the flow's timers where they are earlier than what is already queued; later
+    /// deadlines are picked up when the earlier entry fires (keeps the heap O(flows)).
+    ///
+    /// `floor` (set while running timers) keeps a re-armed entry strictly after the instant
+    /// being processed, so `handle_timeout` always terminates.
+    fn reschedule(&mut self, slot: u32) {
+        self.reschedule_after(slot, None);
+    }
+
+    fn reschedule_after(&mut self, slot: u32, floor: Option<Timestamp>) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let generation = s.generation;
+        let Some(flow) = s.flow.as_mut() else { return };
+        let clamp = |d: Timestamp| match floor {
+            Some(f) if d <= f => Timestamp(f.0.saturating_add(1)),
+            _ => d,
+        };
+        if let Some(d) = flow.conn.compare_deadline(self.cfg.compare_timeout) {
+            let d = clamp(d);
+            if flow.compare_at.is_none_or(|t| d < t) {
+                flow.compare_at = Some(d);
+                self.timers.push(d, slot, generation, TimerKind::Compare);
+            }
+        }
+        // Only empty flows can be removed; a flow holding frames is re-armed when its queues
+        // drain (every call that drains them reschedules).
+        if !flow.conn.is_empty() {
+            return;
+        }
+        let d = clamp(flow.lifetime_deadline(&self.cfg));
+        if flow.lifetime_at.is_none_or(|t| d < t) {
+            flow.lifetime_at = Some(d);
+            self.timers.push(d, slot, generation, TimerKind::Lifetime);
+        }
+    }
+
+    /// Runs every deadline due at `now`: compare timeouts (SPEC §6), linger and idle removal.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some((at, slot, generation, kind)) = self.timers.pop_due(now) {
+            let Some(s) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            if s.generation != generation {
+                continue;
+            }
+            let Some(flow) = s.flow.as_mut() else { continue };
+            let armed = match kind {
+                TimerKind::Compare => &mut flow.compare_at,
+                TimerKind::Lifetime => &mut flow.lifetime_at,
+            };
+            if *armed != Some(at) {
+                continue;
+            }
+            *armed = None;
+            if kind == TimerKind::Lifetime {
+                if flow.removable(&self.cfg, now) {
+                    self.remove(slot);
+                } else {
+                    self.reschedule_after(slot, Some(now));
+                }
+                continue;
+            }
+            if let Some((reason, detail)) = flow.conn.expired(now, self.cfg.compare_timeout) {
+                flow.conn.timed_out = true;
+                let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+                out.request(&mut flow.conn.requested, reason, &flow.key, || detail);
+            }
+            self.reschedule_after(slot, Some(now));
+        }
+    }
+
+    /// Checkpoint completion (SPEC §6): release all held primary frames (each flow in its
+    /// order), drop all held secondary frames, reset secondary state to the primary's.
+    pub fn checkpoint_done(&mut self, now: Timestamp) {
+        self.counters.checkpoints_completed += 1;
+        self.flush(now);
+    }
+
+    fn flush(&mut self, now: Timestamp) {
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        // Slot order, not hash order: deterministic output for replay and tests.
+        for s in &mut self.slots {
+            if let Some(flow) = &mut s.flow {
+                flow.conn.flush(&mut out);
+                if flow.conn.is_closed() && flow.conn.closed_at.is_none() {
+                    flow.conn.closed_at = Some(now);
+                }
+            }
+        }
+        while let Some((frame, arrived, len)) = self.unflowed.pop_front() {
+            out.release_held(frame, Via::Flush, arrived, len);
+        }
+        self.requested = 0;
+        for slot in 0..self.slots.len() as u32 {
+            self.reschedule(slot);
+        }
+    }
+
+    /// Commanded failover (SPEC §6): flush, then forward `to`'s frames uncompared and drop the
+    /// other side's. Sequence rewriting for pre-failover connections (failover to the
+    /// secondary in proxy mode) belongs to the rewriter (not in this crate yet).
+    pub fn failover(&mut self, to: Side, now: Timestamp) {
+        self.flush(now);
+        self.failed_over = Some(to);
+    }
+
+    /// The comparison state of one flow, if present.
+    pub fn flow_status(&self, key: &FlowKey) -> Option<FlowStatus> {
+        let slot = *self.map.get(key)?;
+        let flow = self.slots.get(slot as usize)?.flow.as_ref()?;
+        let (base, compared, secondary_ack, head, diverged) = flow.conn.status();
+        Some(FlowStatus {
+            base,
+            compared,
+            secondary_ack,
+            held_primary: flow.conn.primary.len(),
+            held_secondary: flow.conn.secondary.len(),
+            head,
+            diverged,
+            closed: flow.conn.is_closed(),
+        })
+    }
+}
+
+fn passthrough<F>(out: &mut Out<'_, F>, side: Side, frame: F, secondary_reason: DropReason) {
+    match side {
+        Side::Primary => out.release_now(frame, Via::Passthrough),
+        Side::Secondary => out.drop_new(Side::Secondary, frame, secondary_reason),
+    }
+}
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;

@@ -1,0 +1,487 @@
+//! Rule-by-rule fixtures for SPEC §5.1 and §6: each test feeds hand-built frames to a shard
+//! and checks the actions, the reason strings and the accounting invariant.
+
+use core::time::Duration;
+
+use super::*;
+use crate::fixtures::{flags, timestamp_option, Conn, TcpFrame};
+use crate::Mode;
+
+/// Result of one call, simplified for assertions.
+#[derive(Debug, PartialEq, Eq)]
+enum Ev {
+    Rel(Vec<u8>, Via),
+    Drop(Side, DropReason),
+    Ckpt(&'static str),
+}
+
+struct H {
+    shard: Shard<Vec<u8>>,
+    requests: Vec<CheckpointRequest>,
+}
+
+impl H {
+    fn new() -> Self {
+        Self::with(Config::default())
+    }
+    fn with(cfg: Config) -> Self {
+        H { shard: Shard::new(cfg), requests: Vec::new() }
+    }
+    fn drain(&mut self) -> Vec<Ev> {
+        let mut v = Vec::new();
+        while let Some(a) = self.shard.poll_action() {
+            v.push(match a {
+                Action::Release { frame, via } => Ev::Rel(frame, via),
+                Action::Drop { side, reason, .. } => Ev::Drop(side, reason),
+                Action::Checkpoint(r) => {
+                    let s = r.reason.as_str();
+                    self.requests.push(r);
+                    Ev::Ckpt(s)
+                }
+            });
+        }
+        self.shard.counters().check_accounting().expect("accounting");
+        v
+    }
+    fn p(&mut self, f: &[u8], ms: u64) -> Vec<Ev> {
+        self.shard.handle(Side::Primary, f.to_vec(), Timestamp::from_millis(ms));
+        self.drain()
+    }
+    fn s(&mut self, f: &[u8], ms: u64) -> Vec<Ev> {
+        self.shard.handle(Side::Secondary, f.to_vec(), Timestamp::from_millis(ms));
+        self.drain()
+    }
+    fn tick(&mut self, ms: u64) -> Vec<Ev> {
+        self.shard.handle_timeout(Timestamp::from_millis(ms));
+        self.drain()
+    }
+    fn done(&mut self, ms: u64) -> Vec<Ev> {
+        self.shard.checkpoint_done(Timestamp::from_millis(ms));
+        self.drain()
+    }
+    fn released(evs: &[Ev]) -> Vec<(&[u8], Via)> {
+        evs.iter()
+            .filter_map(|e| match e {
+                Ev::Rel(f, v) => Some((f.as_slice(), *v)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn ckpts(evs: &[Ev]) -> Vec<&'static str> {
+        evs.iter()
+            .filter_map(|e| match e {
+                Ev::Ckpt(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const CONSUMED: Ev = Ev::Drop(Side::Secondary, DropReason::Consumed);
+
+fn conns() -> (Conn, Conn) {
+    let p = Conn::default();
+    // The secondary guest picked another ISN; compare mode: its SYN-ACK is not rewritten,
+    // its other segments are already in the primary's space.
+    let s = Conn { isn: 777_777, ..Conn::default() };
+    (p, s)
+}
+
+#[test]
+fn test_identical_stream_released_via_match_in_order() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    assert!(h.p(&pc.syn_ack(), 0).is_empty());
+    assert_eq!(h.s(&sc.syn_ack(), 1), vec![CONSUMED, Ev::Rel(pc.syn_ack(), Via::Match)]);
+    let a = pc.data(0, b"hello ");
+    let b = pc.data(6, b"world");
+    assert!(h.p(&a, 2).is_empty());
+    assert!(h.p(&b, 3).is_empty());
+    assert_eq!(h.s(&a, 4), vec![Ev::Rel(a.clone(), Via::Match), CONSUMED]);
+    assert_eq!(h.s(&b, 5), vec![Ev::Rel(b.clone(), Via::Match), CONSUMED]);
+    assert_eq!(h.shard.counters().held_primary_frames, 0);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn test_resegmented_3_7_vs_10_and_reverse() {
+    let (pc, _) = conns();
+    let data = b"0123456789";
+    for primary_split in [true, false] {
+        let mut h = H::new();
+        let split = vec![pc.data(0, &data[..3]), pc.data(3, &data[3..])];
+        let whole = vec![pc.data(0, data)];
+        let (prim, sec) = if primary_split { (split, whole) } else { (whole, split) };
+        let mut evs = Vec::new();
+        for f in &prim {
+            evs.extend(h.p(f, 1));
+        }
+        for f in &sec {
+            evs.extend(h.s(f, 2));
+        }
+        let rel = H::released(&evs);
+        assert_eq!(rel.len(), prim.len());
+        for (r, f) in rel.iter().zip(&prim) {
+            assert_eq!((r.0, r.1), (f.as_slice(), Via::Match));
+        }
+        assert!(H::ckpts(&evs).is_empty());
+        assert_eq!(h.shard.counters().secondary_consumed, sec.len() as u64);
+    }
+}
+
+#[test]
+fn test_out_of_order_arrival_both_sides() {
+    let (pc, _) = conns();
+    let a = pc.data(0, b"aaaa");
+    let b = pc.data(4, b"bbbb");
+    let mut h = H::new();
+    assert!(h.p(&b, 1).is_empty()); // mid-stream pickup would start at b: send a first below
+    let mut h2 = H::new();
+    assert!(h2.p(&a, 1).is_empty());
+    assert!(h2.p(&b, 1).is_empty());
+    assert!(h2.s(&b, 2).is_empty(), "secondary b waits for the gap");
+    let evs = h2.s(&a, 3);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Match), (b.as_slice(), Via::Match)]);
+    // Primary out of order: b is held behind the missing a even though b matched.
+    let mut h3 = H::new();
+    assert!(h3.p(&pc.syn_ack(), 0).is_empty());
+    h3.s(&pc.syn_ack(), 0);
+    assert!(h3.p(&b, 1).is_empty());
+    assert!(h3.s(&a, 2).is_empty());
+    assert!(h3.s(&b, 2).is_empty());
+    let evs = h3.p(&a, 3);
+    assert_eq!(
+        H::released(&evs),
+        vec![(b.as_slice(), Via::Match), (a.as_slice(), Via::Match)],
+        "primary order is arrival order"
+    );
+}
+
+#[test]
+fn test_ignored_header_fields() {
+    let (pc, _) = conns();
+    let prim = TcpFrame {
+        seq: pc.seq(0),
+        ack: pc.ack,
+        flags: flags::ACK | flags::PSH,
+        payload: b"same bytes".to_vec(),
+        ..TcpFrame::default()
+    };
+    let sec = TcpFrame {
+        ip_id: 999,
+        ttl: 3,
+        window: 12,
+        options: timestamp_option(42, 43),
+        padding: 6,
+        flags: flags::ACK,
+        ..prim.clone()
+    };
+    let mut h = H::new();
+    let mut p2 = prim.clone();
+    p2.options = timestamp_option(1, 2);
+    h.p(&p2.build(), 0);
+    let evs = h.s(&sec.build(), 1);
+    assert_eq!(H::released(&evs), vec![(p2.build().as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_payload_mismatch_requests_and_holds_until_flush() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"0123456789");
+    h.p(&a, 0);
+    let evs = h.s(&pc.data(0, b"0123X56789"), 1);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-payload-mismatch"]);
+    assert!(H::released(&evs).is_empty());
+    let r = &h.requests[0];
+    assert_eq!(r.flow, "tcp 10.0.0.2:80 > 10.0.0.1:40000");
+    assert!(r.detail.contains("stream +4"), "{}", r.detail);
+    assert!(r.detail.contains("|34") && r.detail.contains("|58"), "{}", r.detail);
+    // Diverged: further identical data is held too, and no second request this epoch.
+    let b = pc.data(10, b"more");
+    h.p(&b, 2);
+    assert!(H::released(&h.s(&b, 3)).is_empty());
+    assert_eq!(h.shard.flow_status(&flow_key()).map(|s| s.head), Some(Some(HoldReason::Diverged)));
+    let evs = h.done(4);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Flush), (b.as_slice(), Via::Flush)]);
+    // After the flush the secondary state equals the primary's: comparison resumes.
+    let c = pc.data(14, b"next");
+    h.p(&c, 5);
+    assert_eq!(H::released(&h.s(&c, 6)), vec![(c.as_slice(), Via::Match)]);
+    assert_eq!(h.shard.counters().checkpoints_completed, 1);
+}
+
+fn flow_key() -> FlowKey {
+    match wire::parse(&Conn::default().data(0, b"x")) {
+        Class::Tcp(k, _) => k,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn test_ack_rule_holds_then_releases_or_times_out() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data_ack(0, b"abc", 6000);
+    h.p(&a, 0);
+    // The secondary sends the same bytes but has not yet acknowledged client byte 6000.
+    let evs = h.s(&pc.data_ack(0, b"abc", 5500), 1);
+    assert!(H::released(&evs).is_empty());
+    assert_eq!(h.shard.flow_status(&flow_key()).and_then(|s| s.head), Some(HoldReason::AwaitingAck));
+    let evs = h.s(&pc.pure_ack(3, 6000), 2);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Match)]);
+
+    // Pure ACKs follow the same rule, and time out as ack-lag.
+    let ack = pc.pure_ack(3, 7000);
+    assert!(H::released(&h.p(&ack, 10)).is_empty());
+    assert!(h.tick(3009).is_empty());
+    assert_eq!(H::ckpts(&h.tick(3010)), vec!["ack-lag-timeout"]);
+    assert_eq!(H::released(&h.done(3011)), vec![(ack.as_slice(), Via::Flush)]);
+}
+
+#[test]
+fn test_retransmission_and_straddle() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"abcdef");
+    h.p(&a, 0);
+    h.s(&a, 0);
+    // Wholly below compared: released without comparing.
+    let re = pc.data(0, b"abc");
+    assert_eq!(H::released(&h.p(&re, 1)), vec![(re.as_slice(), Via::Retransmission)]);
+    // Secondary data below compared is consumed silently.
+    assert_eq!(h.s(&pc.data(2, b"cd"), 1), vec![CONSUMED]);
+    // Straddling: the new part is compared.
+    let st = pc.data(4, b"efGH");
+    assert!(h.p(&st, 2).is_empty());
+    let evs = h.s(&pc.data(6, b"GX"), 3);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-payload-mismatch"]);
+    assert!(H::released(&evs).is_empty());
+}
+
+#[test]
+fn test_syn_ack_released_once_counterpart_seen() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    assert!(h.p(&pc.syn_ack(), 0).is_empty());
+    assert_eq!(h.shard.flow_status(&flow_key()).and_then(|s| s.head), Some(HoldReason::AwaitingSynCounterpart));
+    // A counterpart with a different ACK is not a counterpart.
+    let other = Conn { ack: 1234, ..sc.clone() };
+    assert!(H::released(&h.s(&other.syn_ack(), 1)).is_empty());
+    assert_eq!(H::ckpts(&h.tick(3000)), vec!["timeout-primary"]);
+
+    let mut h = H::new();
+    h.s(&sc.syn_ack(), 0); // secondary first is fine too
+    assert_eq!(H::released(&h.p(&pc.syn_ack(), 1)), vec![(pc.syn_ack().as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_proxy_mode_learns_offset_from_syn_pair() {
+    let (pc, sc) = conns();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    let a = pc.data(0, b"xyz");
+    h.p(&a, 1);
+    let evs = h.s(&sc.data(0, b"xyz"), 2);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_fin_compared_as_position() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"bye");
+    let fin = pc.fin(3);
+    h.p(&a, 0);
+    h.p(&fin, 0);
+    let evs = h.s(&a, 1);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Match)]);
+    let evs = h.s(&fin, 2);
+    assert_eq!(H::released(&evs), vec![(fin.as_slice(), Via::Match)]);
+    assert!(h.shard.flow_status(&flow_key()).is_some_and(|s| s.closed));
+    // Linger, then removal.
+    h.tick(2 + 6000);
+    assert_eq!(h.shard.flow_count(), 0);
+
+    // FIN where the other side has data.
+    let mut h = H::new();
+    h.p(&fin, 0);
+    let evs = h.s(&pc.data(3, b"more"), 1);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-fin-mismatch"]);
+    let mut h = H::new();
+    h.p(&a, 0);
+    h.p(&fin, 0);
+    h.s(&a, 1);
+    let evs = h.s(&pc.data(3, b"more"), 2);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-fin-mismatch"]);
+    assert!(H::released(&evs).is_empty());
+}
+
+#[test]
+fn test_rst_pair_and_rst_mismatch() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"ab");
+    let rst = pc.rst(2);
+    h.p(&a, 0);
+    h.p(&rst, 0);
+    assert_eq!(H::released(&h.s(&a, 1)), vec![(a.as_slice(), Via::Match)]);
+    assert_eq!(h.shard.flow_status(&flow_key()).and_then(|s| s.head), Some(HoldReason::AwaitingRst));
+    assert_eq!(H::released(&h.s(&rst, 2)), vec![(rst.as_slice(), Via::Match)]);
+    assert!(h.shard.flow_status(&flow_key()).is_some_and(|s| s.closed));
+
+    // RST on the secondary where the primary has data.
+    let mut h = H::new();
+    h.p(&a, 0);
+    h.p(&pc.data(2, b"cd"), 0);
+    h.s(&a, 1);
+    let evs = h.s(&pc.rst(2), 2);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-rst-mismatch"]);
+
+    // A lone RST answering a SYN (no stream yet) is released once both sides reset.
+    let mut h = H::new();
+    let r = pc.rst(0);
+    h.s(&r, 0);
+    assert_eq!(H::released(&h.p(&r, 1)), vec![(r.as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_timeouts_primary_and_secondary_are_exact() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    h.p(&pc.data(0, b"alone"), 100);
+    assert_eq!(h.shard.next_deadline(), Some(Timestamp::from_millis(3100)));
+    assert!(h.tick(3099).is_empty());
+    assert_eq!(H::ckpts(&h.tick(3100)), vec!["timeout-primary"]);
+    assert!(h.tick(9000).is_empty(), "one timeout request per flow per epoch");
+
+    let mut h = H::new();
+    h.p(&pc.data(0, b"x"), 0);
+    h.s(&pc.data(0, b"x"), 0);
+    h.s(&pc.data(1, b"ahead"), 50);
+    assert!(h.tick(3049).is_empty());
+    assert_eq!(H::ckpts(&h.tick(3050)), vec!["timeout-secondary"]);
+}
+
+#[test]
+fn test_queue_overflow_requests_never_drops_primary() {
+    let (pc, _) = conns();
+    let mut h = H::with(Config { max_queue_size: 4, hard_queue_limit: 16, ..Config::default() });
+    let mut evs = Vec::new();
+    for i in 0..8u32 {
+        evs.extend(h.p(&pc.data(i, b"z"), 0));
+    }
+    assert_eq!(H::ckpts(&evs), vec!["queue-overflow"]);
+    assert_eq!(h.shard.counters().held_primary_frames, 8);
+    assert_eq!(H::released(&h.done(1)).len(), 8);
+    // Past the hard limit the frame is dropped and counted (memory exhausted, SPEC §6).
+    for i in 8..30u32 {
+        h.p(&pc.data(i, b"z"), 2);
+    }
+    assert_eq!(h.shard.counters().dropped(Side::Primary, DropReason::QueueHardLimit), 6);
+}
+
+#[test]
+fn test_flow_table_full_resource_pressure_and_eviction() {
+    let (pc, _) = conns();
+    let other = Conn { template: TcpFrame { dport: 40001, ..TcpFrame::default() }, ..Conn::default() };
+    let mut h = H::with(Config { max_flows: 1, ..Config::default() });
+    let a = pc.data(0, b"a");
+    h.p(&a, 0);
+    let b = other.data(0, b"b");
+    let evs = h.p(&b, 1);
+    assert_eq!(H::ckpts(&evs), vec!["resource-pressure"]);
+    assert_eq!(h.shard.counters().held_primary_frames, 2);
+    assert_eq!(H::released(&h.done(2)), vec![(a.as_slice(), Via::Flush), (b.as_slice(), Via::Flush)]);
+    // The first flow is now empty: it can be evicted for a new one.
+    let c = other.data(1, b"c");
+    h.p(&c, 3);
+    assert_eq!(h.shard.counters().flows_evicted, 1);
+    assert_eq!(H::released(&h.s(&c, 4)), vec![(c.as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_idle_flow_removed() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"a");
+    h.p(&a, 0);
+    h.s(&a, 0);
+    assert_eq!(h.shard.flow_count(), 1);
+    h.tick(299_999);
+    assert_eq!(h.shard.flow_count(), 1);
+    h.tick(300_000);
+    assert_eq!(h.shard.flow_count(), 0);
+    assert_eq!(h.shard.counters().flows, 0);
+}
+
+#[test]
+fn test_requests_aggregate_per_reason_flow_epoch() {
+    let (pc, _) = conns();
+    let mut h = H::with(Config { max_queue_size: 1, ..Config::default() });
+    h.p(&pc.data(0, b"a"), 0);
+    let mut evs = h.s(&pc.data(0, b"b"), 0);
+    for i in 1..5 {
+        evs.extend(h.p(&pc.data(i, b"a"), 0));
+    }
+    assert_eq!(H::ckpts(&evs), vec!["tcp-payload-mismatch", "queue-overflow"]);
+    h.done(1);
+    h.p(&pc.data(5, b"a"), 2);
+    assert_eq!(H::ckpts(&h.s(&pc.data(5, b"c"), 2)), vec!["tcp-payload-mismatch"]);
+}
+
+#[test]
+fn test_sequence_wraparound() {
+    let pc = Conn { isn: u32::MAX - 3, ..Conn::default() };
+    let mut h = H::new();
+    h.p(&pc.syn_ack(), 0);
+    h.s(&Conn { isn: 5, ..pc.clone() }.syn_ack(), 0);
+    let a = pc.data(0, b"wrap around");
+    h.p(&a, 1);
+    let evs = h.s(&pc.data(0, b"wrap "), 2);
+    assert!(H::released(&evs).is_empty());
+    let evs = h.s(&pc.data(5, b"around"), 3);
+    assert_eq!(H::released(&evs), vec![(a.as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_non_ip_and_malformed_passthrough() {
+    let mut h = H::new();
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x88, 0xcc, 1, 2, 3]);
+    assert_eq!(h.p(&arp, 0), vec![Ev::Rel(arp.clone(), Via::Passthrough)]);
+    assert_eq!(h.s(&arp, 0), vec![Ev::Drop(Side::Secondary, DropReason::NonIp)]);
+    let bad = vec![0u8; 20];
+    assert_eq!(h.p(&bad, 0).len(), 1);
+    assert_eq!(h.s(&[], 0), vec![Ev::Drop(Side::Secondary, DropReason::Malformed)]);
+    let c = h.shard.counters();
+    assert_eq!(c.released_via(Via::Passthrough), 2);
+    assert_eq!(c.malformed_count(crate::MalformedReason::Empty), 1);
+}
+
+#[test]
+fn test_failover_to_primary_forwards_uncompared() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let a = pc.data(0, b"held");
+    h.p(&a, 0);
+    h.shard.failover(Side::Primary, Timestamp::from_millis(1));
+    assert_eq!(H::released(&h.drain()), vec![(a.as_slice(), Via::Flush)]);
+    let b = pc.data(4, b"free");
+    assert_eq!(H::released(&h.p(&b, 2)), vec![(b.as_slice(), Via::Passthrough)]);
+    assert_eq!(h.s(&b, 2), vec![Ev::Drop(Side::Secondary, DropReason::FailedOver)]);
+}
+
+#[test]
+fn test_timer_heap_stays_small_in_steady_state() {
+    let (pc, _) = conns();
+    let mut h = H::with(Config::default().with_compare_timeout(Duration::from_millis(100)));
+    for i in 0..10_000u32 {
+        let f = pc.data(i, b"q");
+        h.p(&f, u64::from(i));
+        h.s(&f, u64::from(i));
+        h.tick(u64::from(i));
+    }
+    assert!(h.shard.timer_entries() <= 4, "{}", h.shard.timer_entries());
+}

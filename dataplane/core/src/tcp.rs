@@ -1,0 +1,586 @@
+//! TCP byte-stream comparison of one connection's guest → client direction (SPEC §5.1).
+//!
+//! Owns: the primary FIFO (frames in the order the primary sent them), the secondary's held
+//! segments, and the stream state (`compared`, ACK high-water marks, SYN/FIN/RST positions).
+//! Bytes are compared by sequence position, so segmentation and arrival order do not matter.
+//! Frames leave only from the head of the primary FIFO, so a flow is never reordered.
+//!
+//! Must never: compare IP/TCP header fields other than seq/ack/flags (SPEC §5.1 "Ignored"),
+//! release a primary byte that was not verified (except retransmissions wholly below
+//! `compared`, which the client already saw), allocate per packet (queues reuse their
+//! capacity), or read a clock.
+//!
+//! Only the guest → client direction passes through the comparator (both guests send the same
+//! flow); its ACK numbers acknowledge client bytes, which both guests received identically, so
+//! ACK numbers of the two sides are directly comparable without rewriting.
+
+use std::collections::VecDeque;
+
+use crate::checkpoint::{hex_window, CheckpointReason};
+use crate::shard::{DropReason, Out, Via};
+use crate::time::Timestamp;
+use crate::wire::{payload, FlowKey, TcpSegment};
+use crate::{Config, Frame, Mode, Side};
+
+/// `a < b` in sequence space (mod 2^32, RFC 1982 style).
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// `a <= b` in sequence space.
+pub fn seq_le(a: u32, b: u32) -> bool {
+    a == b || seq_lt(a, b)
+}
+
+fn seq_max(a: Option<u32>, b: u32) -> u32 {
+    match a {
+        Some(a) if seq_lt(b, a) => a,
+        _ => b,
+    }
+}
+
+/// Why the head of a primary FIFO is still held (for `--explain` and timeout reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    /// Some of its positions are not yet verified against the secondary.
+    AwaitingSecondaryData,
+    /// Its ACK is ahead of the highest ACK the secondary sent (output commit, SPEC §5.1).
+    AwaitingAck,
+    /// A SYN/SYN-ACK whose secondary counterpart (same flags, same ACK) was not seen.
+    AwaitingSynCounterpart,
+    /// A RST the secondary has not matched yet.
+    AwaitingRst,
+    /// The flow diverged; everything waits for the checkpoint flush.
+    Diverged,
+}
+
+impl HoldReason {
+    /// Short name for `--explain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::AwaitingSecondaryData => "awaiting secondary data",
+            HoldReason::AwaitingAck => "awaiting secondary ack",
+            HoldReason::AwaitingSynCounterpart => "awaiting secondary syn",
+            HoldReason::AwaitingRst => "awaiting secondary rst",
+            HoldReason::Diverged => "diverged, awaiting checkpoint",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SynInfo {
+    isn: u32,
+    ack_flag: bool,
+    ack: u32,
+}
+
+impl SynInfo {
+    fn of(seg: &TcpSegment) -> Self {
+        SynInfo { isn: seg.seq, ack_flag: seg.ack_flag, ack: seg.ack }
+    }
+    /// SPEC §5.1: the counterpart has the same flags and the same ACK; ISNs differ freely.
+    fn counterpart_of(&self, other: &SynInfo) -> bool {
+        self.ack_flag == other.ack_flag && (!self.ack_flag || self.ack == other.ack)
+    }
+}
+
+pub(crate) struct HeldPrimary<F> {
+    pub(crate) frame: F,
+    seg: TcpSegment,
+    pub(crate) arrived: Timestamp,
+    /// Wholly below `compared` on arrival: released via `retransmission` without comparing.
+    retransmission: bool,
+    pub(crate) len: u32,
+}
+
+pub(crate) struct HeldSecondary<F> {
+    pub(crate) frame: F,
+    seg: TcpSegment,
+    pub(crate) arrived: Timestamp,
+    pub(crate) len: u32,
+}
+
+/// What occupies a stream position on one side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cover {
+    /// Payload; `dist` = positions until the nearest end of a covering segment; `idx` = a
+    /// covering segment (secondary side).
+    Data {
+        dist: u32,
+        idx: usize,
+    },
+    Fin,
+    Rst,
+    Nothing,
+}
+
+/// Comparison state of one TCP connection (guest → client direction).
+pub(crate) struct TcpConn<F> {
+    pub(crate) primary: VecDeque<HeldPrimary<F>>,
+    pub(crate) secondary: VecDeque<HeldSecondary<F>>,
+    /// First stream position (after the SYN, or the first primary segment seen mid-stream).
+    base: Option<u32>,
+    /// Every position before this is verified equal on both sides (SPEC §5.1).
+    compared: Option<u32>,
+    /// Added to secondary sequence numbers to reach the primary's space: 0 in compare mode,
+    /// learned from the SYN pair in proxy mode, 0 again after a checkpoint.
+    offset: Option<u32>,
+    p_syn: Option<SynInfo>,
+    s_syn: Option<SynInfo>,
+    p_ack_max: Option<u32>,
+    s_ack_max: Option<u32>,
+    /// One past the highest position the primary sent (for the checkpoint reset).
+    p_high: Option<u32>,
+    p_fin: Option<u32>,
+    p_rst: Option<u32>,
+    /// Secondary RST sequence number, in the secondary's own space.
+    s_rst_raw: Option<u32>,
+    fin_done: bool,
+    rst_done: bool,
+    diverged: bool,
+    /// Reasons already requested this epoch (one request per reason and flow per epoch).
+    pub(crate) requested: u16,
+    /// A timeout was requested this epoch: no more compare deadlines until the flush.
+    pub(crate) timed_out: bool,
+    pub(crate) closed_at: Option<Timestamp>,
+}
+
+impl<F: Frame> TcpConn<F> {
+    pub(crate) fn new(mode: Mode) -> Self {
+        TcpConn {
+            primary: VecDeque::new(),
+            secondary: VecDeque::new(),
+            base: None,
+            compared: None,
+            offset: match mode {
+                Mode::Compare => Some(0),
+                Mode::Proxy => None,
+            },
+            p_syn: None,
+            s_syn: None,
+            p_ack_max: None,
+            s_ack_max: None,
+            p_high: None,
+            p_fin: None,
+            p_rst: None,
+            s_rst_raw: None,
+            fin_done: false,
+            rst_done: false,
+            diverged: false,
+            requested: 0,
+            timed_out: false,
+            closed_at: None,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.primary.is_empty() && self.secondary.is_empty()
+    }
+
+    /// Both FINs compared or a RST pair: the connection lingers, then goes (SPEC §5.1).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.fin_done || self.rst_done
+    }
+
+    /// A SYN on a finished, empty connection starts a new incarnation (port reuse).
+    pub(crate) fn is_new_incarnation(&self, seg: &TcpSegment) -> bool {
+        seg.syn && self.is_closed() && self.is_empty() && self.p_syn.is_none_or(|s| s.isn != seg.seq)
+    }
+
+    pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
+        (
+            self.base,
+            self.compared,
+            self.s_ack_max,
+            self.primary.front().and_then(|h| self.hold_reason(h)),
+            self.diverged,
+        )
+    }
+
+    pub(crate) fn on_primary(&mut self, frame: F, seg: TcpSegment, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
+        if seg.syn {
+            if self.p_syn.is_none() {
+                self.p_syn = Some(SynInfo::of(&seg));
+                if self.compared.is_none() {
+                    let start = seg.seq.wrapping_add(1);
+                    self.base = Some(start);
+                    self.compared = Some(start);
+                }
+                self.learn_offset();
+            }
+            self.p_high = Some(seq_max(self.p_high, seg.seq.wrapping_add(1)));
+        } else if self.compared.is_none() {
+            // Mid-stream pickup (no SYN seen), or a lone RST answering a client's SYN: the
+            // stream starts at the primary's first position.
+            self.base = Some(seg.seq);
+            self.compared = Some(seg.seq);
+        }
+        if seg.ack_flag {
+            self.p_ack_max = Some(seq_max(self.p_ack_max, seg.ack));
+        }
+        if seg.has_positions() {
+            self.p_high = Some(seq_max(self.p_high, seg.end()));
+        }
+        if seg.fin {
+            self.p_fin = Some(seg.data_start().wrapping_add(seg.payload_len));
+        }
+        if seg.rst {
+            self.p_rst = Some(seg.seq);
+        }
+        let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
+        let len = frame.bytes().len() as u32;
+        if self.primary.len() >= cfg.hard_queue_limit {
+            // SPEC §6: only a truly exhausted queue drops primary output, and it is counted;
+            // the overflow request below was made long before.
+            out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
+                format!("primary queue at hard limit {}", cfg.hard_queue_limit)
+            });
+            out.drop_new(Side::Primary, frame, DropReason::QueueHardLimit);
+        } else {
+            out.hold(Side::Primary, len);
+            self.primary.push_back(HeldPrimary { frame, seg, arrived: out.now, retransmission, len });
+            if self.primary.len() > cfg.max_queue_size {
+                let n = self.primary.len();
+                out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
+                    format!("primary queue {n} > max_queue_size {}", cfg.max_queue_size)
+                });
+            }
+        }
+        self.progress(out, key);
+    }
+
+    pub(crate) fn on_secondary(
+        &mut self,
+        frame: F,
+        seg: TcpSegment,
+        out: &mut Out<'_, F>,
+        cfg: &Config,
+        key: &FlowKey,
+    ) {
+        if seg.ack_flag {
+            self.s_ack_max = Some(seq_max(self.s_ack_max, seg.ack));
+        }
+        if seg.syn && self.s_syn.is_none() {
+            self.s_syn = Some(SynInfo::of(&seg));
+            self.learn_offset();
+        }
+        if seg.rst {
+            self.s_rst_raw = Some(seg.seq);
+        }
+        let below = match (self.compared, self.offset) {
+            (Some(c), Some(off)) => seq_le(seg.end().wrapping_add(off), c),
+            _ => false,
+        };
+        if !seg.has_positions() || below {
+            // Nothing left to compare (SYN, pure ACK, RST, or data below `compared`, which
+            // SPEC §5.1 says is consumed silently); its flags/ACK were recorded above.
+            out.consume_new(frame);
+        } else if self.secondary.len() >= cfg.max_queue_size {
+            let n = self.secondary.len();
+            out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
+                format!("secondary queue {n} at max_queue_size {}", cfg.max_queue_size)
+            });
+            // Dropping secondary output is safe (it is never transmitted); the checkpoint
+            // just requested resynchronises the secondary.
+            out.drop_new(Side::Secondary, frame, DropReason::QueueFull);
+        } else {
+            let len = frame.bytes().len() as u32;
+            out.hold(Side::Secondary, len);
+            self.secondary.push_back(HeldSecondary { frame, seg, arrived: out.now, len });
+        }
+        self.progress(out, key);
+    }
+
+    fn learn_offset(&mut self) {
+        if self.offset.is_none() {
+            if let (Some(p), Some(s)) = (self.p_syn, self.s_syn) {
+                self.offset = Some(p.isn.wrapping_sub(s.isn));
+            }
+        }
+    }
+
+    fn progress(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
+        self.advance(out, key);
+        self.release_ready(out);
+        self.consume_secondary(out);
+    }
+
+    fn primary_cover(&self, p: u32) -> Cover {
+        let mut dist = u32::MAX;
+        let mut fin = false;
+        for h in &self.primary {
+            let start = h.seg.data_start();
+            let into = p.wrapping_sub(start);
+            if into < h.seg.payload_len {
+                dist = dist.min(h.seg.payload_len - into);
+            } else if h.seg.fin && start.wrapping_add(h.seg.payload_len) == p {
+                fin = true;
+            }
+        }
+        if dist != u32::MAX {
+            Cover::Data { dist, idx: 0 }
+        } else if fin {
+            Cover::Fin
+        } else if self.p_rst.is_some_and(|r| seq_le(r, p)) {
+            Cover::Rst
+        } else {
+            Cover::Nothing
+        }
+    }
+
+    fn secondary_cover(&self, p: u32, off: u32) -> Cover {
+        let mut fin = false;
+        for (idx, h) in self.secondary.iter().enumerate() {
+            let start = h.seg.data_start().wrapping_add(off);
+            let into = p.wrapping_sub(start);
+            if into < h.seg.payload_len {
+                return Cover::Data { dist: h.seg.payload_len - into, idx };
+            } else if h.seg.fin && start.wrapping_add(h.seg.payload_len) == p {
+                fin = true;
+            }
+        }
+        if fin {
+            Cover::Fin
+        } else if self.s_rst_raw.is_some_and(|r| seq_le(r.wrapping_add(off), p)) {
+            Cover::Rst
+        } else {
+            Cover::Nothing
+        }
+    }
+
+    /// Moves `compared` forward over every position both sides have, comparing bytes.
+    fn advance(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
+        if self.diverged {
+            return;
+        }
+        let (Some(mut p), Some(off)) = (self.compared, self.offset) else {
+            return;
+        };
+        loop {
+            let pc = self.primary_cover(p);
+            let sc = self.secondary_cover(p, off);
+            let reason = match (pc, sc) {
+                (Cover::Data { dist: pd, .. }, Cover::Data { dist: sd, idx }) => {
+                    let d = pd.min(sd);
+                    match self.compare_chunk(p, d, idx, off) {
+                        None => {
+                            p = p.wrapping_add(d);
+                            continue;
+                        }
+                        Some(detail) => {
+                            self.compared = Some(p);
+                            self.diverged = true;
+                            out.request(&mut self.requested, CheckpointReason::TcpPayloadMismatch, key, || detail);
+                            return;
+                        }
+                    }
+                }
+                (Cover::Fin, Cover::Fin) => {
+                    p = p.wrapping_add(1);
+                    self.fin_done = true;
+                    break;
+                }
+                (Cover::Rst, Cover::Rst) => {
+                    self.rst_done = true;
+                    break;
+                }
+                (Cover::Fin, Cover::Data { .. }) | (Cover::Data { .. }, Cover::Fin) => CheckpointReason::TcpFinMismatch,
+                (Cover::Rst, Cover::Data { .. } | Cover::Fin) | (Cover::Data { .. } | Cover::Fin, Cover::Rst) => {
+                    CheckpointReason::TcpRstMismatch
+                }
+                _ => break,
+            };
+            self.compared = Some(p);
+            self.diverged = true;
+            let rel = self.base.map_or(0, |b| p.wrapping_sub(b));
+            let name = |c: Cover| match c {
+                Cover::Data { .. } => "data",
+                Cover::Fin => "FIN",
+                Cover::Rst => "RST",
+                Cover::Nothing => "nothing",
+            };
+            out.request(&mut self.requested, reason, key, || {
+                format!("at seq {p} (stream +{rel}): primary has {}, secondary has {}", name(pc), name(sc))
+            });
+            return;
+        }
+        self.compared = Some(p);
+    }
+
+    /// Compares `[p, p+d)` of every primary segment covering `p` with secondary segment
+    /// `idx`. Checking every covering primary copy means a primary duplicate with different
+    /// bytes cannot slip out unverified. Returns a diagnostic on the first difference.
+    fn compare_chunk(&self, p: u32, d: u32, idx: usize, off: u32) -> Option<String> {
+        let s = self.secondary.get(idx)?;
+        let s_start = s.seg.data_start().wrapping_add(off);
+        let s_all = payload(s.frame.bytes(), &s.seg).unwrap_or(&[]);
+        let s_from = p.wrapping_sub(s_start) as usize;
+        let s_bytes = s_all.get(s_from..s_from + d as usize);
+        for h in &self.primary {
+            let start = h.seg.data_start();
+            let into = p.wrapping_sub(start);
+            if into >= h.seg.payload_len {
+                continue;
+            }
+            let p_all = payload(h.frame.bytes(), &h.seg).unwrap_or(&[]);
+            let p_bytes = p_all.get(into as usize..into as usize + d as usize);
+            let first_diff = match (p_bytes, s_bytes) {
+                (Some(a), Some(b)) if a == b => continue,
+                (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0),
+                _ => 0,
+            };
+            let at = p.wrapping_add(first_diff as u32);
+            let rel = self.base.map_or(0, |b| at.wrapping_sub(b));
+            let mut detail = format!(
+                "first difference at seq {at} (stream +{rel}); primary segment seq {} len {}, \
+                 secondary segment seq {} len {};",
+                start, h.seg.payload_len, s_start, s.seg.payload_len
+            );
+            hex_window(&mut detail, "primary", p_all, start, at);
+            hex_window(&mut detail, "secondary", s_all, s_start, at);
+            return Some(detail);
+        }
+        None
+    }
+
+    fn hold_reason(&self, h: &HeldPrimary<F>) -> Option<HoldReason> {
+        let blocked = if self.diverged { HoldReason::Diverged } else { HoldReason::AwaitingSecondaryData };
+        if h.seg.syn {
+            let p = SynInfo::of(&h.seg);
+            if !self.s_syn.is_some_and(|s| s.counterpart_of(&p)) {
+                return Some(if self.diverged { blocked } else { HoldReason::AwaitingSynCounterpart });
+            }
+        }
+        if h.seg.rst && !self.rst_done {
+            return Some(if self.diverged { blocked } else { HoldReason::AwaitingRst });
+        }
+        if h.seg.has_positions() && !self.compared.is_some_and(|c| seq_le(h.seg.end(), c)) {
+            return Some(blocked);
+        }
+        if h.seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(h.seg.ack, a)) {
+            return Some(HoldReason::AwaitingAck);
+        }
+        None
+    }
+
+    /// Releases from the FIFO head only: a later frame never overtakes an earlier held one.
+    fn release_ready(&mut self, out: &mut Out<'_, F>) {
+        while let Some(h) = self.primary.front() {
+            if self.hold_reason(h).is_some() {
+                break;
+            }
+            let Some(h) = self.primary.pop_front() else {
+                break;
+            };
+            let via = if h.retransmission { Via::Retransmission } else { Via::Match };
+            out.release_held(h.frame, via, h.arrived, h.len);
+        }
+    }
+
+    fn consume_secondary(&mut self, out: &mut Out<'_, F>) {
+        let (Some(c), Some(off)) = (self.compared, self.offset) else {
+            return;
+        };
+        let mut i = 0;
+        while i < self.secondary.len() {
+            let done = self.secondary.get(i).is_some_and(|h| seq_le(h.seg.end().wrapping_add(off), c));
+            if done {
+                if let Some(h) = self.secondary.remove(i) {
+                    out.release_secondary_held(h.frame, h.len, DropReason::Consumed);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The earliest per-packet compare deadline (SPEC §6), if one is armed.
+    pub(crate) fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
+        if self.diverged || self.timed_out {
+            return None;
+        }
+        let p = self.primary.front().map(|h| h.arrived);
+        let s = self.secondary.front().map(|h| h.arrived);
+        let oldest = match (p, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|t| t.saturating_add(timeout))
+    }
+
+    /// Which timeout, if any, has expired at `now` (SPEC §5.1, §6), with a diagnostic.
+    pub(crate) fn expired(&self, now: Timestamp, timeout: core::time::Duration) -> Option<(CheckpointReason, String)> {
+        if self.diverged || self.timed_out {
+            return None;
+        }
+        if let Some(h) = self.primary.front() {
+            if h.arrived.saturating_add(timeout) <= now {
+                let why = self.hold_reason(h);
+                let reason = if why == Some(HoldReason::AwaitingAck) {
+                    CheckpointReason::AckLagTimeout
+                } else {
+                    CheckpointReason::TimeoutPrimary
+                };
+                return Some((
+                    reason,
+                    format!(
+                        "primary segment seq {} len {} ack {} held since {} ({}); compared {:?}, \
+                         secondary ack {:?}, {} primary / {} secondary held",
+                        h.seg.seq,
+                        h.seg.payload_len,
+                        h.seg.ack,
+                        h.arrived,
+                        why.map_or("releasable", HoldReason::as_str),
+                        self.compared,
+                        self.s_ack_max,
+                        self.primary.len(),
+                        self.secondary.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(h) = self.secondary.front() {
+            if h.arrived.saturating_add(timeout) <= now {
+                return Some((
+                    CheckpointReason::TimeoutSecondary,
+                    format!(
+                        "secondary segment seq {} len {} held since {}; compared {:?}, {} \
+                         secondary held",
+                        h.seg.seq,
+                        h.seg.payload_len,
+                        h.arrived,
+                        self.compared,
+                        self.secondary.len()
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
+    /// secondary's, and make the secondary's state the primary's.
+    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>) {
+        while let Some(h) = self.primary.pop_front() {
+            out.release_held(h.frame, Via::Flush, h.arrived, h.len);
+        }
+        while let Some(h) = self.secondary.pop_front() {
+            out.release_secondary_held(h.frame, h.len, DropReason::Flushed);
+        }
+        if let Some(high) = self.p_high {
+            self.compared = Some(high);
+            if self.base.is_none() {
+                self.base = Some(high);
+            }
+        }
+        self.s_ack_max = self.p_ack_max;
+        self.offset = Some(0);
+        self.s_syn = self.p_syn;
+        self.s_rst_raw = self.p_rst;
+        self.fin_done |= self.p_fin.is_some();
+        self.rst_done |= self.p_rst.is_some();
+        self.diverged = false;
+        self.requested = 0;
+        self.timed_out = false;
+    }
+}

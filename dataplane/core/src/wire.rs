@@ -1,0 +1,427 @@
+//! Wire layer (SPEC §4): turns a frame's bytes into a compact, owned summary.
+//!
+//! Owns: classification (TCP, datagram, fragment, other IP, non-IP, malformed), the flow key,
+//! and the offsets of the TCP payload inside the frame. Header parsing is delegated to
+//! `etherparse`, which bounds-checks every access; this module adds the policy (what is
+//! malformed, what is part of the key). It must never panic, allocate, or keep a borrow of the
+//! frame: the summary is plain data so the frame can move into a queue afterwards.
+//!
+//! Payload lengths come from the IP length fields (`etherparse` slices the IP payload by the
+//! total length / payload length), never from the frame length, so Ethernet padding is never
+//! compared (SPEC §4).
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use etherparse::err::{packet::SliceError, Layer};
+use etherparse::{LinkExtSlice, NetSlice, SlicedPacket, TransportSlice};
+
+/// IP protocol numbers used in keys.
+pub mod proto {
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Identity of a flow as both guests send it (guest → client), SPEC §4.
+///
+/// MAC addresses are left out on purpose: the two guests may sit behind different virtual
+/// NICs. VLAN ids are part of the key. Ports are 0 for protocols without ports and for IP
+/// fragments (which are keyed by addresses only until issue 4 reassembles them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Outer and inner VLAN id (802.1Q / QinQ), `None` where untagged.
+    pub vlans: [Option<u16>; 2],
+    /// Source address (the guest).
+    pub src: IpAddr,
+    /// Destination address (the client).
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source port (0 where none).
+    pub src_port: u16,
+    /// Destination port (0 where none).
+    pub dst_port: u16,
+}
+
+impl FlowKey {
+    /// The key of the other direction (client → guest).
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey { src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, ..*self }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    /// `tcp 10.0.0.2:80 > 10.0.0.1:40000`, with `vlan 10` / `vlan 10.20` after the protocol
+    /// and IPv6 addresses in brackets; the format the report and `--explain` use (SPEC §9.2).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.proto {
+            proto::TCP => f.write_str("tcp")?,
+            proto::UDP => f.write_str("udp")?,
+            proto::ICMP => f.write_str("icmp")?,
+            proto::ICMPV6 => f.write_str("icmpv6")?,
+            p => write!(f, "ip{p}")?,
+        }
+        match self.vlans {
+            [Some(a), Some(b)] => write!(f, " vlan {a}.{b}")?,
+            [Some(a), None] => write!(f, " vlan {a}")?,
+            _ => {}
+        }
+        let has_ports = matches!(self.proto, proto::TCP | proto::UDP);
+        for (i, (addr, port)) in [(self.src, self.src_port), (self.dst, self.dst_port)].into_iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { " > " })?;
+            match (addr, has_ports) {
+                (IpAddr::V4(a), true) => write!(f, "{a}:{port}")?,
+                (IpAddr::V6(a), true) => write!(f, "[{a}]:{port}")?,
+                (a, false) => write!(f, "{a}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a frame is malformed (SPEC §4); counted per reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MalformedReason {
+    /// Zero-length frame.
+    Empty,
+    /// Ethernet or VLAN header cut short.
+    TruncatedLink,
+    /// IPv4/IPv6 header cut short.
+    TruncatedIpHeader,
+    /// Bad IP version, IHL smaller than 20, or total length smaller than the header.
+    BadIpHeader,
+    /// IP total/payload length claims more bytes than the frame holds.
+    IpLengthBeyondFrame,
+    /// IPv4 option / IPv6 extension header chain is broken.
+    BadIpExtension,
+    /// TCP/UDP/ICMP header longer than the IP payload.
+    TruncatedTransport,
+    /// TCP data offset below 5 or beyond the segment.
+    BadTcpHeader,
+}
+
+impl MalformedReason {
+    /// Every reason, in counter order.
+    pub const ALL: [MalformedReason; 8] = [
+        MalformedReason::Empty,
+        MalformedReason::TruncatedLink,
+        MalformedReason::TruncatedIpHeader,
+        MalformedReason::BadIpHeader,
+        MalformedReason::IpLengthBeyondFrame,
+        MalformedReason::BadIpExtension,
+        MalformedReason::TruncatedTransport,
+        MalformedReason::BadTcpHeader,
+    ];
+
+    /// Stable name for counters and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MalformedReason::Empty => "empty",
+            MalformedReason::TruncatedLink => "truncated-link",
+            MalformedReason::TruncatedIpHeader => "truncated-ip-header",
+            MalformedReason::BadIpHeader => "bad-ip-header",
+            MalformedReason::IpLengthBeyondFrame => "ip-length-beyond-frame",
+            MalformedReason::BadIpExtension => "bad-ip-extension",
+            MalformedReason::TruncatedTransport => "truncated-transport",
+            MalformedReason::BadTcpHeader => "bad-tcp-header",
+        }
+    }
+
+    fn from_slice_error(err: &SliceError) -> Self {
+        match err {
+            SliceError::Len(len) => match len.layer {
+                Layer::Ipv4Header | Layer::Ipv6Header | Layer::IpHeader => MalformedReason::TruncatedIpHeader,
+                Layer::Ipv4Packet | Layer::Ipv6Packet => MalformedReason::IpLengthBeyondFrame,
+                Layer::IpAuthHeader
+                | Layer::Ipv6ExtHeader
+                | Layer::Ipv6HopByHopHeader
+                | Layer::Ipv6DestOptionsHeader
+                | Layer::Ipv6RouteHeader
+                | Layer::Ipv6FragHeader => MalformedReason::BadIpExtension,
+                Layer::UdpHeader
+                | Layer::UdpPayload
+                | Layer::TcpHeader
+                | Layer::Icmpv4
+                | Layer::Icmpv4Timestamp
+                | Layer::Icmpv4TimestampReply
+                | Layer::Icmpv6
+                | Layer::Igmp => MalformedReason::TruncatedTransport,
+                _ => MalformedReason::TruncatedLink,
+            },
+            SliceError::Ip(_) | SliceError::Ipv4(_) | SliceError::Ipv6(_) => MalformedReason::BadIpHeader,
+            SliceError::Ipv4Exts(_) | SliceError::Ipv6Exts(_) => MalformedReason::BadIpExtension,
+            SliceError::Tcp(_) => MalformedReason::BadTcpHeader,
+            SliceError::LinuxSll(_) | SliceError::Macsec(_) => MalformedReason::TruncatedLink,
+        }
+    }
+}
+
+/// The fields of a TCP segment the comparator uses (SPEC §5.1). Everything else in the IP and
+/// TCP headers (ID, TTL, checksums, window, urgent pointer, options) is deliberately absent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number (meaningful only with `ack_flag`).
+    pub ack: u32,
+    /// SYN flag.
+    pub syn: bool,
+    /// FIN flag.
+    pub fin: bool,
+    /// RST flag.
+    pub rst: bool,
+    /// ACK flag.
+    pub ack_flag: bool,
+    /// Offset of the payload inside the frame.
+    pub payload_offset: u32,
+    /// Payload length, from the IP length fields.
+    pub payload_len: u32,
+}
+
+impl TcpSegment {
+    /// First stream position of the payload (SYN occupies `seq`).
+    pub fn data_start(&self) -> u32 {
+        self.seq.wrapping_add(u32::from(self.syn))
+    }
+    /// One past the last stream position this segment occupies (payload and FIN).
+    pub fn end(&self) -> u32 {
+        self.data_start().wrapping_add(self.payload_len).wrapping_add(u32::from(self.fin))
+    }
+    /// Whether the segment occupies stream positions after its SYN (payload or FIN).
+    pub fn has_positions(&self) -> bool {
+        self.payload_len > 0 || self.fin
+    }
+}
+
+/// What a frame is, as far as the comparator cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A TCP segment: compared as a byte stream (SPEC §5.1).
+    Tcp(FlowKey, TcpSegment),
+    /// UDP, ICMP or ICMPv6 (SPEC §5.2, issue 4).
+    Datagram(FlowKey),
+    /// An IPv4/IPv6 fragment (SPEC §4, issue 4); the key has ports 0.
+    Fragment(FlowKey),
+    /// Another IP protocol (SPEC §5.3, issue 4).
+    OtherIp(FlowKey),
+    /// Not IP (ARP, LLDP, …), with its EtherType.
+    NonIp(u16),
+    /// Could not be parsed.
+    Malformed(MalformedReason),
+}
+
+impl Class {
+    /// The flow key, for classes that have one.
+    pub fn key(&self) -> Option<&FlowKey> {
+        match self {
+            Class::Tcp(k, _) | Class::Datagram(k) | Class::Fragment(k) | Class::OtherIp(k) => Some(k),
+            Class::NonIp(_) | Class::Malformed(_) => None,
+        }
+    }
+}
+
+/// Classifies a frame starting at its Ethernet header. Never panics.
+pub fn parse(bytes: &[u8]) -> Class {
+    if bytes.is_empty() {
+        return Class::Malformed(MalformedReason::Empty);
+    }
+    let sliced = match SlicedPacket::from_ethernet(bytes) {
+        Ok(s) => s,
+        Err(e) => return Class::Malformed(MalformedReason::from_slice_error(&e)),
+    };
+    let mut vlans = [None, None];
+    let mut n = 0;
+    for ext in &sliced.link_exts {
+        match ext {
+            LinkExtSlice::Vlan(v) => {
+                if let Some(slot) = vlans.get_mut(n) {
+                    *slot = Some(v.vlan_identifier().value());
+                }
+                n += 1;
+            }
+            // MACsec: we cannot see inside; treat as non-IP (passthrough policy).
+            LinkExtSlice::Macsec(_) => return Class::NonIp(0x88e5),
+        }
+    }
+    let (src, dst, payload) = match &sliced.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            (IpAddr::V4(Ipv4Addr::from(h.source())), IpAddr::V4(Ipv4Addr::from(h.destination())), ip.payload())
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            (IpAddr::V6(Ipv6Addr::from(h.source())), IpAddr::V6(Ipv6Addr::from(h.destination())), ip.payload())
+        }
+        Some(NetSlice::Arp(_)) => return Class::NonIp(0x0806),
+        None => {
+            let ether_type = match sliced.link_exts.last() {
+                Some(LinkExtSlice::Vlan(v)) => v.ether_type().0,
+                _ => match &sliced.link {
+                    Some(etherparse::LinkSlice::Ethernet2(e)) => e.ether_type().0,
+                    _ => 0,
+                },
+            };
+            return Class::NonIp(ether_type);
+        }
+    };
+    let mut key = FlowKey { vlans, src, dst, proto: payload.ip_number.0, src_port: 0, dst_port: 0 };
+    if payload.fragmented {
+        return Class::Fragment(key);
+    }
+    match &sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            key.src_port = tcp.source_port();
+            key.dst_port = tcp.destination_port();
+            let data = tcp.payload();
+            // The payload is a sub-slice of `bytes`; its offset is the pointer distance.
+            let offset = (data.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+            let (Ok(payload_offset), Ok(payload_len)) = (u32::try_from(offset), u32::try_from(data.len())) else {
+                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+            };
+            if offset.checked_add(data.len()).is_none_or(|end| end > bytes.len()) {
+                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+            }
+            Class::Tcp(
+                key,
+                TcpSegment {
+                    seq: tcp.sequence_number(),
+                    ack: tcp.acknowledgment_number(),
+                    syn: tcp.syn(),
+                    fin: tcp.fin(),
+                    rst: tcp.rst(),
+                    ack_flag: tcp.ack(),
+                    payload_offset,
+                    payload_len,
+                },
+            )
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            key.src_port = udp.source_port();
+            key.dst_port = udp.destination_port();
+            Class::Datagram(key)
+        }
+        Some(TransportSlice::Icmpv4(_)) | Some(TransportSlice::Icmpv6(_)) => Class::Datagram(key),
+        Some(TransportSlice::Igmp(_)) | None => Class::OtherIp(key),
+    }
+}
+
+/// The TCP payload of a frame whose summary came from [`parse`] on the same bytes; empty if
+/// the frame changed since (the caller then sees a mismatch, never a panic).
+pub fn payload<'a>(bytes: &'a [u8], seg: &TcpSegment) -> Option<&'a [u8]> {
+    let start = seg.payload_offset as usize;
+    bytes.get(start..start.checked_add(seg.payload_len as usize)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet(14) + IPv4(20) + TCP(20) + "hello", with 5 bytes of Ethernet padding after it.
+    const TCP4_PADDED: [u8; 64] = [
+        // dst mac, src mac, type 0x0800
+        0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00,
+        // IPv4: ver/ihl, tos, total len 45, id, flags/frag, ttl 64, proto 6, csum
+        0x45, 0, 0, 45, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, // src 10.0.0.2, dst 10.0.0.1
+        10, 0, 0, 2, 10, 0, 0, 1,
+        // TCP: sport 80, dport 40000, seq 1000, ack 2000, off 5, flags PSH|ACK, win, csum, urg
+        0, 80, 0x9c, 0x40, 0, 0, 0x03, 0xe8, 0, 0, 0x07, 0xd0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0, // payload
+        b'h', b'e', b'l', b'l', b'o', // padding
+        0, 0, 0, 0, 0,
+    ];
+
+    #[test]
+    fn test_parse_tcp_ignores_padding() {
+        let Class::Tcp(key, seg) = parse(&TCP4_PADDED) else {
+            panic!("not tcp: {:?}", parse(&TCP4_PADDED));
+        };
+        assert_eq!(key.to_string(), "tcp 10.0.0.2:80 > 10.0.0.1:40000");
+        assert_eq!(seg.seq, 1000);
+        assert_eq!(seg.ack, 2000);
+        assert!(seg.ack_flag && !seg.syn && !seg.fin && !seg.rst);
+        assert_eq!(seg.payload_len, 5, "padding must not be payload (SPEC §4)");
+        assert_eq!(payload(&TCP4_PADDED, &seg), Some(&b"hello"[..]));
+        assert_eq!(seg.end(), 1005);
+    }
+
+    #[test]
+    fn test_parse_vlan_qinq_in_key() {
+        let mut f = Vec::new();
+        f.extend_from_slice(&TCP4_PADDED[..12]);
+        f.extend_from_slice(&[0x88, 0xa8, 0x00, 0x0a, 0x81, 0x00, 0x00, 0x14]);
+        f.extend_from_slice(&TCP4_PADDED[12..]);
+        let Class::Tcp(key, seg) = parse(&f) else { panic!("not tcp") };
+        assert_eq!(key.vlans, [Some(10), Some(20)]);
+        assert_eq!(key.to_string(), "tcp vlan 10.20 10.0.0.2:80 > 10.0.0.1:40000");
+        assert_eq!(payload(&f, &seg), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn test_parse_ipv4_options() {
+        let mut f = TCP4_PADDED.to_vec();
+        f[14] = 0x46; // IHL 6: one word of options
+        f[17] = 49;
+        f.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("not tcp") };
+        assert_eq!(payload(&f, &seg), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn test_parse_ipv6_with_extension() {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+        // IPv6: payload len = 8 (hop-by-hop) + 20 + 3, next header 0 (hop-by-hop)
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 31, 0, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // hop-by-hop → TCP, PadN
+        f.extend_from_slice(&TCP4_PADDED[34..54]);
+        f.extend_from_slice(b"abc");
+        let Class::Tcp(key, seg) = parse(&f) else { panic!("not tcp: {:?}", parse(&f)) };
+        assert_eq!(key.to_string(), "tcp [2001:db8::2]:80 > [2001:db8::1]:40000");
+        assert_eq!(payload(&f, &seg), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn test_parse_malformed_reasons() {
+        assert_eq!(parse(&[]), Class::Malformed(MalformedReason::Empty));
+        assert_eq!(parse(&TCP4_PADDED[..10]), Class::Malformed(MalformedReason::TruncatedLink));
+        assert_eq!(parse(&TCP4_PADDED[..20]), Class::Malformed(MalformedReason::TruncatedIpHeader));
+        let mut long = TCP4_PADDED;
+        long[17] = 200; // total length beyond the frame
+        assert_eq!(parse(&long), Class::Malformed(MalformedReason::IpLengthBeyondFrame));
+        let mut ihl = TCP4_PADDED;
+        ihl[14] = 0x43; // IHL 3
+        assert_eq!(parse(&ihl), Class::Malformed(MalformedReason::BadIpHeader));
+        let mut doff = TCP4_PADDED;
+        doff[46] = 0x30; // data offset 3
+        assert_eq!(parse(&doff), Class::Malformed(MalformedReason::BadTcpHeader));
+        let mut short = TCP4_PADDED;
+        short[17] = 30; // IP says 10 bytes of TCP
+        assert_eq!(parse(&short), Class::Malformed(MalformedReason::TruncatedTransport));
+    }
+
+    #[test]
+    fn test_parse_non_ip_fragment_udp() {
+        let mut arp = TCP4_PADDED;
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        assert!(matches!(parse(&arp), Class::NonIp(0x0806) | Class::Malformed(_)));
+        let mut lldp = TCP4_PADDED;
+        lldp[12] = 0x88;
+        lldp[13] = 0xcc;
+        assert_eq!(parse(&lldp), Class::NonIp(0x88cc));
+        let mut frag = TCP4_PADDED;
+        frag[20] = 0x20; // MF
+        assert!(matches!(parse(&frag), Class::Fragment(k) if k.src_port == 0));
+        let mut udp = TCP4_PADDED;
+        udp[23] = 17;
+        udp[38] = 0;
+        udp[39] = 25; // UDP length 25
+        assert!(matches!(parse(&udp), Class::Datagram(k) if k.to_string() == "udp 10.0.0.2:80 > 10.0.0.1:40000"));
+    }
+}

@@ -1,0 +1,49 @@
+//! Shared helpers for the property tests: an indexed frame type and a driver that drains
+//! actions and checks the accounting invariant after every call.
+#![allow(dead_code)]
+
+use colo_core::{Action, CheckpointRequest, DropReason, Frame, Shard, Side, Timestamp, Via};
+
+/// A frame that remembers its position in its side's input.
+#[derive(Clone, Debug)]
+pub struct Indexed {
+    pub side: Side,
+    pub index: usize,
+    pub data: Vec<u8>,
+}
+
+impl Frame for Indexed {
+    fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Log {
+    pub released: Vec<(usize, Via)>,
+    pub dropped: Vec<(Side, usize, DropReason)>,
+    pub requests: Vec<CheckpointRequest>,
+}
+
+pub fn drain(shard: &mut Shard<Indexed>, log: &mut Log) {
+    while let Some(a) = shard.poll_action() {
+        match a {
+            Action::Release { frame, via } => log.released.push((frame.index, via)),
+            Action::Drop { side, frame, reason } => log.dropped.push((side, frame.index, reason)),
+            Action::Checkpoint(r) => log.requests.push(r),
+        }
+    }
+    if let Err(e) = shard.counters().check_accounting() {
+        panic!("accounting invariant broken: {e}");
+    }
+}
+
+pub fn feed(shard: &mut Shard<Indexed>, log: &mut Log, f: Indexed, now: Timestamp) {
+    shard.handle(f.side, f, now);
+    drain(shard, log);
+}
+
+/// Cases per property: `PROPTEST_CASES` or `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}

@@ -1,0 +1,582 @@
+//! Start-up, the control loop on the main lcore, and shutdown.
+//!
+//! Start-up checks everything it can before touching a device and fails with one line. The
+//! control loop gathers shard events into the checkpoint [`Coordinator`], speaks to the COLO
+//! frame, and watches signals and idleness. Shutdown (SIGINT/SIGTERM or idle): stop RX, let
+//! every shard handle what is queued and flush as on a checkpoint completion, drain TX, close
+//! the ports (pcap output complete), print the final statistics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use colo_control::admin::{AdminRequest, AdminServer, FailoverSide};
+use colo_control::coordinator::{
+    CheckpointMode, CheckpointRequest, Coordinator, CoordinatorConfig, FailoverTarget, FrameLossPolicy, Output,
+};
+use colo_control::frame_server::{Endpoint, FrameServer, ServerEvent, SocketPermissions};
+use colo_core::{Config as ShardConfig, Counters, Mode, Shard, Side};
+use crossbeam_queue::ArrayQueue;
+use dpdk::{Eal, Mempool, Port, PortConfig, TxBatch};
+
+use crate::clock::TscClock;
+use crate::config::{CheckpointModeArg, FrameLossArg, RunConfig};
+use crate::io_lcore::{IoContext, TxDrain};
+use crate::messages::{ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
+use crate::shard_lcore::ShardContext;
+use crate::tx::{Transmitter, TxPath};
+use crate::Shared;
+
+/// Slots of each dispatch and TX ring.
+const RING_SLOTS: usize = 1024;
+/// Frames a shard may hold before its mbufs would run short; sizes the pool (SPEC §8).
+const HELD_PER_SHARD: u32 = 8192;
+/// RX and TX descriptors per queue.
+const DESCRIPTORS: u16 = 1024;
+
+/// Final figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Sum of every shard's counters.
+    pub total: Counters,
+    /// Each shard's counters.
+    pub shards: Vec<Counters>,
+    /// `DO_CHECKPOINT` messages sent / checkpoints completed / collapsed requests.
+    pub coordinator: colo_control::coordinator::CoordinatorStats,
+    /// Device counters: (role, name, stats).
+    pub ports: Vec<(String, String, dpdk::PortStats)>,
+}
+
+/// Mbufs needed: descriptors of every queue, the dispatch and TX rings, and the comparison
+/// window of every shard (held frames stay in their mbufs).
+pub fn pool_size(shards: usize) -> u32 {
+    let shards = shards as u32;
+    let descriptors = u32::from(DESCRIPTORS) * (2 + 1 + shards);
+    let rings = RING_SLOTS as u32 * shards * 3;
+    (descriptors + rings + HELD_PER_SHARD * shards).next_power_of_two() - 1
+}
+
+/// Checks that hugepages exist unless the EAL options say `--no-huge` (SPEC §11).
+pub fn check_hugepages(eal_args: &[String]) -> Result<(), String> {
+    if eal_args.iter().any(|a| a == "--no-huge") {
+        return Ok(());
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Total:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if total == 0 {
+        return Err("no hugepages are reserved: add --no-huge to the EAL options (before --) to run without \
+                    them, or reserve hugepages (dpdk-hugepages.py --setup 1G)"
+            .into());
+    }
+    Ok(())
+}
+
+/// Runs the dataplane until a signal or idleness stops it.
+pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
+    let lookup = |name: &str, role: &str| {
+        Port::lookup(eal, name).map_err(|e| format!("--{role}: {e}; the EAL knows {} port(s)", eal.port_count()))
+    };
+    let primary_id = lookup(&cfg.primary, "primary")?;
+    let secondary_id = lookup(&cfg.secondary, "secondary")?;
+    let output_id = lookup(&cfg.output, "output")?;
+    let ids = [("primary", primary_id), ("secondary", secondary_id), ("output", output_id)];
+    for (i, (ra, a)) in ids.iter().enumerate() {
+        for (rb, b) in &ids[i + 1..] {
+            if a == b {
+                return Err(format!("--{ra} and --{rb} name the same port ({}); each role needs its own port", a.0));
+            }
+        }
+    }
+
+    let workers = dpdk::worker_lcores();
+    let needed = cfg.shards + 1;
+    if workers.len() < needed {
+        return Err(format!(
+            "{} shard(s) need {needed} worker lcores (one I/O lcore + one per shard) besides the main lcore, \
+             the EAL has {}: pass e.g. --lcores '(0-{needed})@(0,1)' before --",
+            cfg.shards,
+            workers.len()
+        ));
+    }
+
+    let mbufs = cfg.mbufs.unwrap_or_else(|| pool_size(cfg.shards));
+    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, 256, 2048 + 128).map_err(|e| {
+        format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
+    })?;
+
+    // Software dispatch: every virtual device here lacks RSS; one RX queue per input port.
+    let input_cfg =
+        PortConfig { rx_queues: 1, tx_queues: 1, rx_desc: DESCRIPTORS, tx_desc: DESCRIPTORS, ..Default::default() };
+    let [primary, secondary] = Port::configure_pair(eal, [primary_id, secondary_id], &input_cfg, &pool)
+        .map_err(|e| format!("cannot start the guest ports: {e}"))?;
+    let out_info = Port::info(eal, output_id).map_err(|e| format!("--output: {e}"))?;
+    let per_shard_tx = usize::from(out_info.max_tx_queues) >= cfg.shards && cfg.shards > 1;
+    let out_cfg = PortConfig { tx_queues: if per_shard_tx { cfg.shards as u16 } else { 1 }, ..input_cfg.clone() };
+    let output = Port::configure(eal, output_id, &out_cfg, &pool).map_err(|e| format!("cannot start --output: {e}"))?;
+
+    let shared = Arc::new(Shared::default());
+    let clock = TscClock::start();
+    shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
+    let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
+    let mut commands = Vec::new();
+    let mut published = Vec::new();
+    let mut to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 2] = [Vec::new(), Vec::new()];
+    let mut tx_rings = Vec::new();
+    let mut contexts = Vec::new();
+    let shard_cfg = ShardConfig {
+        max_queue_size: cfg.max_queue_size,
+        hard_queue_limit: 4 * cfg.max_queue_size,
+        mode: Mode::Compare,
+        ..ShardConfig::default()
+    }
+    .with_compare_timeout(cfg.compare_timeout);
+    for id in 0..cfg.shards {
+        let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
+        let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
+        to_shards[0].push(pp);
+        to_shards[1].push(sp);
+        let path = if per_shard_tx {
+            TxPath::Queue {
+                queue: output.tx_queue(id as u16).map_err(|e| e.to_string())?,
+                batch: Box::new(TxBatch::new()),
+            }
+        } else {
+            let (tp, tc) = rtrb::RingBuffer::new(RING_SLOTS);
+            tx_rings.push(tc);
+            TxPath::Ring(tp)
+        };
+        let cmd = Arc::new(ArrayQueue::new(COMMAND_QUEUE));
+        commands.push(cmd.clone());
+        let publ = Arc::new(ArrayQueue::new(1));
+        published.push(publ.clone());
+        contexts.push(ShardContext {
+            id,
+            shard: Shard::new(shard_cfg.clone()),
+            primary_in: pc,
+            secondary_in: sc,
+            tx: Transmitter::new(path),
+            commands: cmd,
+            events: events.clone(),
+            unsent_events: Default::default(),
+            clock,
+            shared: shared.clone(),
+            published: publ,
+        });
+    }
+    let tx = if per_shard_tx {
+        None
+    } else {
+        Some(TxDrain {
+            queue: output.tx_queue(0).map_err(|e| e.to_string())?,
+            batch: TxBatch::new(),
+            rings: tx_rings,
+            next: 0,
+        })
+    };
+    let io = IoContext {
+        inputs: vec![
+            (Side::Primary, primary.rx_queue(0).map_err(|e| e.to_string())?),
+            (Side::Secondary, secondary.rx_queue(0).map_err(|e| e.to_string())?),
+        ],
+        to_shards,
+        tx,
+        shared: shared.clone(),
+        shards: cfg.shards,
+    };
+
+    tracing::info!(
+        shards = cfg.shards,
+        dispatch = "software (symmetric Toeplitz)",
+        tx = if per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
+        mbufs,
+        "colo-dataplane starting"
+    );
+    let io_handle =
+        dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
+    let mut shard_handles = Vec::new();
+    for (ctx, lcore) in contexts.into_iter().zip(&workers[1..]) {
+        shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
+    }
+
+    let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock)?;
+    let mut summary = control.run(cfg)?;
+
+    if let Err(p) = io_handle.join() {
+        return Err(format!("the I/O lcore panicked: {}", panic_text(&p)));
+    }
+    for h in shard_handles {
+        if let Err(p) = h.join() {
+            return Err(format!("a shard lcore panicked: {}", panic_text(&p)));
+        }
+    }
+    for (role, port) in [("primary", &primary), ("secondary", &secondary), ("output", &output)] {
+        if let Ok(stats) = port.stats() {
+            summary.ports.push((role.to_string(), port.name(), stats));
+        }
+    }
+    // Ports close when dropped here: net_pcap output files are complete after this.
+    drop((primary, secondary, output));
+    Ok(summary)
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The main lcore's loop: coordinator, frame socket, signals, idleness.
+struct ControlLoop {
+    coordinator: Coordinator,
+    server: Option<FrameServer>,
+    commands: Vec<Arc<ArrayQueue<ShardCommand>>>,
+    /// Commands not yet accepted by a full shard queue, per shard, in order.
+    backlog: Vec<std::collections::VecDeque<ShardCommand>>,
+    events: Arc<ArrayQueue<ShardEvent>>,
+    shared: Arc<Shared>,
+    clock: TscClock,
+    start: Instant,
+    terminate: Arc<AtomicBool>,
+    admin: Option<AdminServer>,
+    /// Each shard's latest published counters, and the last one read.
+    published: Vec<Arc<ArrayQueue<Counters>>>,
+    live: Vec<Counters>,
+}
+
+impl ControlLoop {
+    fn new(
+        cfg: &RunConfig,
+        commands: Vec<Arc<ArrayQueue<ShardCommand>>>,
+        published: Vec<Arc<ArrayQueue<Counters>>>,
+        events: Arc<ArrayQueue<ShardEvent>>,
+        shared: Arc<Shared>,
+        clock: TscClock,
+    ) -> Result<Self, String> {
+        let admin = match &cfg.admin {
+            Some(path) => Some(
+                AdminServer::bind(path, SocketPermissions::default())
+                    .map_err(|e| format!("cannot listen on --admin {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mode = match cfg.checkpoint_mode {
+            CheckpointModeArg::Frame => CheckpointMode::Frame,
+            CheckpointModeArg::Standalone => CheckpointMode::Standalone,
+        };
+        let server = match mode {
+            CheckpointMode::Standalone => {
+                eprintln!(
+                    "colo-dataplane: standalone checkpoint mode: checkpoints complete at once, NO fault tolerance"
+                );
+                None
+            }
+            CheckpointMode::Frame => {
+                let ep: Endpoint = cfg.frame_endpoint().parse().map_err(|e| format!("--frame: {e}"))?;
+                if let Endpoint::Unix(path) = &ep {
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                }
+                Some(
+                    FrameServer::bind(&ep, SocketPermissions::default())
+                        .map_err(|e| format!("cannot listen on --frame {}: {e}", cfg.frame_endpoint()))?,
+                )
+            }
+        };
+        let coordinator = Coordinator::new(
+            CoordinatorConfig {
+                shards: commands.len(),
+                mode,
+                frame_timeout: cfg.frame_timeout,
+                on_frame_loss: match cfg.on_frame_loss {
+                    FrameLossArg::FailoverPrimary => FrameLossPolicy::FailoverPrimary,
+                    FrameLossArg::Hold => FrameLossPolicy::Hold,
+                },
+            },
+            Duration::ZERO,
+        );
+        let terminate = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, terminate.clone())
+                .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        }
+        let backlog = vec![Default::default(); commands.len()];
+        Ok(ControlLoop {
+            coordinator,
+            server,
+            commands,
+            backlog,
+            events,
+            shared,
+            clock,
+            start: Instant::now(),
+            terminate,
+            admin,
+            live: vec![Counters::default(); published.len()],
+            published,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn run(mut self, cfg: &RunConfig) -> Result<RunSummary, String> {
+        let mut server_events = Vec::new();
+        let mut final_counters: Vec<Option<Counters>> = vec![None; self.commands.len()];
+        loop {
+            self.pump_events(&mut final_counters);
+            if let Some(server) = &mut self.server {
+                server_events.clear();
+                server.poll(&mut server_events);
+                let now = self.start.elapsed();
+                for ev in server_events.drain(..) {
+                    match ev {
+                        ServerEvent::Connected => self.coordinator.on_frame_connected(now),
+                        ServerEvent::Disconnected { reason } => {
+                            tracing::warn!(%reason, "frame connection closed");
+                            self.coordinator.on_frame_disconnected(now)
+                        }
+                        ServerEvent::Message(m) => self.coordinator.on_frame_message(m, now),
+                    }
+                }
+            }
+            self.coordinator.handle_timeout(self.now());
+            self.apply_outputs();
+            self.push_backlog();
+
+            if self.serve_admin() {
+                tracing::info!("shutdown requested on the admin socket");
+                break;
+            }
+            if self.terminate.load(Ordering::Relaxed) {
+                tracing::info!("signal received: shutting down");
+                break;
+            }
+            if let Some(idle) = cfg.exit_when_idle {
+                let last = self.shared.last_rx_tsc.load(Ordering::Relaxed);
+                let idle_for = Duration::from_nanos(self.clock.ticks_to_nanos(dpdk::tsc().saturating_sub(last)));
+                if idle_for >= idle && !self.coordinator.checkpoint_pending() {
+                    tracing::info!(idle_ms = idle.as_millis() as u64, "all RX ports idle: shutting down");
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+
+        // Shutdown: stop RX, wait until the I/O lcore has dispatched its last frames, then
+        // let every shard drain its input and flush.
+        self.shared.stop_rx.store(true, Ordering::Release);
+        while !self.shared.rx_stopped.load(Ordering::Acquire) {
+            self.pump_events(&mut final_counters);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for i in 0..self.commands.len() {
+            self.backlog[i].push_back(ShardCommand::Stop);
+        }
+        while final_counters.iter().any(Option::is_none) {
+            self.push_backlog();
+            self.pump_events(&mut final_counters);
+            self.apply_outputs();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let shards: Vec<Counters> = final_counters.into_iter().map(Option::unwrap_or_default).collect();
+        let mut total = Counters::default();
+        for c in &shards {
+            total.merge(c);
+        }
+        Ok(RunSummary { total, shards, coordinator: self.coordinator.stats().clone(), ports: Vec::new() })
+    }
+
+    /// Answers admin requests; returns whether a shutdown was requested.
+    fn serve_admin(&mut self) -> bool {
+        let Some(admin) = &mut self.admin else { return false };
+        let requests = admin.poll();
+        if requests.is_empty() {
+            return false;
+        }
+        for (q, live) in self.published.iter().zip(&mut self.live) {
+            if let Some(c) = q.pop() {
+                *live = c;
+            }
+        }
+        let now = self.start.elapsed();
+        let mut shutdown = false;
+        let mut answers = Vec::new();
+        for (client, req) in requests {
+            let answer = match req {
+                AdminRequest::Stats => {
+                    let mut total = Counters::default();
+                    for c in &self.live {
+                        total.merge(c);
+                    }
+                    let summary = RunSummary {
+                        total,
+                        shards: self.live.clone(),
+                        coordinator: self.coordinator.stats().clone(),
+                        ports: Vec::new(),
+                    };
+                    let mut v = summary_json(&summary);
+                    v["ok"] = true.into();
+                    v["epoch"] = self.coordinator.epoch().into();
+                    v["checkpoint_pending"] = self.coordinator.checkpoint_pending().into();
+                    v
+                }
+                AdminRequest::CheckpointDone => {
+                    self.coordinator.on_checkpoint_done(now);
+                    serde_json::json!({"ok": true})
+                }
+                AdminRequest::Failover(side) => {
+                    let target = match side {
+                        FailoverSide::Primary => FailoverTarget::Primary,
+                        FailoverSide::Secondary => FailoverTarget::Secondary,
+                    };
+                    self.coordinator.on_failover(target, now);
+                    serde_json::json!({"ok": true})
+                }
+                AdminRequest::Shutdown => {
+                    shutdown = true;
+                    serde_json::json!({"ok": true})
+                }
+                AdminRequest::Flows => serde_json::json!({"ok": false, "error": "flows listing is not available yet"}),
+                AdminRequest::Set { key, .. } => {
+                    serde_json::json!({"ok": false, "error": format!("unknown or read-only setting {key:?}")})
+                }
+            };
+            answers.push((client, answer));
+        }
+        if let Some(admin) = &mut self.admin {
+            for (client, answer) in answers {
+                admin.answer(client, &answer);
+            }
+        }
+        self.apply_outputs();
+        shutdown
+    }
+
+    fn pump_events(&mut self, final_counters: &mut [Option<Counters>]) {
+        let now = self.now();
+        while let Some(ev) = self.events.pop() {
+            match ev {
+                ShardEvent::Request { shard, request } => self.coordinator.on_request(
+                    CheckpointRequest {
+                        shard,
+                        reason: request.reason.as_str(),
+                        flow: request.flow,
+                        detail: request.detail,
+                    },
+                    now,
+                ),
+                ShardEvent::Flushed { shard, epoch } => self.coordinator.on_shard_flushed(shard, epoch, now),
+                ShardEvent::Stopped { shard, counters } => {
+                    if let Some(slot) = final_counters.get_mut(shard) {
+                        *slot = Some(*counters);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_outputs(&mut self) {
+        while let Some(out) = self.coordinator.poll_output() {
+            match out {
+                Output::SendToFrame(msg) => {
+                    if let Some(server) = &mut self.server {
+                        server.send(msg);
+                    }
+                }
+                Output::FlushShards { epoch } => {
+                    for q in &mut self.backlog {
+                        q.push_back(ShardCommand::Flush { epoch });
+                    }
+                }
+                Output::Failover(target) => {
+                    let side = match target {
+                        FailoverTarget::Primary => Side::Primary,
+                        FailoverTarget::Secondary => Side::Secondary,
+                    };
+                    for q in &mut self.backlog {
+                        q.push_back(ShardCommand::Failover(side));
+                    }
+                }
+            }
+        }
+        self.push_backlog();
+    }
+
+    fn push_backlog(&mut self) {
+        for (q, backlog) in self.commands.iter().zip(&mut self.backlog) {
+            while let Some(cmd) = backlog.pop_front() {
+                if let Err(cmd) = q.push(cmd) {
+                    backlog.push_front(cmd);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The final statistics as JSON (`--stats-json`), with the accounting check.
+pub fn summary_json(s: &RunSummary) -> serde_json::Value {
+    use colo_core::{CheckpointReason, DropReason, Via};
+    let counters = |c: &Counters| {
+        let released: serde_json::Map<_, _> =
+            Via::ALL.iter().map(|v| (v.as_str().to_string(), c.released_via(*v).into())).collect();
+        let dropped = |side: Side| -> serde_json::Map<String, serde_json::Value> {
+            DropReason::ALL
+                .iter()
+                .filter(|r| !matches!(r, DropReason::Consumed | DropReason::Flushed))
+                .filter(|r| c.dropped(side, **r) > 0)
+                .map(|r| (r.as_str().to_string(), c.dropped(side, *r).into()))
+                .collect()
+        };
+        let requests: serde_json::Map<_, _> = CheckpointReason::ALL
+            .iter()
+            .filter(|r| c.requests(**r) > 0)
+            .map(|r| (r.as_str().to_string(), c.requests(*r).into()))
+            .collect();
+        serde_json::json!({
+            "primary_in": c.primary_in,
+            "secondary_in": c.secondary_in,
+            "released": released,
+            "released_total": c.released_total(),
+            "secondary_consumed": c.secondary_consumed,
+            "secondary_flushed": c.secondary_flushed,
+            "secondary_forwarded": c.secondary_forwarded,
+            "primary_dropped": dropped(Side::Primary),
+            "secondary_dropped": dropped(Side::Secondary),
+            "held_primary_frames": c.held_primary_frames,
+            "held_secondary_frames": c.held_secondary_frames,
+            "flows": c.flows,
+            "checkpoint_requests": requests,
+            "checkpoints_completed": c.checkpoints_completed,
+            "hold_time_us": {
+                "p50": c.hold_time.quantile(0.5).as_micros() as u64,
+                "p99": c.hold_time.quantile(0.99).as_micros() as u64,
+                "max": c.hold_time.quantile(1.0).as_micros() as u64,
+            },
+            "accounting": match c.check_accounting() { Ok(()) => "ok".to_string(), Err(e) => e },
+        })
+    };
+    serde_json::json!({
+        "total": counters(&s.total),
+        "shards": s.shards.iter().map(counters).collect::<Vec<_>>(),
+        "coordinator": {
+            "do_checkpoint_sent": s.coordinator.do_checkpoint_sent,
+            "checkpoints_completed": s.coordinator.checkpoints_completed,
+            "requests_collapsed": s.coordinator.requests_collapsed,
+            "requests_by_reason": s.coordinator.requests_by_reason,
+            "frame_connects": s.coordinator.frame_connects,
+            "failovers": s.coordinator.failovers,
+        },
+        "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
+            "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
+            "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,
+        })).collect::<Vec<_>>(),
+    })
+}

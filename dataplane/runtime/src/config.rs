@@ -1,0 +1,328 @@
+//! The command line and the TOML file of `colo-dataplane` (SPEC §9.1), merged and checked into
+//! one [`RunConfig`] before anything starts.
+//!
+//! Command-line values win over the file; every option has a TOML key of the same name with
+//! `_` for `-`. Errors are one line saying what to do, never a panic.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// How checkpoints complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointModeArg {
+    /// A COLO frame on `--frame` completes them.
+    Frame,
+    /// Every request completes at once: no fault tolerance (demos and tests).
+    Standalone,
+}
+
+/// Where the secondary's sequence numbers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeArg {
+    /// The secondary is already in the primary's sequence space (QEMU-equivalent).
+    Compare,
+    /// The dataplane is the whole proxy (mirrors clients, rewrites sequence numbers).
+    Proxy,
+}
+
+/// What to do when a checkpoint is needed and no frame answers for `frame_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameLossArg {
+    /// Stop comparing and forward the primary's output.
+    FailoverPrimary,
+    /// Keep holding until a frame connects.
+    Hold,
+}
+
+/// Application options (after EAL's `--`).
+#[derive(Debug, Clone, Parser, Default)]
+#[command(
+    name = "colo-dataplane",
+    about = "COLO network comparator on DPDK: compares primary and secondary guest output, releases \
+             the primary's while they agree, asks the COLO frame for a checkpoint when they diverge.",
+    override_usage = "colo-dataplane [EAL options] -- --primary P --secondary S --output O [OPTIONS]",
+    after_help = "EAL options come before `--` (e.g. `--no-huge --no-pci -m 256 --vdev net_pcap0,rx_pcap=p.pcap`); \
+                  without hugepages add --no-huge. Every option is also a key of --config FILE.toml \
+                  (same name, `_` for `-`)."
+)]
+pub struct Args {
+    /// Port receiving the primary guest's frames (DPDK device name like net_pcap0, or port id).
+    #[arg(long)]
+    pub primary: Option<String>,
+    /// Port receiving the secondary guest's frames.
+    #[arg(long)]
+    pub secondary: Option<String>,
+    /// Port where released primary frames leave toward the clients.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Port receiving client frames (proxy mode).
+    #[arg(long)]
+    pub client: Option<String>,
+    /// compare: the secondary is already seq-rewritten (QEMU-equivalent); proxy: full proxy.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Number of comparator shards (one lcore each).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// COLO frame socket to listen on: unix:PATH or tcp:HOST:PORT.
+    #[arg(long)]
+    pub frame: Option<String>,
+    /// Admin socket path (JSON lines; see colo-ctl).
+    #[arg(long)]
+    pub admin: Option<PathBuf>,
+    /// How long a held packet may wait for its counterpart before a checkpoint is requested.
+    #[arg(long)]
+    pub compare_timeout_ms: Option<u64>,
+    /// Per-connection queue length that triggers a queue-overflow checkpoint.
+    #[arg(long)]
+    pub max_queue_size: Option<usize>,
+    /// frame: a COLO frame completes checkpoints; standalone: they complete at once (no fault tolerance).
+    #[arg(long, value_enum)]
+    pub checkpoint_mode: Option<CheckpointModeArg>,
+    /// How long to wait for a frame when a checkpoint is needed and none is connected.
+    #[arg(long)]
+    pub frame_timeout_ms: Option<u64>,
+    /// What to do after --frame-timeout-ms without a frame.
+    #[arg(long, value_enum)]
+    pub on_frame_loss: Option<FrameLossArg>,
+    /// Exit as on SIGTERM once every RX port has been idle this long (batch runs over pcaps).
+    #[arg(long)]
+    pub exit_when_idle_ms: Option<u64>,
+    /// Write the final statistics as JSON here at exit.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// Mbufs in the packet pool (default: sized for the comparison window of every shard).
+    #[arg(long)]
+    pub mbufs: Option<u32>,
+    /// TOML file with any of these options.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The same options as a TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    primary: Option<String>,
+    secondary: Option<String>,
+    output: Option<String>,
+    client: Option<String>,
+    mode: Option<ModeArg>,
+    shards: Option<usize>,
+    frame: Option<String>,
+    admin: Option<PathBuf>,
+    compare_timeout_ms: Option<u64>,
+    max_queue_size: Option<usize>,
+    checkpoint_mode: Option<CheckpointModeArg>,
+    frame_timeout_ms: Option<u64>,
+    on_frame_loss: Option<FrameLossArg>,
+    exit_when_idle_ms: Option<u64>,
+    stats_json: Option<PathBuf>,
+    mbufs: Option<u32>,
+}
+
+/// Everything the runtime needs, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Primary input port.
+    pub primary: String,
+    /// Secondary input port.
+    pub secondary: String,
+    /// Output port.
+    pub output: String,
+    /// Client port (proxy mode).
+    pub client: Option<String>,
+    /// Compare or proxy.
+    pub mode: ModeArg,
+    /// Shard count.
+    pub shards: usize,
+    /// Frame socket endpoint.
+    pub frame: Option<String>,
+    /// Admin socket.
+    pub admin: Option<PathBuf>,
+    /// compare_timeout.
+    pub compare_timeout: Duration,
+    /// max_queue_size.
+    pub max_queue_size: usize,
+    /// Frame or standalone.
+    pub checkpoint_mode: CheckpointModeArg,
+    /// frame_timeout.
+    pub frame_timeout: Duration,
+    /// on_frame_loss.
+    pub on_frame_loss: FrameLossArg,
+    /// exit_when_idle.
+    pub exit_when_idle: Option<Duration>,
+    /// stats_json.
+    pub stats_json: Option<PathBuf>,
+    /// Pool size override.
+    pub mbufs: Option<u32>,
+}
+
+/// Default frame socket when `--frame` is not given in frame mode.
+pub const DEFAULT_FRAME: &str = "unix:/run/colo-dataplane/frame.sock";
+
+impl RunConfig {
+    /// Merges `args` over the TOML file it names (if any) and checks the result.
+    pub fn resolve(args: Args) -> Result<RunConfig, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("bad config file {}: {}", path.display(), e.message()))?
+            }
+            None => FileConfig::default(),
+        };
+        let need = |v: Option<String>, name: &str| {
+            v.ok_or_else(|| format!("missing --{name} (a DPDK port name such as net_pcap0, or a port id)"))
+        };
+        let cfg = RunConfig {
+            primary: need(args.primary.or(file.primary), "primary")?,
+            secondary: need(args.secondary.or(file.secondary), "secondary")?,
+            output: need(args.output.or(file.output), "output")?,
+            client: args.client.or(file.client),
+            mode: args.mode.or(file.mode).unwrap_or(ModeArg::Compare),
+            shards: args.shards.or(file.shards).unwrap_or(1),
+            frame: args.frame.or(file.frame),
+            admin: args.admin.or(file.admin),
+            compare_timeout: Duration::from_millis(args.compare_timeout_ms.or(file.compare_timeout_ms).unwrap_or(3000)),
+            max_queue_size: args.max_queue_size.or(file.max_queue_size).unwrap_or(1024),
+            checkpoint_mode: args.checkpoint_mode.or(file.checkpoint_mode).unwrap_or(CheckpointModeArg::Frame),
+            frame_timeout: Duration::from_millis(args.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(5000)),
+            on_frame_loss: args.on_frame_loss.or(file.on_frame_loss).unwrap_or(FrameLossArg::FailoverPrimary),
+            exit_when_idle: args.exit_when_idle_ms.or(file.exit_when_idle_ms).map(Duration::from_millis),
+            stats_json: args.stats_json.or(file.stats_json),
+            mbufs: args.mbufs.or(file.mbufs),
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > 64 {
+            return Err(format!("--shards must be between 1 and 64, not {}", self.shards));
+        }
+        if self.compare_timeout.is_zero() {
+            return Err("--compare-timeout-ms must be above 0".into());
+        }
+        if self.max_queue_size == 0 {
+            return Err("--max-queue-size must be above 0".into());
+        }
+        let mut named = vec![("primary", &self.primary), ("secondary", &self.secondary), ("output", &self.output)];
+        if let Some(c) = &self.client {
+            named.push(("client", c));
+        }
+        for (i, (a, pa)) in named.iter().enumerate() {
+            for (b, pb) in &named[i + 1..] {
+                // In proxy mode the output may be the client port (frames go back to clients).
+                let allowed = (*a == "output" && *b == "client") || (*a == "client" && *b == "output");
+                if pa == pb && !allowed {
+                    return Err(format!(
+                        "the same port {pa:?} is given as --{a} and --{b}; each role needs its own port"
+                    ));
+                }
+            }
+        }
+        if self.mode == ModeArg::Proxy {
+            return Err("--mode proxy is not available yet (client mirroring and sequence rewriting are still to come); use --mode compare".into());
+        }
+        if self.client.is_some() {
+            return Err("--client is only used in proxy mode, which is not available yet".into());
+        }
+        Ok(())
+    }
+
+    /// The frame endpoint to listen on, in frame mode.
+    pub fn frame_endpoint(&self) -> &str {
+        self.frame.as_deref().unwrap_or(DEFAULT_FRAME)
+    }
+}
+
+/// Splits argv at the first `--`: EAL options before (with argv\[0\]), application options after.
+/// Without `--`, everything is EAL's except `-h`/`--help`, which asks for our help.
+pub fn split_args(argv: &[String]) -> (Vec<String>, Vec<String>) {
+    let prog = argv.first().cloned().unwrap_or_else(|| "colo-dataplane".into());
+    match argv.iter().position(|a| a == "--") {
+        Some(i) => {
+            let mut app = vec![prog];
+            app.extend_from_slice(&argv[i + 1..]);
+            (argv[..i].to_vec(), app)
+        }
+        None if argv.iter().skip(1).any(|a| a == "--help" || a == "-h") => {
+            (vec![prog.clone()], vec![prog, "--help".into()])
+        }
+        None => (argv.to_vec(), vec![prog]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+        let mut v = vec!["colo-dataplane"];
+        v.extend_from_slice(args);
+        RunConfig::resolve(Args::try_parse_from(v).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(&["--primary", "p", "--secondary", "s", "--output", "o"]).unwrap();
+        assert_eq!(c.compare_timeout, Duration::from_millis(3000));
+        assert_eq!(c.max_queue_size, 1024);
+        assert_eq!(c.frame_timeout, Duration::from_secs(5));
+        assert_eq!(c.on_frame_loss, FrameLossArg::FailoverPrimary);
+        assert_eq!(c.checkpoint_mode, CheckpointModeArg::Frame);
+        assert_eq!(c.shards, 1);
+        assert_eq!(c.frame_endpoint(), DEFAULT_FRAME);
+    }
+
+    #[test]
+    fn missing_and_duplicate_ports_are_one_line_errors() {
+        let e = parse(&["--primary", "p", "--secondary", "s"]).unwrap_err();
+        assert!(e.contains("missing --output"), "{e}");
+        let e = parse(&["--primary", "p", "--secondary", "p", "--output", "o"]).unwrap_err();
+        assert!(e.contains("--primary and --secondary"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--shards", "0"]).unwrap_err();
+        assert!(e.contains("--shards"), "{e}");
+    }
+
+    #[test]
+    fn toml_keys_mirror_the_options_and_the_command_line_wins() {
+        let dir = std::env::temp_dir().join(format!("colo-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "primary = \"net_pcap0\"\nsecondary = \"net_pcap1\"\noutput = \"net_pcap2\"\nshards = 4\n\
+             compare_timeout_ms = 100\ncheckpoint_mode = \"standalone\"\non_frame_loss = \"hold\"\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--shards", "2"]).unwrap();
+        assert_eq!(c.primary, "net_pcap0");
+        assert_eq!(c.shards, 2, "command line wins");
+        assert_eq!(c.compare_timeout, Duration::from_millis(100));
+        assert_eq!(c.checkpoint_mode, CheckpointModeArg::Standalone);
+        assert_eq!(c.on_frame_loss, FrameLossArg::Hold);
+        std::fs::write(&path, "primray = \"x\"\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn argv_splits_at_the_double_dash() {
+        let argv: Vec<String> = ["app", "--no-huge", "--", "--primary", "p"].iter().map(|s| s.to_string()).collect();
+        let (eal, app) = split_args(&argv);
+        assert_eq!(eal, ["app", "--no-huge"]);
+        assert_eq!(app, ["app", "--primary", "p"]);
+        let argv: Vec<String> = ["app", "--help"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(split_args(&argv).1, ["app", "--help"]);
+    }
+}

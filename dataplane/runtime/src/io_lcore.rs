@@ -1,0 +1,197 @@
+//! The I/O lcore of software dispatch (SPEC §8): receives from the primary and secondary
+//! ports, hashes each frame with the symmetric Toeplitz hash to its shard, hands it over an
+//! SPSC ring, and — when the output device has fewer TX queues than shards — drains the
+//! shards' TX rings onto the output port.
+//!
+//! A full shard ring never drops a frame: the lcore waits (still draining TX, so a shard
+//! blocked on its TX ring can progress), and the NIC's own RX queue absorbs or counts the rest.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use colo_core::{rss, wire, Side};
+use dpdk::{Mbuf, RxBurst, RxQueue, TxBatch, TxQueue};
+
+use crate::Shared;
+
+/// The shard a frame belongs to: symmetric Toeplitz over its L3 addresses (fragments stay
+/// with their flow); frames without a flow key (non-IP, malformed) go to shard 0, which keeps
+/// them in order.
+pub fn shard_of(bytes: &[u8], shards: usize) -> usize {
+    match wire::parse(bytes).key() {
+        Some(key) => rss::shard_for_hash(rss::shard_hash(key), shards),
+        None => 0,
+    }
+}
+
+/// The output side drained by this lcore.
+pub struct TxDrain {
+    /// The output queue.
+    pub queue: TxQueue,
+    /// Frames being sent.
+    pub batch: TxBatch,
+    /// One ring per shard.
+    pub rings: Vec<rtrb::Consumer<Mbuf>>,
+    /// Next ring to look at (round robin).
+    pub next: usize,
+}
+
+impl TxDrain {
+    /// Moves released frames from the shards' rings to the device; returns frames sent. A
+    /// shard's frames stay in its ring order, so no flow is reordered.
+    pub fn drain(&mut self) -> usize {
+        let mut sent = 0;
+        for _ in 0..self.rings.len() {
+            let ring = &mut self.rings[self.next];
+            while !self.batch.is_full() {
+                let Ok(m) = ring.pop() else { break };
+                if let Err(m) = self.batch.push(m) {
+                    unreachable!("batch checked not full: {m:?}");
+                }
+            }
+            sent += self.queue.tx_burst(&mut self.batch);
+            if !self.batch.is_empty() {
+                // The device is full: keep the rest (in order) for the next round, and do not
+                // move on to another ring before this batch is out.
+                return sent;
+            }
+            self.next = (self.next + 1) % self.rings.len();
+        }
+        sent
+    }
+
+    /// Whether nothing is waiting anywhere.
+    pub fn is_idle(&self) -> bool {
+        self.batch.is_empty() && self.rings.iter().all(|r| r.is_empty())
+    }
+}
+
+/// Everything the I/O lcore owns.
+pub struct IoContext {
+    /// Input queues with their side.
+    pub inputs: Vec<(Side, RxQueue)>,
+    /// Per side (primary, secondary), one producer per shard.
+    pub to_shards: [Vec<rtrb::Producer<Mbuf>>; 2],
+    /// TX draining, when shards do not own output queues.
+    pub tx: Option<TxDrain>,
+    /// Flags shared with the control thread.
+    pub shared: Arc<Shared>,
+    /// Number of shards.
+    pub shards: usize,
+}
+
+impl IoContext {
+    /// Runs until the control thread stops RX, then keeps draining TX until every shard has
+    /// stopped and nothing is left to send.
+    pub fn run(mut self) {
+        let mut burst = RxBurst::new();
+        let mut idle_rounds = 0u32;
+        while !self.shared.stop_rx.load(Ordering::Acquire) {
+            let mut work = 0;
+            for i in 0..self.inputs.len() {
+                let (side, queue) = &mut self.inputs[i];
+                let side = *side;
+                let n = queue.rx_burst(&mut burst);
+                if n > 0 {
+                    self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
+                }
+                work += n;
+                for m in burst.by_ref() {
+                    let shard = shard_of(m.data(), self.shards);
+                    let mut m = m;
+                    loop {
+                        let producer = &mut self.to_shards[side_index(side)][shard];
+                        match producer.push(m) {
+                            Ok(()) => break,
+                            Err(rtrb::PushError::Full(back)) => {
+                                m = back;
+                                if let Some(tx) = &mut self.tx {
+                                    tx.drain();
+                                }
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(tx) = &mut self.tx {
+                work += tx.drain();
+            }
+            if work == 0 {
+                idle_rounds = idle_rounds.saturating_add(1);
+                if idle_rounds > 1024 {
+                    // Nothing for a while: give the other lcores sharing this CPU a turn.
+                    std::thread::yield_now();
+                }
+            } else {
+                idle_rounds = 0;
+            }
+        }
+        // Free whatever the last burst held before saying RX has stopped.
+        drop(burst);
+        drop(std::mem::take(&mut self.inputs));
+        self.shared.rx_stopped.store(true, Ordering::Release);
+        if let Some(mut tx) = self.tx.take() {
+            loop {
+                let all_stopped = self.shared.shards_stopped.load(Ordering::Acquire) == self.shards;
+                if all_stopped && tx.is_idle() {
+                    break;
+                }
+                if tx.drain() == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Primary => 0,
+        Side::Secondary => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..40].copy_from_slice(&12u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn both_directions_of_a_flow_meet_in_one_shard_and_flows_spread() {
+        let mut used = std::collections::HashSet::new();
+        for i in 0..200u8 {
+            let a = [10, 0, i, 1];
+            let b = [192, 168, 1, i.wrapping_mul(7)];
+            let fwd = shard_of(&udp(a, b, 1000 + u16::from(i), 53), 4);
+            let rev = shard_of(&udp(b, a, 53, 1000 + u16::from(i)), 4);
+            assert_eq!(fwd, rev, "flow {i}");
+            assert!(fwd < 4);
+            used.insert(fwd);
+        }
+        assert_eq!(used.len(), 4, "200 flows use every shard");
+    }
+
+    #[test]
+    fn frames_without_a_flow_go_to_shard_zero() {
+        assert_eq!(shard_of(&[0u8; 3], 4), 0);
+        let mut arp = vec![0u8; 60];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(shard_of(&arp, 4), 0);
+    }
+}
