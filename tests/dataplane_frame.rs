@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use colo_core::fixtures::{Conn, TcpFrame};
 use colo_core::{rss, wire};
-use colo_suite::{dataplane_command, read_pcap, scratch_dir, workspace_bin, write_pcap};
+use colo_suite::{dataplane_command, read_pcap, scratch_dir, workspace_bin, write_pcap, ChildGuard};
 
 /// `n` flows of three 10-byte segments; the secondary sends 3+7 splits. Flows listed in
 /// `diverge` get one flipped byte on the secondary.
@@ -121,7 +121,7 @@ fn wait_stats(admin: &Path, what: &str, cond: impl Fn(&serde_json::Value) -> boo
     }
 }
 
-fn start(dir: &Path, primary: &[Vec<u8>], secondary: &[Vec<u8>]) -> std::process::Child {
+fn start(dir: &Path, primary: &[Vec<u8>], secondary: &[Vec<u8>]) -> ChildGuard {
     write_pcap(&dir.join("primary.pcap"), primary);
     write_pcap(&dir.join("secondary.pcap"), secondary);
     let mut cmd = dataplane_command(dir, 2);
@@ -130,12 +130,12 @@ fn start(dir: &Path, primary: &[Vec<u8>], secondary: &[Vec<u8>]) -> std::process
     cmd.arg("--admin").arg(dir.join("admin.sock"));
     cmd.arg("--stats-json").arg(dir.join("stats.json"));
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    cmd.spawn().unwrap()
+    ChildGuard::new(cmd.spawn().unwrap())
 }
 
-fn finish(dir: &Path, child: std::process::Child) -> (serde_json::Value, Vec<Vec<u8>>) {
+fn finish(dir: &Path, child: ChildGuard) -> (serde_json::Value, Vec<Vec<u8>>) {
     ctl(&dir.join("admin.sock"), &["shutdown"]);
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stats = serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap();
     (stats, read_pcap(&dir.join("out.pcap")))
@@ -213,6 +213,24 @@ fn identical_traffic_never_asks_for_a_checkpoint() {
         .unwrap();
     let text = String::from_utf8_lossy(&prom.stdout);
     assert!(text.contains(&format!("colo_total_primary_in {}", primary.len())), "{text}");
+    // DPDK's own telemetry client shows the same counters under /colo/stats.
+    let prefix = std::fs::read_dir(dir.join("dpdk")).unwrap().next().unwrap().unwrap().file_name();
+    let mut tel = std::process::Command::new("python3")
+        .arg("/usr/bin/dpdk-telemetry.py")
+        .arg("-f")
+        .arg(&prefix)
+        .env("RUNTIME_DIRECTORY", &dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tel.stdin.take().unwrap().write_all(b"/colo/stats\n").unwrap();
+    let tel = tel.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&tel.stdout);
+    let json_line = text.lines().find(|l| l.contains("/colo/stats")).unwrap_or_else(|| panic!("telemetry: {text}"));
+    let json: serde_json::Value = serde_json::from_str(json_line.trim_start_matches("--> ")).unwrap();
+    assert_eq!(json["/colo/stats"]["primary_in"], primary.len() as u64, "{json}");
+    assert_eq!(json["/colo/stats"]["released_match"], primary.len() as u64, "{json}");
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["coordinator"]["do_checkpoint_sent"], 0);
     colo_suite::assert_same_per_flow(&out, &primary);

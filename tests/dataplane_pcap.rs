@@ -133,11 +133,11 @@ fn sigterm_mid_run_leaves_a_complete_pcap_and_every_primary_frame_accounted_for(
     cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--shards", "2"]);
     cmd.args(["--checkpoint-mode", "standalone", "--stats-json"]).arg(dir.join("stats.json"));
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = colo_suite::ChildGuard::new(cmd.spawn().unwrap());
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stats: serde_json::Value =

@@ -147,7 +147,8 @@ pub struct DataplaneRun {
 }
 
 /// EAL options for a `colo-dataplane` child process with `lcores` lcores time-sliced on the
-/// available CPUs and a private runtime directory.
+/// available CPUs; run it with `RUNTIME_DIRECTORY` set to `dir` so its runtime files (and its
+/// telemetry socket, `dir/dpdk/<prefix>/`) stay private.
 pub fn dataplane_eal_args(dir: &Path, lcores: usize) -> Vec<String> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cpu_set = if cpus >= 2 { "(0,1)" } else { "(0)" };
@@ -155,7 +156,6 @@ pub fn dataplane_eal_args(dir: &Path, lcores: usize) -> Vec<String> {
         "--no-huge".into(),
         "--no-pci".into(),
         "--no-shconf".into(),
-        "--no-telemetry".into(),
         "-m".into(),
         "512".into(),
         "--file-prefix".into(),
@@ -242,5 +242,35 @@ pub fn assert_same_per_flow(output: &[Vec<u8>], expected: &[Vec<u8>]) {
     assert_eq!(got.len(), want.len(), "flows in output");
     for (flow, frames) in &want {
         assert!(got.get(flow) == Some(frames), "flow {flow} differs or is reordered");
+    }
+}
+
+/// A child process that is killed if the test fails before waiting for it (a panicking test
+/// must not leave a busy-polling dataplane behind).
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        ChildGuard(Some(child))
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for the child and collects its output.
+    pub fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().expect("child").wait_with_output().expect("wait for child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

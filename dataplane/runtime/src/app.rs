@@ -246,6 +246,37 @@ struct ControlLoop {
     /// Each shard's latest published counters, and the last one read.
     published: Vec<Arc<ArrayQueue<Counters>>>,
     live: Vec<Counters>,
+    /// What DPDK telemetry's `/colo/stats` answers (read on the telemetry thread).
+    telemetry: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+    next_refresh: Instant,
+}
+
+/// How often the control loop refreshes its view of the shards' counters.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// The summed counters as flat telemetry entries.
+fn telemetry_entries(total: &Counters, coord: &colo_control::coordinator::CoordinatorStats) -> Vec<(String, u64)> {
+    use colo_core::{CheckpointReason, Via};
+    let mut v = vec![
+        ("primary_in".to_string(), total.primary_in),
+        ("secondary_in".to_string(), total.secondary_in),
+        ("released_total".to_string(), total.released_total()),
+        ("secondary_consumed".to_string(), total.secondary_consumed),
+        ("secondary_flushed".to_string(), total.secondary_flushed),
+        ("held_primary_frames".to_string(), total.held_primary_frames),
+        ("held_primary_bytes".to_string(), total.held_primary_bytes),
+        ("held_secondary_frames".to_string(), total.held_secondary_frames),
+        ("flows".to_string(), total.flows),
+        ("do_checkpoint_sent".to_string(), coord.do_checkpoint_sent),
+        ("checkpoints_completed".to_string(), coord.checkpoints_completed),
+    ];
+    for via in Via::ALL {
+        v.push((format!("released_{}", via.as_str()), total.released_via(via)));
+    }
+    for r in CheckpointReason::ALL {
+        v.push((format!("requests_{}", r.as_str().replace('-', "_")), total.requests(r)));
+    }
+    v
 }
 
 impl ControlLoop {
@@ -306,6 +337,16 @@ impl ControlLoop {
                 .map_err(|e| format!("cannot install signal handler: {e}"))?;
         }
         let backlog = vec![Default::default(); commands.len()];
+        let telemetry: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
+        let snapshot = telemetry.clone();
+        // Without --no-telemetry, `dpdk-telemetry.py` shows the shard counters under /colo/.
+        if let Err(e) = dpdk::telemetry::register_counters(
+            "/colo/stats",
+            "colo-dataplane counters, summed over shards",
+            move || snapshot.lock().map(|v| v.clone()).unwrap_or_default(),
+        ) {
+            tracing::warn!(error = %e, "DPDK telemetry registration failed");
+        }
         Ok(ControlLoop {
             coordinator,
             server,
@@ -319,6 +360,8 @@ impl ControlLoop {
             admin,
             live: vec![Counters::default(); published.len()],
             published,
+            telemetry,
+            next_refresh: Instant::now(),
         })
     }
 
@@ -393,18 +436,35 @@ impl ControlLoop {
         Ok(RunSummary { total, shards, coordinator: self.coordinator.stats().clone(), ports: Vec::new() })
     }
 
-    /// Answers admin requests; returns whether a shutdown was requested.
-    fn serve_admin(&mut self) -> bool {
-        let Some(admin) = &mut self.admin else { return false };
-        let requests = admin.poll();
-        if requests.is_empty() {
-            return false;
-        }
+    /// Reads the shards' latest published counters and updates the telemetry snapshot.
+    fn refresh_live(&mut self) {
         for (q, live) in self.published.iter().zip(&mut self.live) {
             if let Some(c) = q.pop() {
                 *live = c;
             }
         }
+        let mut total = Counters::default();
+        for c in &self.live {
+            total.merge(c);
+        }
+        let entries = telemetry_entries(&total, self.coordinator.stats());
+        if let Ok(mut t) = self.telemetry.lock() {
+            *t = entries;
+        }
+        self.next_refresh = Instant::now() + REFRESH_EVERY;
+    }
+
+    /// Answers admin requests; returns whether a shutdown was requested.
+    fn serve_admin(&mut self) -> bool {
+        if Instant::now() >= self.next_refresh {
+            self.refresh_live();
+        }
+        let Some(admin) = &mut self.admin else { return false };
+        let requests = admin.poll();
+        if requests.is_empty() {
+            return false;
+        }
+        self.refresh_live();
         let now = self.start.elapsed();
         let mut shutdown = false;
         let mut answers = Vec::new();

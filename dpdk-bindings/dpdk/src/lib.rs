@@ -17,6 +17,7 @@ mod mbuf;
 mod mempool;
 mod port;
 mod ring;
+pub mod telemetry;
 
 pub use burst::{RxBurst, TxBatch, BURST_SIZE};
 pub use eal::Eal;

@@ -1,0 +1,51 @@
+//! Fuzz target: a whole shard fed an arbitrary sequence of frames, time steps, timeouts and
+//! checkpoint completions (SPEC §11). Checks: no panic, the accounting invariant after every
+//! call, bounded queues and flow table.
+//!
+//! Input format, repeated: one control byte `c`, then for frame records a big-endian u16
+//! length and that many bytes.
+//!   c % 8 == 0..=4 → primary frame (0..=2) / secondary frame (3..=4)
+//!   c % 8 == 5     → advance time by (c >> 3) ms
+//!   c % 8 == 6     → handle_timeout
+//!   c % 8 == 7     → checkpoint_done
+#![no_main]
+
+use colo_core::{Config, Shard, Side, Timestamp};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let cfg = Config {
+        max_queue_size: 8,
+        hard_queue_limit: 16,
+        max_flows: 4,
+        ..Config::default().with_compare_timeout(core::time::Duration::from_millis(5))
+    };
+    let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
+    let mut now = 0u64;
+    let mut rest = data;
+    while let Some((&c, tail)) = rest.split_first() {
+        rest = tail;
+        let t = Timestamp::from_millis(now);
+        match c % 8 {
+            k @ 0..=4 => {
+                let Some((len, tail)) = rest.split_first_chunk::<2>() else { break };
+                let len = usize::from(u16::from_be_bytes(*len)).min(tail.len());
+                let (frame, tail) = tail.split_at(len);
+                rest = tail;
+                let side = if k <= 2 { Side::Primary } else { Side::Secondary };
+                shard.handle(side, frame.to_vec(), t);
+            }
+            5 => now += u64::from(c >> 3),
+            6 => shard.handle_timeout(t),
+            _ => shard.checkpoint_done(t),
+        }
+        while shard.poll_action().is_some() {}
+        let counters = shard.counters();
+        if let Err(e) = counters.check_accounting() {
+            panic!("{e}");
+        }
+        assert!(shard.flow_count() <= 4);
+        assert!(counters.held_secondary_frames <= 4 * 8);
+        assert!(counters.held_primary_frames <= 4 * 16 + 8);
+    }
+});
