@@ -161,6 +161,7 @@ pub fn dataplane_eal_args(dir: &Path, lcores: usize) -> Vec<String> {
         "--file-prefix".into(),
         format!("colo-dp-{}-{}", std::process::id(), unique("")),
         "--log-level=lib.eal:error".into(),
+        "--log-level=lib.telemetry:error".into(),
         "--lcores".into(),
         format!("(0-{})@{cpu_set}", lcores - 1),
         format!("--vdev=net_pcap0,rx_pcap={}", dir.join("primary.pcap").display()),

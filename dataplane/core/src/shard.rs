@@ -297,6 +297,10 @@ pub struct Shard<F> {
     /// Shard-wide reasons requested this epoch.
     requested: u16,
     failed_over: Option<Side>,
+    /// Set when an eviction scan found nothing: further inserts fail fast instead of
+    /// rescanning a full table per packet, until something can have changed (a timer run,
+    /// a flush, a removal).
+    evict_blocked: bool,
 }
 
 impl<F: Frame> Shard<F> {
@@ -312,6 +316,7 @@ impl<F: Frame> Shard<F> {
             unflowed: VecDeque::new(),
             requested: 0,
             failed_over: None,
+            evict_blocked: false,
             cfg: config,
         }
     }
@@ -405,7 +410,7 @@ impl<F: Frame> Shard<F> {
             return;
         };
         flow.last_activity = now;
-        if flow.conn.is_new_incarnation(&seg) {
+        if flow.conn.is_new_incarnation(side, &seg) {
             flow.conn = TcpConn::new(self.cfg.mode);
         }
         match side {
@@ -421,8 +426,11 @@ impl<F: Frame> Shard<F> {
     }
 
     fn insert(&mut self, key: FlowKey, now: Timestamp) -> Option<u32> {
-        if self.map.len() >= self.cfg.max_flows && !self.evict_one(now) {
-            return None;
+        if self.map.len() >= self.cfg.max_flows {
+            if self.evict_blocked || !self.evict_one() {
+                self.evict_blocked = true;
+                return None;
+            }
         }
         let flow =
             Flow { key, conn: TcpConn::new(self.cfg.mode), last_activity: now, compare_at: None, lifetime_at: None };
@@ -445,7 +453,7 @@ impl<F: Frame> Shard<F> {
 
     /// SPEC §11: evict a closed flow, else the longest-idle flow, never one holding frames.
     /// Runs only when the table is full (a scan of the table, off the steady-state path).
-    fn evict_one(&mut self, now: Timestamp) -> bool {
+    fn evict_one(&mut self) -> bool {
         let mut closed = None;
         let mut idle: Option<(Timestamp, u32)> = None;
         for (i, s) in self.slots.iter().enumerate() {
@@ -461,7 +469,6 @@ impl<F: Frame> Shard<F> {
                 idle = Some((f.last_activity, i as u32));
             }
         }
-        let _ = now;
         match closed.or(idle.map(|(_, i)| i)) {
             Some(slot) => {
                 self.remove(slot);
@@ -473,6 +480,7 @@ impl<F: Frame> Shard<F> {
     }
 
     fn remove(&mut self, slot: u32) {
+        self.evict_blocked = false;
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if let Some(f) = s.flow.take() {
                 self.map.remove(&f.key);
@@ -480,6 +488,21 @@ impl<F: Frame> Shard<F> {
                 self.free.push(slot);
                 self.counters.flows = self.counters.flows.saturating_sub(1);
             }
+        }
+        // A removed flow can leave entries that would sit in the heap until their (long)
+        // deadline; with connection churn they would pile up. Drop stale entries once they
+        // outnumber live ones, so the heap stays O(flows) (amortised O(1) per removal).
+        if self.timers.len() > 8 * self.map.len() + 1024 {
+            let slots = &self.slots;
+            self.timers.retain(|at, slot, generation, kind| {
+                slots.get(slot as usize).is_some_and(|s| {
+                    s.generation == generation
+                        && s.flow.as_ref().is_some_and(|f| match kind {
+                            TimerKind::Compare => f.compare_at == Some(at),
+                            TimerKind::Lifetime => f.lifetime_at == Some(at),
+                        })
+                })
+            });
         }
     }
 
@@ -523,6 +546,7 @@ impl<F: Frame> Shard<F> {
 
     /// Runs every deadline due at `now`: compare timeouts (SPEC §6), linger and idle removal.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.evict_blocked = false;
         while let Some((at, slot, generation, kind)) = self.timers.pop_due(now) {
             let Some(s) = self.slots.get_mut(slot as usize) else {
                 continue;
@@ -564,6 +588,7 @@ impl<F: Frame> Shard<F> {
     }
 
     fn flush(&mut self, now: Timestamp) {
+        self.evict_blocked = false;
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
         // Slot order, not hash order: deterministic output for replay and tests.
         for s in &mut self.slots {

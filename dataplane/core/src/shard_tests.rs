@@ -533,3 +533,54 @@ fn test_ipv6_tcp_flow_compares() {
     assert_eq!(H::released(&evs), vec![(build(64).as_slice(), Via::Match)]);
     assert_eq!(h.shard.counters().released_via(Via::Match), 1, "hop limit is ignored");
 }
+
+#[test]
+fn test_timer_heap_bounded_under_connection_churn() {
+    let mut h = H::with(Config::default().with_compare_timeout(Duration::from_millis(10)));
+    for i in 0..5_000u32 {
+        let c = Conn { template: TcpFrame { sport: (i % 60_000) as u16, ..TcpFrame::default() }, ..Conn::default() };
+        let t = u64::from(i);
+        for f in [c.data(0, b"x"), c.fin(1)] {
+            h.p(&f, t);
+            h.s(&f, t);
+        }
+        h.tick(t);
+    }
+    assert!(h.shard.flow_count() <= 30, "lingering flows: {}", h.shard.flow_count());
+    assert!(h.shard.timer_entries() <= 8 * h.shard.flow_count() + 1024 + 1, "{}", h.shard.timer_entries());
+}
+
+#[test]
+fn test_failover_to_secondary_forwards_secondary_and_keeps_accounting() {
+    let (pc, _) = conns();
+    let mut h = H::new();
+    h.s(&pc.data(0, b"s-held"), 0);
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(1));
+    assert_eq!(h.drain(), vec![Ev::Drop(Side::Secondary, DropReason::Flushed)]);
+    let f = pc.data(6, b"fwd");
+    assert_eq!(h.s(&f, 2), vec![Ev::Rel(f.clone(), Via::Passthrough)]);
+    assert_eq!(h.p(&f, 2), vec![Ev::Drop(Side::Primary, DropReason::FailedOver)]);
+    assert_eq!(h.shard.counters().secondary_forwarded, 1);
+}
+
+#[test]
+fn test_port_reuse_starts_a_new_incarnation() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    for f in [pc.syn_ack(), pc.data(0, b"old"), pc.fin(3)] {
+        h.p(&f, 0);
+    }
+    h.s(&sc.syn_ack(), 0);
+    h.s(&pc.data(0, b"old"), 0);
+    h.s(&pc.fin(3), 0);
+    assert_eq!(h.shard.counters().released_via(Via::Match), 3);
+    // Same 4-tuple, new ISNs, before the linger expired.
+    let p2 = Conn { isn: 50_000, ..pc.clone() };
+    let s2 = Conn { isn: 90_000, ..sc.clone() };
+    h.p(&p2.syn_ack(), 10);
+    h.s(&s2.syn_ack(), 11);
+    let d = p2.data(0, b"new");
+    h.p(&d, 12);
+    assert_eq!(H::released(&h.s(&d, 13)), vec![(d.as_slice(), Via::Match)]);
+    assert!(h.requests.is_empty(), "{:?}", h.requests);
+}

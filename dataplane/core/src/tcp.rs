@@ -118,6 +118,13 @@ enum Cover {
 pub(crate) struct TcpConn<F> {
     pub(crate) primary: VecDeque<HeldPrimary<F>>,
     pub(crate) secondary: VecDeque<HeldSecondary<F>>,
+    /// The held primary segments that can still cover positions at or above `compared` are
+    /// in increasing, non-overlapping sequence order (the usual case). Lets the coverage
+    /// scans stop at the first segment starting beyond the position, so a long queue (a
+    /// primary far ahead of its secondary) costs O(1) per step instead of O(queue).
+    p_in_order: bool,
+    /// End of the last in-order primary segment pushed.
+    p_tail_end: Option<u32>,
     /// First stream position (after the SYN, or the first primary segment seen mid-stream).
     base: Option<u32>,
     /// Every position before this is verified equal on both sides (SPEC §5.1).
@@ -150,6 +157,8 @@ impl<F: Frame> TcpConn<F> {
         TcpConn {
             primary: VecDeque::new(),
             secondary: VecDeque::new(),
+            p_in_order: true,
+            p_tail_end: None,
             base: None,
             compared: None,
             offset: match mode {
@@ -182,9 +191,18 @@ impl<F: Frame> TcpConn<F> {
         self.fin_done || self.rst_done
     }
 
-    /// A SYN on a finished, empty connection starts a new incarnation (port reuse).
-    pub(crate) fn is_new_incarnation(&self, seg: &TcpSegment) -> bool {
-        seg.syn && self.is_closed() && self.is_empty() && self.p_syn.is_none_or(|s| s.isn != seg.seq)
+    /// A SYN with a new ISN on an empty connection starts a new incarnation (port reuse).
+    /// Only the primary's SYN can tell on an open connection: the secondary's ISN always
+    /// differs from the primary's, so a secondary SYN counts only once the old connection
+    /// closed.
+    pub(crate) fn is_new_incarnation(&self, side: Side, seg: &TcpSegment) -> bool {
+        if !seg.syn || !self.is_empty() {
+            return false;
+        }
+        match side {
+            Side::Primary => self.p_syn.map_or(self.is_closed(), |s| s.isn != seg.seq),
+            Side::Secondary => self.is_closed() && self.s_syn.is_none_or(|s| s.isn != seg.seq),
+        }
     }
 
     pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
@@ -238,6 +256,18 @@ impl<F: Frame> TcpConn<F> {
             out.drop_new(Side::Primary, frame, DropReason::QueueHardLimit);
         } else {
             out.hold(Side::Primary, len);
+            if self.primary.is_empty() {
+                self.p_in_order = true;
+                self.p_tail_end = None;
+            }
+            // Retransmissions wholly below `compared` never cover a position to compare, so
+            // they cannot break the ordering the scans rely on.
+            if seg.has_positions() && !retransmission {
+                if self.p_tail_end.is_some_and(|end| !seq_le(end, seg.data_start())) {
+                    self.p_in_order = false;
+                }
+                self.p_tail_end = Some(seg.end());
+            }
             self.primary.push_back(HeldPrimary { frame, seg, arrived: out.now, retransmission, len });
             if self.primary.len() > cfg.max_queue_size {
                 let n = self.primary.len();
@@ -310,6 +340,9 @@ impl<F: Frame> TcpConn<F> {
         let mut fin = false;
         for h in &self.primary {
             let start = h.seg.data_start();
+            if self.p_in_order && h.seg.has_positions() && seq_lt(p, start) {
+                break;
+            }
             let into = p.wrapping_sub(start);
             if into < h.seg.payload_len {
                 dist = dist.min(h.seg.payload_len - into);
@@ -418,6 +451,9 @@ impl<F: Frame> TcpConn<F> {
         let s_bytes = s_all.get(s_from..s_from + d as usize);
         for h in &self.primary {
             let start = h.seg.data_start();
+            if self.p_in_order && h.seg.has_positions() && seq_lt(p, start) {
+                break;
+            }
             let into = p.wrapping_sub(start);
             if into >= h.seg.payload_len {
                 continue;

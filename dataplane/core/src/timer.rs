@@ -40,6 +40,11 @@ impl DeadlineQueue {
         }
     }
 
+    /// Keeps only entries `live` accepts (drops stale ones in O(n)).
+    pub(crate) fn retain(&mut self, mut live: impl FnMut(Timestamp, u32, u32, TimerKind) -> bool) {
+        self.heap.retain(|Reverse((t, s, g, k))| live(*t, *s, *g, *k));
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }

@@ -51,6 +51,8 @@ struct Scenario {
     /// Interleaving: true = take the next primary frame.
     order: Vec<bool>,
     fin: bool,
+    /// The primary's ISN: any value, often near 2^32 so streams cross the wrap.
+    isn: u32,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -63,9 +65,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::vec(any::<usize>(), 0..3),
         proptest::collection::vec(any::<usize>(), 0..3),
         proptest::collection::vec(any::<bool>(), 0..64),
-        any::<bool>(),
+        (any::<bool>(), prop_oneof![any::<u32>(), (u32::MAX - 2000)..=u32::MAX]),
     )
-        .prop_map(|(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, fin)| Scenario {
+        .prop_map(|(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, (fin, isn))| Scenario {
             data,
             p_cuts,
             s_cuts,
@@ -75,16 +77,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             s_dups,
             order,
             fin,
+            isn,
         })
 }
 
-/// Builds both sides' frame lists. The SYN-ACK comes first on each side (a guest never
-/// sends data before it); data segments follow in shuffled order; FIN last.
 /// Primary frames, secondary frames, and the primary's data segments (offset, len).
 type Frames = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(usize, usize)>);
 
+/// Builds both sides' frame lists. The SYN-ACK comes first on each side (a guest never
+/// sends data before it); data segments follow in shuffled order; FIN last.
+
 fn frames(sc: &Scenario, secondary_data: &[u8]) -> Frames {
-    let p = Conn::default();
+    let p = Conn { isn: sc.isn, ..Conn::default() };
     let s_syn = Conn { isn: 0xdead_beef, ..Conn::default() };
     let build = |conn: &Conn, bytes: &[u8], segs: Vec<(usize, usize)>| -> Vec<Vec<u8>> {
         segs.iter().map(|&(o, l)| conn.data(o as u32, &bytes[o..o + l])).collect()

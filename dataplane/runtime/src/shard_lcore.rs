@@ -72,11 +72,15 @@ impl ShardContext {
                     ShardCommand::Flush { epoch } => {
                         self.shard.checkpoint_done(now);
                         self.apply_actions();
+                        // Publish before acknowledging: whoever sees the epoch complete then
+                        // sees counters that include the flush.
+                        self.published.force_push(self.shard.counters().clone());
                         self.send_event(ShardEvent::Flushed { shard: self.id, epoch });
                     }
                     ShardCommand::Failover(side) => {
                         self.shard.failover(side, now);
                         self.apply_actions();
+                        self.published.force_push(self.shard.counters().clone());
                     }
                     ShardCommand::Stop => stopping = true,
                 }

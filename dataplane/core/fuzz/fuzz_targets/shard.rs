@@ -47,5 +47,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(shard.flow_count() <= 4);
         assert!(counters.held_secondary_frames <= 4 * 8);
         assert!(counters.held_primary_frames <= 4 * 16 + 8);
+        assert!(shard.timer_entries() <= 16 * 4 + 1100);
     }
 });
