@@ -203,3 +203,39 @@ fn a_thousand_tcp_and_udp_flows_spread_over_shards_and_meet_their_counterparts()
         assert_eq!(s["secondary_in"].as_u64().unwrap(), 2 * tcp_matched + (p - tcp_matched), "shard {i}: {s}");
     }
 }
+
+/// With no worker lcore to spare (e.g. `-l 0-1` on a 2-CPU machine and one shard), the main
+/// lcore runs the I/O between control rounds; the result is the same.
+#[test]
+fn without_a_spare_lcore_the_main_lcore_does_the_io() {
+    for shards in [1usize, 2] {
+        let dir = scratch_dir(&format!("dp-local-io-{shards}"));
+        let (primary, secondary) = resegmented_flows(30, 4);
+        colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+        colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+        let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+        cmd.args(colo_suite::dataplane_eal_args(&dir, shards + 1)).arg("--").env("RUNTIME_DIRECTORY", &dir);
+        cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+        cmd.args(["--shards", &shards.to_string(), "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"]);
+        cmd.arg("--stats-json").arg(dir.join("stats.json"));
+        let run = colo_suite::collect_run(&dir, cmd);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_same_per_flow(&run.output, &primary);
+        assert_eq!(run.stats["total"]["released"]["match"], primary.len(), "{}", run.stats["total"]);
+        assert_eq!(run.stats["total"]["accounting"], "ok");
+    }
+}
+
+#[test]
+fn too_few_lcores_for_the_shards_is_a_clear_error() {
+    let dir = scratch_dir("dp-few-lcores");
+    let (primary, secondary) = resegmented_flows(1, 1);
+    colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+    colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+    cmd.args(colo_suite::dataplane_eal_args(&dir, 2)).arg("--").env("RUNTIME_DIRECTORY", &dir);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--shards", "3"]);
+    let run = colo_suite::collect_run(&dir, cmd);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("--lcores"), "{}", run.stderr);
+}

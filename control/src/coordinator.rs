@@ -112,6 +112,39 @@ pub struct CoordinatorStats {
     pub unknown_messages: u64,
     /// Failovers commanded (by the admin or by frame loss).
     pub failovers: u64,
+    /// Request log lines left out by the rate limit (SPEC §10).
+    pub log_lines_suppressed: u64,
+}
+
+/// Request log lines allowed per second; the rest are counted and reported on the next line.
+pub const LOG_LINES_PER_SECOND: u32 = 20;
+
+/// A one-second window rate limit for the per-request log line.
+#[derive(Debug, Default)]
+struct LogLimit {
+    window_start: Duration,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn allow(&mut self, now: Duration) -> bool {
+        if now >= self.window_start + Duration::from_secs(1) {
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        if self.in_window < LOG_LINES_PER_SECOND {
+            self.in_window += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +176,7 @@ pub struct Coordinator {
     next_reasons: Vec<CheckpointRequest>,
     outputs: VecDeque<Output>,
     stats: CoordinatorStats,
+    log_limit: LogLimit,
 }
 
 impl Coordinator {
@@ -159,6 +193,7 @@ impl Coordinator {
             next_reasons: Vec::new(),
             outputs: VecDeque::new(),
             stats: CoordinatorStats::default(),
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -198,7 +233,19 @@ impl Coordinator {
     /// A shard asks for a checkpoint.
     pub fn on_request(&mut self, req: CheckpointRequest, now: Duration) {
         *self.stats.requests_by_reason.entry(req.reason).or_default() += 1;
-        tracing::warn!(shard = req.shard, reason = req.reason, flow = %req.flow, detail = %req.detail, "checkpoint requested");
+        if self.log_limit.allow(now) {
+            let suppressed = self.log_limit.take_suppressed();
+            tracing::warn!(
+                shard = req.shard,
+                reason = req.reason,
+                flow = %req.flow,
+                detail = %req.detail,
+                suppressed,
+                "checkpoint requested"
+            );
+        } else {
+            self.stats.log_lines_suppressed += 1;
+        }
         match &mut self.phase {
             Phase::FailedOver(_) => {}
             Phase::Requested { .. } => {
@@ -559,6 +606,18 @@ mod tests {
         c.on_shard_flushed(1, 0, ms(2));
         assert_eq!(c.stats().checkpoints_completed, 1);
         assert_eq!(c.stats().do_checkpoint_sent, 0);
+    }
+
+    #[test]
+    fn request_log_lines_are_rate_limited_and_counted() {
+        let mut c = connected(1);
+        for i in 0..100u64 {
+            c.on_request(req(0, "tcp-payload-mismatch"), ms(i));
+        }
+        assert_eq!(c.stats().log_lines_suppressed, 100 - u64::from(LOG_LINES_PER_SECOND));
+        c.on_request(req(0, "tcp-payload-mismatch"), ms(1500));
+        assert_eq!(c.stats().log_lines_suppressed, 100 - u64::from(LOG_LINES_PER_SECOND), "a new second logs again");
+        assert_eq!(c.stats().requests_by_reason["tcp-payload-mismatch"], 101, "every request still counted");
     }
 
     #[test]

@@ -73,6 +73,16 @@ fn bench(c: &mut Criterion) {
 
     let p1460 = segments(&conn, &data, 1460);
     case(&mut g, "same_segmentation_1460", &p1460, &p1460);
+    // The secondary a whole window (256 segments) behind: long primary queue.
+    let behind: Vec<(Side, Vec<u8>)> = p1460
+        .iter()
+        .map(|f| (Side::Primary, f.1.clone()))
+        .chain(p1460.iter().map(|f| (Side::Secondary, f.1.clone())))
+        .collect();
+    assert_eq!(run(behind.clone()), p1460.len());
+    g.bench_function("secondary_one_window_behind", |b| {
+        b.iter_batched(|| behind.clone(), |f| black_box(run(f)), BatchSize::LargeInput)
+    });
     let s_big = segments(&conn, &data, 1460 * 40);
     case(&mut g, "resegmented_1460_vs_58400", &p1460, &s_big);
     g.finish();

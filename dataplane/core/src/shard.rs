@@ -426,11 +426,9 @@ impl<F: Frame> Shard<F> {
     }
 
     fn insert(&mut self, key: FlowKey, now: Timestamp) -> Option<u32> {
-        if self.map.len() >= self.cfg.max_flows {
-            if self.evict_blocked || !self.evict_one() {
-                self.evict_blocked = true;
-                return None;
-            }
+        if self.map.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one()) {
+            self.evict_blocked = true;
+            return None;
         }
         let flow =
             Flow { key, conn: TcpConn::new(self.cfg.mode), last_activity: now, compare_at: None, lifetime_at: None };
@@ -614,6 +612,13 @@ impl<F: Frame> Shard<F> {
     pub fn failover(&mut self, to: Side, now: Timestamp) {
         self.flush(now);
         self.failed_over = Some(to);
+    }
+
+    /// The runtime reports mbuf exhaustion approaching (SPEC §6 `resource-pressure`): one
+    /// shard-wide request per epoch; the flush it triggers returns the held mbufs.
+    pub fn resource_pressure(&mut self, detail: &str, now: Timestamp) {
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, None, || detail.to_string());
     }
 
     /// The comparison state of one flow, if present.

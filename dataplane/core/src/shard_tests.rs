@@ -584,3 +584,15 @@ fn test_port_reuse_starts_a_new_incarnation() {
     assert_eq!(H::released(&h.s(&d, 13)), vec![(d.as_slice(), Via::Match)]);
     assert!(h.requests.is_empty(), "{:?}", h.requests);
 }
+
+#[test]
+fn test_runtime_resource_pressure_is_one_request_per_epoch() {
+    let mut h = H::new();
+    h.shard.resource_pressure("mempool 95% used", Timestamp::from_millis(1));
+    h.shard.resource_pressure("mempool 96% used", Timestamp::from_millis(2));
+    assert_eq!(H::ckpts(&h.drain()), vec!["resource-pressure"]);
+    assert_eq!(h.requests[0].flow, "");
+    h.done(3);
+    h.shard.resource_pressure("again", Timestamp::from_millis(4));
+    assert_eq!(H::ckpts(&h.drain()), vec!["resource-pressure"]);
+}

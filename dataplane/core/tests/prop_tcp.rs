@@ -86,7 +86,6 @@ type Frames = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<(usize, usize)>);
 
 /// Builds both sides' frame lists. The SYN-ACK comes first on each side (a guest never
 /// sends data before it); data segments follow in shuffled order; FIN last.
-
 fn frames(sc: &Scenario, secondary_data: &[u8]) -> Frames {
     let p = Conn { isn: sc.isn, ..Conn::default() };
     let s_syn = Conn { isn: 0xdead_beef, ..Conn::default() };

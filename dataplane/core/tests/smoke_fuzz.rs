@@ -77,11 +77,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
-    fn arbitrary_frames_never_break_the_shard(steps in proptest::collection::vec(step(), 1..120)) {
+    fn arbitrary_frames_never_break_the_shard(steps in proptest::collection::vec(step(), 1..120), proxy in any::<bool>()) {
         let cfg = Config {
             max_queue_size: 8,
             hard_queue_limit: 16,
             max_flows: 4,
+            mode: if proxy { colo_core::Mode::Proxy } else { colo_core::Mode::Compare },
             ..Config::default().with_compare_timeout(core::time::Duration::from_millis(5))
         };
         let (max_flows, hard, maxq) = (cfg.max_flows, cfg.hard_queue_limit, cfg.max_queue_size);

@@ -17,7 +17,7 @@ use colo_control::coordinator::{
 use colo_control::frame_server::{Endpoint, FrameServer, ServerEvent, SocketPermissions};
 use colo_core::{Config as ShardConfig, Counters, Mode, Shard, Side};
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Eal, Mempool, Port, PortConfig, TxBatch};
+use dpdk::{Eal, Mempool, Port, PortConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, RunConfig};
@@ -93,13 +93,14 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     }
 
     let workers = dpdk::worker_lcores();
-    let needed = cfg.shards + 1;
-    if workers.len() < needed {
+    if workers.len() < cfg.shards {
         return Err(format!(
-            "{} shard(s) need {needed} worker lcores (one I/O lcore + one per shard) besides the main lcore, \
-             the EAL has {}: pass e.g. --lcores '(0-{needed})@(0,1)' before --",
+            "{} shard(s) need at least {} worker lcores besides the main lcore (one more for a separate I/O \
+             lcore), the EAL has {}: pass e.g. --lcores '(0-{})@(0,1)' before --",
             cfg.shards,
-            workers.len()
+            cfg.shards,
+            workers.len(),
+            cfg.shards + 1
         ));
     }
 
@@ -195,18 +196,26 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         mbufs,
         "colo-dataplane starting"
     );
-    let io_handle =
-        dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
+    // With a worker to spare the I/O runs on its own lcore; otherwise the main lcore runs it
+    // between control rounds (e.g. one shard on a 2-CPU machine with default EAL lcores).
+    let (io_handle, local_io, shard_lcores) = if workers.len() > cfg.shards {
+        let h = dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
+        (Some(h), None, &workers[1..])
+    } else {
+        (None, Some(io), &workers[..])
+    };
     let mut shard_handles = Vec::new();
-    for (ctx, lcore) in contexts.into_iter().zip(&workers[1..]) {
+    for (ctx, lcore) in contexts.into_iter().zip(shard_lcores) {
         shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
 
-    let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock)?;
+    let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock, local_io)?;
     let mut summary = control.run(cfg)?;
 
-    if let Err(p) = io_handle.join() {
-        return Err(format!("the I/O lcore panicked: {}", panic_text(&p)));
+    if let Some(h) = io_handle {
+        if let Err(p) = h.join() {
+            return Err(format!("the I/O lcore panicked: {}", panic_text(&p)));
+        }
     }
     for h in shard_handles {
         if let Err(p) = h.join() {
@@ -249,6 +258,8 @@ struct ControlLoop {
     /// What DPDK telemetry's `/colo/stats` answers (read on the telemetry thread).
     telemetry: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
     next_refresh: Instant,
+    /// The I/O work, when no worker lcore was left for it: run between control rounds.
+    local_io: Option<(IoContext, RxBurst)>,
 }
 
 /// How often the control loop refreshes its view of the shards' counters.
@@ -287,6 +298,7 @@ impl ControlLoop {
         events: Arc<ArrayQueue<ShardEvent>>,
         shared: Arc<Shared>,
         clock: TscClock,
+        local_io: Option<IoContext>,
     ) -> Result<Self, String> {
         let admin = match &cfg.admin {
             Some(path) => Some(
@@ -362,11 +374,34 @@ impl ControlLoop {
             published,
             telemetry,
             next_refresh: Instant::now(),
+            local_io: local_io.map(|io| (io, RxBurst::new())),
         })
     }
 
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Waits `d` between control rounds: sleeps, or runs the local I/O work meanwhile.
+    fn idle(&mut self, d: Duration) {
+        match &mut self.local_io {
+            None => std::thread::sleep(d),
+            Some((io, burst)) => {
+                let until = Instant::now() + d;
+                let mut quiet = 0u32;
+                while Instant::now() < until {
+                    if io.shared.stop_rx.load(Ordering::Relaxed) {
+                        // RX is closed: only TX is left to drain.
+                        io.drain_tx();
+                    } else if io.poll(burst) == 0 {
+                        quiet += 1;
+                        if quiet > 64 {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn run(mut self, cfg: &RunConfig) -> Result<RunSummary, String> {
@@ -409,12 +444,15 @@ impl ControlLoop {
                     break;
                 }
             }
-            std::thread::sleep(Duration::from_micros(200));
+            self.idle(Duration::from_micros(200));
         }
 
         // Shutdown: stop RX, wait until the I/O lcore has dispatched its last frames, then
         // let every shard drain its input and flush.
         self.shared.stop_rx.store(true, Ordering::Release);
+        if let Some((io, _)) = &mut self.local_io {
+            io.stop_rx();
+        }
         while !self.shared.rx_stopped.load(Ordering::Acquire) {
             self.pump_events(&mut final_counters);
             std::thread::sleep(Duration::from_micros(100));
@@ -426,7 +464,12 @@ impl ControlLoop {
             self.push_backlog();
             self.pump_events(&mut final_counters);
             self.apply_outputs();
-            std::thread::sleep(Duration::from_micros(100));
+            self.idle(Duration::from_micros(100));
+        }
+        if let Some((io, _)) = &mut self.local_io {
+            while !io.finished() {
+                io.drain_tx();
+            }
         }
         let shards: Vec<Counters> = final_counters.into_iter().map(Option::unwrap_or_default).collect();
         let mut total = Counters::default();

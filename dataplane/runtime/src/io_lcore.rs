@@ -87,37 +87,7 @@ impl IoContext {
         let mut burst = RxBurst::new();
         let mut idle_rounds = 0u32;
         while !self.shared.stop_rx.load(Ordering::Acquire) {
-            let mut work = 0;
-            for i in 0..self.inputs.len() {
-                let (side, queue) = &mut self.inputs[i];
-                let side = *side;
-                let n = queue.rx_burst(&mut burst);
-                if n > 0 {
-                    self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
-                }
-                work += n;
-                for m in burst.by_ref() {
-                    let shard = shard_of(m.data(), self.shards);
-                    let mut m = m;
-                    loop {
-                        let producer = &mut self.to_shards[side_index(side)][shard];
-                        match producer.push(m) {
-                            Ok(()) => break,
-                            Err(rtrb::PushError::Full(back)) => {
-                                m = back;
-                                if let Some(tx) = &mut self.tx {
-                                    tx.drain();
-                                }
-                                std::hint::spin_loop();
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(tx) = &mut self.tx {
-                work += tx.drain();
-            }
-            if work == 0 {
+            if self.poll(&mut burst) == 0 {
                 idle_rounds = idle_rounds.saturating_add(1);
                 if idle_rounds > 1024 {
                     // Nothing for a while: give the other lcores sharing this CPU a turn.
@@ -127,21 +97,64 @@ impl IoContext {
                 idle_rounds = 0;
             }
         }
-        // Free whatever the last burst held before saying RX has stopped.
         drop(burst);
-        drop(std::mem::take(&mut self.inputs));
-        self.shared.rx_stopped.store(true, Ordering::Release);
-        if let Some(mut tx) = self.tx.take() {
-            loop {
-                let all_stopped = self.shared.shards_stopped.load(Ordering::Acquire) == self.shards;
-                if all_stopped && tx.is_idle() {
-                    break;
-                }
-                if tx.drain() == 0 {
-                    std::thread::yield_now();
+        self.stop_rx();
+        while !self.finished() {
+            if self.drain_tx() == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// One round: a burst from each input dispatched to the shards, then TX drained. Returns
+    /// the frames moved.
+    pub fn poll(&mut self, burst: &mut RxBurst) -> usize {
+        let mut work = 0;
+        for i in 0..self.inputs.len() {
+            let (side, queue) = &mut self.inputs[i];
+            let side = *side;
+            let n = queue.rx_burst(burst);
+            if n > 0 {
+                self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
+            }
+            work += n;
+            for m in burst.by_ref() {
+                let shard = shard_of(m.data(), self.shards);
+                let mut m = m;
+                loop {
+                    let producer = &mut self.to_shards[side_index(side)][shard];
+                    match producer.push(m) {
+                        Ok(()) => break,
+                        Err(rtrb::PushError::Full(back)) => {
+                            m = back;
+                            if let Some(tx) = &mut self.tx {
+                                tx.drain();
+                            }
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             }
         }
+        work + self.drain_tx()
+    }
+
+    /// Releases the input queues and tells the control thread RX has stopped; everything
+    /// received has been handed to the shards by then.
+    pub fn stop_rx(&mut self) {
+        drop(std::mem::take(&mut self.inputs));
+        self.shared.rx_stopped.store(true, Ordering::Release);
+    }
+
+    /// Moves released frames to the output device (if this lcore owns TX).
+    pub fn drain_tx(&mut self) -> usize {
+        self.tx.as_mut().map_or(0, TxDrain::drain)
+    }
+
+    /// Whether every shard has stopped and nothing is left to transmit.
+    pub fn finished(&self) -> bool {
+        self.shared.shards_stopped.load(Ordering::Acquire) == self.shards
+            && self.tx.as_ref().is_none_or(TxDrain::is_idle)
     }
 }
 
