@@ -239,3 +239,21 @@ fn too_few_lcores_for_the_shards_is_a_clear_error() {
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("--lcores"), "{}", run.stderr);
 }
+
+#[test]
+fn no_hugepages_without_no_huge_is_a_one_line_hint() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let total = meminfo.lines().find_map(|l| l.strip_prefix("HugePages_Total:")).map(str::trim);
+    if total != Some("0") {
+        eprintln!("this machine has hugepages ({total:?}); nothing to check");
+        return;
+    }
+    let out = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"))
+        .args(["--no-pci", "--", "--primary", "a", "--secondary", "b", "--output", "c"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("add --no-huge"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

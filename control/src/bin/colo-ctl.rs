@@ -85,11 +85,13 @@ fn main() {
                 eprintln!("colo-ctl: {}", answer["error"].as_str().unwrap_or("request refused"));
                 std::process::exit(1);
             }
-            match mode {
-                Print::Json => println!("{answer}"),
-                Print::Pretty => println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default()),
-                Print::Prometheus => print!("{}", colo_control::admin::prometheus_text(&answer)),
-            }
+            let text = match mode {
+                Print::Json => format!("{answer}\n"),
+                Print::Pretty => serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n",
+                Print::Prometheus => colo_control::admin::prometheus_text(&answer),
+            };
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = std::io::stdout().write_all(text.as_bytes());
         }
         Err(e) => {
             eprintln!("colo-ctl: {e}");

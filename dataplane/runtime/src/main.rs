@@ -3,6 +3,8 @@
 //! Parses and checks the options, starts the EAL, runs the dataplane and prints the final
 //! statistics. Every failure is one line on stderr and a non-zero exit.
 
+use std::io::Write;
+
 use clap::Parser;
 use colo_dataplane::app;
 use colo_dataplane::config::{split_args, Args, RunConfig};
@@ -24,7 +26,8 @@ fn real_main() -> i32 {
     let args = match Args::try_parse_from(&app_args) {
         Ok(a) => a,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
-            print!("{e}");
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = write!(std::io::stdout(), "{e}");
             return 0;
         }
         Err(e) => {
@@ -68,7 +71,8 @@ fn real_main() -> i32 {
         }
     }
     let t = &summary.total;
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "colo-dataplane: primary in {} | released {} (match {}, retransmission {}, flush {}, passthrough {}) | \
          secondary in {} | checkpoints requested {} completed {} | accounting {}",
         t.primary_in,
