@@ -257,3 +257,31 @@ fn no_hugepages_without_no_huge_is_a_one_line_hint() {
     assert!(err.contains("add --no-huge"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// Guest ports with RSS (net_null accepts it) get the hardware path: both configured alike
+/// with the symmetric key, shard *i* polling queue *i* of both, no dispatch lcore.
+#[test]
+fn ports_with_rss_use_the_hardware_path() {
+    let dir = scratch_dir("dp-hw-rss");
+    let mut eal: Vec<String> =
+        colo_suite::dataplane_eal_args(&dir, 3).into_iter().filter(|a| !a.starts_with("--vdev")).collect();
+    eal.extend(["--vdev=net_null0".to_string(), "--vdev=net_null1".to_string(), "--vdev=net_null2".to_string()]);
+    let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", &dir).stdin(std::process::Stdio::null());
+    cmd.args(["--primary", "net_null0", "--secondary", "net_null1", "--output", "net_null2", "--shards", "2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--stats-json"]).arg(dir.join("stats.json"));
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = colo_suite::ChildGuard::new(cmd.spawn().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("hardware RSS"), "{stderr}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["total"]["accounting"], "ok", "{}", stats["total"]);
+    for s in stats["shards"].as_array().unwrap() {
+        assert!(s["primary_in"].as_u64() > Some(0) && s["secondary_in"].as_u64() > Some(0), "every queue polled: {s}");
+    }
+}

@@ -1,2 +1,460 @@
 //! `colo-replay`: runs the shard code over a primary and a secondary capture (SPEC §9.2).
+//!
+//! Owns the virtual clock (capture timestamps, merged by time with the primary first on ties),
+//! software dispatch to N shards with the same symmetric Toeplitz hash as the runtime, the
+//! simulated COLO frame (a checkpoint request completes `checkpoint_latency` later, and
+//! requests arriving meanwhile join it, as SPEC §7 aggregates them), the JSON report and the
+//! `--explain` trace. It never reads the wall clock: results depend only on the captures.
+//!
+//! [`synth`] generates capture pairs in code for tests and golden files.
 #![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod synth;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use colo_core::wire::{self, Class};
+use colo_core::{rss, Action, Config, Counters, Frame, Mode, Shard, Side, Timestamp, Via};
+use serde::Serialize;
+
+pub use capture::{read_pcap, write_pcap, Capture, CapturedFrame, ReplayError};
+pub use pcap_file::TsResolution;
+
+/// A frame fed to the shards: remembers its side and its 0-based index in its capture.
+#[derive(Clone, Debug)]
+pub struct ReplayFrame {
+    /// Which capture.
+    pub side: Side,
+    /// Position in that capture.
+    pub index: usize,
+    /// Bytes.
+    pub data: Vec<u8>,
+}
+
+impl Frame for ReplayFrame {
+    fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// Replay settings (the CLI flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of shards (software Toeplitz dispatch).
+    pub shards: usize,
+    /// `compare_timeout`.
+    pub compare_timeout: Duration,
+    /// Compare or proxy mode.
+    pub mode: Mode,
+    /// Virtual delay between a checkpoint request and its completion.
+    pub checkpoint_latency: Duration,
+    /// Trace this flow (`tcp 10.0.0.2:80 > 10.0.0.1:40000`, either direction).
+    pub explain: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            shards: 1,
+            compare_timeout: Duration::from_millis(3000),
+            mode: Mode::Compare,
+            checkpoint_latency: Duration::ZERO,
+            explain: None,
+        }
+    }
+}
+
+/// One released frame in output order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Released {
+    /// 0-based index in the primary capture.
+    pub index: usize,
+    /// `match`, `retransmission`, `flush`, `passthrough`.
+    pub via: &'static str,
+}
+
+/// One checkpoint request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointEntry {
+    /// Virtual time of the request, µs since the first frame of either capture.
+    pub t_us: u64,
+    /// SPEC §6 reason.
+    pub reason: &'static str,
+    /// `tcp 10.0.0.2:80 > 10.0.0.1:40000`.
+    pub flow: String,
+    /// Positions and hex window.
+    pub detail: String,
+}
+
+/// The SPEC §9.2 report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Frames in the primary capture.
+    pub primary_frames: usize,
+    /// Frames in the secondary capture.
+    pub secondary_frames: usize,
+    /// Released primary frames in output order.
+    pub released: Vec<Released>,
+    /// Checkpoint requests in order.
+    pub checkpoints: Vec<CheckpointEntry>,
+    /// Primary drops by reason.
+    pub primary_dropped: BTreeMap<&'static str, u64>,
+    /// Secondary drops by reason (consumed and flushed frames are not drops).
+    pub secondary_dropped: BTreeMap<&'static str, u64>,
+    /// Primary frames still held after virtual time passed every timeout.
+    pub held_at_end: u64,
+    /// Summed shard counters (SPEC §10).
+    pub counters: serde_json::Value,
+}
+
+/// Everything a replay produces.
+pub struct Outcome {
+    /// The report.
+    pub report: Report,
+    /// Released frames with their virtual release time (origin = first capture timestamp).
+    pub output: Capture,
+    /// `--explain` lines.
+    pub explain: Vec<String>,
+    /// Summed counters.
+    pub counters: Counters,
+    /// Checkpoint completions simulated.
+    pub checkpoints_completed: u64,
+}
+
+struct Run<'a> {
+    shards: Vec<Shard<ReplayFrame>>,
+    opts: &'a Options,
+    origin: Duration,
+    /// Virtual now: never goes backwards, even if a capture's timestamps do.
+    current: Timestamp,
+    pending_completion: Option<Timestamp>,
+    completions: u64,
+    released: Vec<Released>,
+    output: Capture,
+    checkpoints: Vec<CheckpointEntry>,
+    explain: Vec<String>,
+    explain_indices: std::collections::HashSet<usize>,
+}
+
+impl Run<'_> {
+    fn drain(&mut self, shard: usize) {
+        let Some(s) = self.shards.get_mut(shard) else { return };
+        while let Some(action) = s.poll_action() {
+            match action {
+                Action::Release { frame, via } => {
+                    // Released secondary frames only exist after a failover, which replay
+                    // never commands.
+                    let now = self.current;
+                    if frame.side == Side::Primary {
+                        if self.explain_indices.contains(&frame.index) {
+                            self.explain.push(format!(
+                                "  t={}us released primary #{} via {}",
+                                now.as_micros(),
+                                frame.index,
+                                via.as_str()
+                            ));
+                        }
+                        self.released.push(Released { index: frame.index, via: via.as_str() });
+                    }
+                    self.output.push(self.origin + Duration::from_nanos(now.as_nanos()), frame.data);
+                }
+                Action::Drop { .. } => {}
+                Action::Checkpoint(req) => {
+                    if self.opts.explain.as_deref().is_some_and(|e| flow_matches(&req.flow, e)) {
+                        self.explain.push(format!(
+                            "  t={}us CHECKPOINT {}: {}",
+                            req.now.as_micros(),
+                            req.reason,
+                            req.detail
+                        ));
+                    }
+                    if self.pending_completion.is_none() {
+                        self.pending_completion = Some(req.now.saturating_add(self.opts.checkpoint_latency));
+                    }
+                    self.checkpoints.push(CheckpointEntry {
+                        t_us: req.now.as_micros(),
+                        reason: req.reason.as_str(),
+                        flow: req.flow,
+                        detail: req.detail,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `flow` (a key's display) is the flow named by `wanted`, in either direction.
+fn flow_matches(flow: &str, wanted: &str) -> bool {
+    let wanted = wanted.trim();
+    if flow == wanted {
+        return true;
+    }
+    // Reverse "proto [vlan v] a > b" into "proto [vlan v] b > a".
+    match flow.split_once(" > ") {
+        Some((left, right)) => match left.rsplit_once(' ') {
+            Some((prefix, src)) => format!("{prefix} {right} > {src}") == wanted,
+            None => false,
+        },
+        None => false,
+    }
+}
+
+fn flags_str(seg: &wire::TcpSegment) -> String {
+    let mut s = String::new();
+    for (on, c) in [(seg.syn, 'S'), (seg.fin, 'F'), (seg.rst, 'R'), (seg.ack_flag, '.')] {
+        if on {
+            s.push(c);
+        }
+    }
+    s
+}
+
+impl Run<'_> {
+    /// Runs completions and deadlines due at or before `until`, in time order.
+    fn advance_to(&mut self, until: Timestamp) {
+        // Each iteration either completes a checkpoint or runs due timers; a shard's
+        // re-armed timers are strictly later, so this terminates. The cap is a safety net.
+        for _ in 0..10_000_000u32 {
+            let deadline = self.shards.iter().filter_map(|s| s.next_deadline()).min();
+            let next = match (self.pending_completion, deadline) {
+                (Some(c), Some(d)) => c.min(d),
+                (c, d) => match c.or(d) {
+                    Some(t) => t,
+                    None => return,
+                },
+            };
+            if next > until {
+                return;
+            }
+            self.current = self.current.max(next);
+            let now = self.current;
+            if self.pending_completion.is_some_and(|c| c <= now) {
+                self.pending_completion = None;
+                self.completions += 1;
+                if !self.explain_indices.is_empty() {
+                    self.explain.push(format!("  t={}us checkpoint completed (flush)", now.as_micros()));
+                }
+                for i in 0..self.shards.len() {
+                    if let Some(s) = self.shards.get_mut(i) {
+                        s.checkpoint_done(now);
+                    }
+                    self.drain(i);
+                }
+            } else {
+                for i in 0..self.shards.len() {
+                    let due = self.shards.get(i).and_then(|s| s.next_deadline()).is_some_and(|d| d <= now);
+                    if due {
+                        if let Some(s) = self.shards.get_mut(i) {
+                            s.handle_timeout(now);
+                        }
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Picks a frame's shard: symmetric Toeplitz over its L3 addresses (as the runtime's software
+/// dispatch does); frames without addresses go to shard 0.
+pub fn shard_of(data: &[u8], shards: usize) -> usize {
+    match wire::parse(data).key() {
+        Some(key) => rss::shard_for_hash(rss::shard_hash(key), shards),
+        None => 0,
+    }
+}
+
+/// Replays two captures through `opts.shards` shards with a virtual clock.
+pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome {
+    let cfg = Config { mode: opts.mode, ..Config::default().with_compare_timeout(opts.compare_timeout) };
+    let n = opts.shards.max(1);
+    let origin = primary.frames.iter().chain(&secondary.frames).map(|f| f.ts).min().unwrap_or_default();
+    let mut run = Run {
+        shards: (0..n).map(|_| Shard::new(cfg.clone())).collect(),
+        opts,
+        origin,
+        current: Timestamp::default(),
+        pending_completion: None,
+        completions: 0,
+        released: Vec::new(),
+        output: Capture::default(),
+        checkpoints: Vec::new(),
+        explain: Vec::new(),
+        explain_indices: Default::default(),
+    };
+    let to_ts =
+        |d: Duration| Timestamp::from_nanos(u64::try_from(d.saturating_sub(origin).as_nanos()).unwrap_or(u64::MAX));
+    // Merge, not sort: each capture keeps its own order even if its timestamps go backwards.
+    let (mut pi, mut si) = (0usize, 0usize);
+    loop {
+        let p = primary.frames.get(pi);
+        let s = secondary.frames.get(si);
+        let (side, index, frame) = match (p, s) {
+            (Some(p), Some(s)) if p.ts <= s.ts => (Side::Primary, pi, p),
+            (Some(_), Some(s)) => (Side::Secondary, si, s),
+            (Some(p), None) => (Side::Primary, pi, p),
+            (None, Some(s)) => (Side::Secondary, si, s),
+            (None, None) => break,
+        };
+        match side {
+            Side::Primary => pi += 1,
+            Side::Secondary => si += 1,
+        }
+        let t = to_ts(frame.ts).max(run.current);
+        run.advance_to(t);
+        run.current = t;
+        let shard = shard_of(&frame.data, n);
+        if let Some(wanted) = opts.explain.as_deref() {
+            if let Class::Tcp(key, seg) = wire::parse(&frame.data) {
+                if flow_matches(&key.to_string(), wanted) {
+                    if side == Side::Primary {
+                        run.explain_indices.insert(index);
+                    }
+                    run.explain.push(format!(
+                        "t={}us {} #{} shard {} seq={} ack={} len={} flags={}",
+                        t.as_micros(),
+                        side.as_str(),
+                        index,
+                        shard,
+                        seg.seq,
+                        seg.ack,
+                        seg.payload_len,
+                        flags_str(&seg)
+                    ));
+                }
+            }
+        }
+        if let Some(s) = run.shards.get_mut(shard) {
+            s.handle(side, ReplayFrame { side, index, data: frame.data.clone() }, t);
+        }
+        run.drain(shard);
+        if let Some(wanted) = opts.explain.as_deref() {
+            if let Class::Tcp(key, _) = wire::parse(&frame.data) {
+                if flow_matches(&key.to_string(), wanted) {
+                    if let Some(st) = run.shards.get(shard).and_then(|s| s.flow_status(&key)) {
+                        let rel = match (st.compared, st.base) {
+                            (Some(c), Some(b)) => format!(" (stream +{})", c.wrapping_sub(b)),
+                            _ => String::new(),
+                        };
+                        let mut line = format!(
+                            "  state: compared={}{rel} secondary_ack={} held primary/secondary={}/{}",
+                            st.compared.map_or("-".into(), |c| c.to_string()),
+                            st.secondary_ack.map_or("-".into(), |a| a.to_string()),
+                            st.held_primary,
+                            st.held_secondary
+                        );
+                        if let Some(h) = st.head {
+                            let _ = write!(line, ", oldest primary held: {}", h.as_str());
+                        }
+                        if st.closed {
+                            line.push_str(", closed");
+                        }
+                        run.explain.push(line);
+                    }
+                }
+            }
+        }
+    }
+    // End of input: virtual time passes every timeout (SPEC §9.2).
+    run.advance_to(Timestamp::from_nanos(u64::MAX));
+
+    let mut counters = Counters::default();
+    for s in &run.shards {
+        counters.merge(s.counters());
+    }
+    let dropped = |side: Side| {
+        colo_core::DropReason::ALL
+            .into_iter()
+            .filter(|r| !matches!(r, colo_core::DropReason::Consumed | colo_core::DropReason::Flushed))
+            .filter_map(|r| {
+                let n = counters.dropped(side, r);
+                (n > 0).then_some((r.as_str(), n))
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let report = Report {
+        primary_frames: primary.frames.len(),
+        secondary_frames: secondary.frames.len(),
+        released: run.released,
+        checkpoints: run.checkpoints,
+        primary_dropped: dropped(Side::Primary),
+        secondary_dropped: dropped(Side::Secondary),
+        held_at_end: counters.held_primary_frames,
+        counters: counters_json(&counters, run.completions),
+    };
+    Outcome { report, output: run.output, explain: run.explain, counters, checkpoints_completed: run.completions }
+}
+
+/// The SPEC §10 counters as JSON (names are the stable `as_str` names).
+pub fn counters_json(c: &Counters, completions: u64) -> serde_json::Value {
+    let released: BTreeMap<_, _> = Via::ALL.into_iter().map(|v| (v.as_str(), c.released_via(v))).collect();
+    let requests: BTreeMap<_, _> = colo_core::CheckpointReason::ALL
+        .into_iter()
+        .filter(|r| c.requests(*r) > 0)
+        .map(|r| (r.as_str(), c.requests(r)))
+        .collect();
+    let malformed: BTreeMap<_, _> = colo_core::MalformedReason::ALL
+        .into_iter()
+        .filter(|r| c.malformed_count(*r) > 0)
+        .map(|r| (r.as_str(), c.malformed_count(r)))
+        .collect();
+    let h = &c.hold_time;
+    serde_json::json!({
+        "primary_in": c.primary_in,
+        "secondary_in": c.secondary_in,
+        "released": released,
+        "secondary_consumed": c.secondary_consumed,
+        "secondary_flushed": c.secondary_flushed,
+        "uncompared": c.uncompared,
+        "malformed": malformed,
+        "held_primary_frames": c.held_primary_frames,
+        "held_secondary_frames": c.held_secondary_frames,
+        "flows": c.flows,
+        "flows_evicted": c.flows_evicted,
+        "checkpoint_requests": requests,
+        "checkpoints_completed": completions,
+        "hold_time_us": {
+            "p50": h.quantile(0.5).as_micros() as u64,
+            "p99": h.quantile(0.99).as_micros() as u64,
+            "max": h.max_ns / 1_000,
+        },
+    })
+}
+
+/// The short human summary `colo-replay` prints.
+pub fn summary(o: &Outcome) -> String {
+    let r = &o.report;
+    let mut by_via: BTreeMap<&str, usize> = BTreeMap::new();
+    for rel in &r.released {
+        *by_via.entry(rel.via).or_default() += 1;
+    }
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &r.checkpoints {
+        *by_reason.entry(c.reason).or_default() += 1;
+    }
+    let mut s = format!(
+        "primary {} frames, secondary {} frames\nreleased {} ({})\ncheckpoint requests {} ({}), completed {}\nheld at end {}\n",
+        r.primary_frames,
+        r.secondary_frames,
+        r.released.len(),
+        join(&by_via),
+        r.checkpoints.len(),
+        join(&by_reason),
+        o.checkpoints_completed,
+        r.held_at_end
+    );
+    if !r.primary_dropped.is_empty() || !r.secondary_dropped.is_empty() {
+        let _ = writeln!(s, "dropped primary {} secondary {}", join(&r.primary_dropped), join(&r.secondary_dropped));
+    }
+    s
+}
+
+fn join<V: std::fmt::Display>(m: &BTreeMap<&str, V>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+}

@@ -17,13 +17,13 @@ use colo_control::coordinator::{
 use colo_control::frame_server::{Endpoint, FrameServer, ServerEvent, SocketPermissions};
 use colo_core::{Config as ShardConfig, Counters, Mode, Shard, Side};
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Eal, Mempool, Port, PortConfig, RxBurst, TxBatch};
+use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, RunConfig};
 use crate::io_lcore::{IoContext, TxDrain};
 use crate::messages::{ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
-use crate::shard_lcore::ShardContext;
+use crate::shard_lcore::{ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
 use crate::Shared;
 
@@ -109,14 +109,35 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
 
-    // Software dispatch: every virtual device here lacks RSS; one RX queue per input port.
-    let input_cfg =
-        PortConfig { rx_queues: 1, tx_queues: 1, rx_desc: DESCRIPTORS, tx_desc: DESCRIPTORS, ..Default::default() };
+    // Hardware RSS when both guest ports can spread IP flows over one queue per shard (the
+    // same symmetric key, hash types and RETA on both); software dispatch otherwise (every
+    // virtual device but net_null/net_tap lacks RSS). Chosen once, here (SPEC §8).
+    let guest_infos = [
+        Port::info(eal, primary_id).map_err(|e| format!("--primary: {e}"))?,
+        Port::info(eal, secondary_id).map_err(|e| format!("--secondary: {e}"))?,
+    ];
+    let hw_rss = cfg.shards > 1
+        && guest_infos
+            .iter()
+            .all(|i| i.rss_offloads & dpdk::sys::RTE_ETH_RSS_IP != 0 && usize::from(i.max_rx_queues) >= cfg.shards);
+    let input_cfg = PortConfig {
+        rx_queues: if hw_rss { cfg.shards as u16 } else { 1 },
+        tx_queues: 1,
+        rx_desc: DESCRIPTORS,
+        tx_desc: DESCRIPTORS,
+        rss: hw_rss.then(RssConfig::ip_only),
+        ..Default::default()
+    };
     let [primary, secondary] = Port::configure_pair(eal, [primary_id, secondary_id], &input_cfg, &pool)
         .map_err(|e| format!("cannot start the guest ports: {e}"))?;
     let out_info = Port::info(eal, output_id).map_err(|e| format!("--output: {e}"))?;
     let per_shard_tx = usize::from(out_info.max_tx_queues) >= cfg.shards && cfg.shards > 1;
-    let out_cfg = PortConfig { tx_queues: if per_shard_tx { cfg.shards as u16 } else { 1 }, ..input_cfg.clone() };
+    let out_cfg = PortConfig {
+        rx_queues: 1,
+        tx_queues: if per_shard_tx { cfg.shards as u16 } else { 1 },
+        rss: None,
+        ..input_cfg.clone()
+    };
     let output = Port::configure(eal, output_id, &out_cfg, &pool).map_err(|e| format!("cannot start --output: {e}"))?;
 
     let shared = Arc::new(Shared::default());
@@ -136,10 +157,19 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     }
     .with_compare_timeout(cfg.compare_timeout);
     for id in 0..cfg.shards {
-        let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
-        let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
-        to_shards[0].push(pp);
-        to_shards[1].push(sp);
+        let input = if hw_rss {
+            ShardInput::Queues {
+                primary: Some(primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
+                secondary: Some(secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
+                burst: Box::new(RxBurst::new()),
+            }
+        } else {
+            let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
+            let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
+            to_shards[0].push(pp);
+            to_shards[1].push(sp);
+            ShardInput::Rings { primary: pc, secondary: sc }
+        };
         let path = if per_shard_tx {
             TxPath::Queue {
                 queue: output.tx_queue(id as u16).map_err(|e| e.to_string())?,
@@ -157,8 +187,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         contexts.push(ShardContext {
             id,
             shard: Shard::new(shard_cfg.clone()),
-            primary_in: pc,
-            secondary_in: sc,
+            input,
             tx: Transmitter::new(path),
             commands: cmd,
             events: events.clone(),
@@ -178,32 +207,46 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             next: 0,
         })
     };
-    let io = IoContext {
-        inputs: vec![
+    let inputs = if hw_rss {
+        Vec::new()
+    } else {
+        vec![
             (Side::Primary, primary.rx_queue(0).map_err(|e| e.to_string())?),
             (Side::Secondary, secondary.rx_queue(0).map_err(|e| e.to_string())?),
-        ],
+        ]
+    };
+    // The I/O work: software dispatch, and/or draining TX rings. None with hardware RSS and
+    // one output queue per shard.
+    let io = (!inputs.is_empty() || tx.is_some()).then(|| IoContext {
+        inputs,
         to_shards,
         tx,
         shared: shared.clone(),
         shards: cfg.shards,
-    };
+    });
 
     tracing::info!(
         shards = cfg.shards,
-        dispatch = "software (symmetric Toeplitz)",
+        dispatch = if hw_rss { "hardware RSS (symmetric key)" } else { "software (symmetric Toeplitz)" },
         tx = if per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
         mbufs,
         "colo-dataplane starting"
     );
     // With a worker to spare the I/O runs on its own lcore; otherwise the main lcore runs it
     // between control rounds (e.g. one shard on a 2-CPU machine with default EAL lcores).
-    let (io_handle, local_io, shard_lcores) = if workers.len() > cfg.shards {
-        let h = dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
-        (Some(h), None, &workers[1..])
-    } else {
-        (None, Some(io), &workers[..])
+    let (io_handle, local_io, shard_lcores) = match io {
+        Some(io) if workers.len() > cfg.shards => {
+            let h =
+                dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
+            (Some(h), None, &workers[1..])
+        }
+        Some(io) => (None, Some(io), &workers[..]),
+        None => (None, None, &workers[..]),
     };
+    if io_handle.is_none() && local_io.is_none() {
+        // Nobody dispatches: the shards poll their own queues and stop on `Stop`.
+        shared.rx_stopped.store(true, Ordering::Release);
+    }
     let mut shard_handles = Vec::new();
     for (ctx, lcore) in contexts.into_iter().zip(shard_lcores) {
         shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use colo_core::{Action, Counters, Shard, Side};
 use crossbeam_queue::ArrayQueue;
-use dpdk::{Mbuf, BURST_SIZE};
+use dpdk::{Mbuf, RxBurst, RxQueue, BURST_SIZE};
 
 use crate::clock::TscClock;
 use crate::held::HeldFrame;
@@ -19,16 +19,52 @@ use crate::messages::{ShardCommand, ShardEvent};
 use crate::tx::Transmitter;
 use crate::Shared;
 
+/// A shard's input, chosen once at start-up (SPEC §8).
+pub enum ShardInput {
+    /// Software dispatch: the I/O lcore hands frames over one SPSC ring per side.
+    Rings {
+        /// Frames from the primary port.
+        primary: rtrb::Consumer<Mbuf>,
+        /// Frames from the secondary port.
+        secondary: rtrb::Consumer<Mbuf>,
+    },
+    /// Hardware RSS: the shard polls queue *i* of both ports itself (`None` once stopped).
+    Queues {
+        /// Queue *i* of the primary port.
+        primary: Option<RxQueue>,
+        /// Queue *i* of the secondary port.
+        secondary: Option<RxQueue>,
+        /// Receive burst (boxed: a large array next to the ring variant).
+        burst: Box<RxBurst>,
+    },
+}
+
+impl ShardInput {
+    /// Whether nothing received is still waiting to be handled.
+    fn is_drained(&self) -> bool {
+        match self {
+            ShardInput::Rings { primary, secondary } => primary.is_empty() && secondary.is_empty(),
+            ShardInput::Queues { .. } => true,
+        }
+    }
+
+    /// Stops receiving (hardware RSS: release the queues; rings: the I/O lcore stops).
+    fn stop(&mut self) {
+        if let ShardInput::Queues { primary, secondary, .. } = self {
+            *primary = None;
+            *secondary = None;
+        }
+    }
+}
+
 /// Everything one shard lcore owns.
 pub struct ShardContext {
     /// Shard index.
     pub id: usize,
     /// The comparator.
     pub shard: Shard<HeldFrame>,
-    /// Frames from the primary port, dispatched to this shard.
-    pub primary_in: rtrb::Consumer<Mbuf>,
-    /// Frames from the secondary port, dispatched to this shard.
-    pub secondary_in: rtrb::Consumer<Mbuf>,
+    /// Where this shard's frames come from.
+    pub input: ShardInput,
     /// Released frames out.
     pub tx: Transmitter,
     /// Commands from the control thread.
@@ -82,14 +118,17 @@ impl ShardContext {
                         self.apply_actions();
                         self.published.force_push(self.shard.counters().clone());
                     }
-                    ShardCommand::Stop => stopping = true,
+                    ShardCommand::Stop => {
+                        stopping = true;
+                        self.input.stop();
+                    }
                 }
             }
             self.tx.flush();
             self.retry_events();
             // The dispatcher has stopped before Stop is sent, so empty rings mean all input
             // has been handled.
-            if stopping && self.primary_in.is_empty() && self.secondary_in.is_empty() {
+            if stopping && self.input.is_drained() {
                 break;
             }
             if work == 0 {
@@ -116,19 +155,50 @@ impl ShardContext {
     }
 
     fn take_input(&mut self, side: Side, now: colo_core::Timestamp) -> usize {
-        let ring = match side {
-            Side::Primary => &mut self.primary_in,
-            Side::Secondary => &mut self.secondary_in,
-        };
         let mut n = 0;
-        while n < BURST_SIZE {
-            let Ok(m) = ring.pop() else { break };
-            self.shard.handle(side, HeldFrame(m), now);
-            n += 1;
-            // Drain after every frame: released frames leave in order, and held frames never
-            // wait behind a burst.
-            while let Some(action) = self.shard.poll_action() {
-                apply(action, self.id, &mut self.tx, &self.events, &mut self.unsent_events);
+        match &mut self.input {
+            ShardInput::Rings { primary, secondary } => {
+                let ring = match side {
+                    Side::Primary => primary,
+                    Side::Secondary => secondary,
+                };
+                while n < BURST_SIZE {
+                    let Ok(m) = ring.pop() else { break };
+                    n += 1;
+                    handle_one(
+                        &mut self.shard,
+                        side,
+                        m,
+                        now,
+                        self.id,
+                        &mut self.tx,
+                        &self.events,
+                        &mut self.unsent_events,
+                    );
+                }
+            }
+            ShardInput::Queues { primary, secondary, burst } => {
+                let queue = match side {
+                    Side::Primary => primary,
+                    Side::Secondary => secondary,
+                };
+                let Some(queue) = queue else { return 0 };
+                n = queue.rx_burst(burst);
+                if n > 0 {
+                    self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
+                }
+                for m in burst.by_ref() {
+                    handle_one(
+                        &mut self.shard,
+                        side,
+                        m,
+                        now,
+                        self.id,
+                        &mut self.tx,
+                        &self.events,
+                        &mut self.unsent_events,
+                    );
+                }
             }
         }
         n
@@ -157,6 +227,25 @@ impl ShardContext {
                 break;
             }
         }
+    }
+}
+
+/// Hands one frame to the comparator and carries out its actions at once: released frames
+/// leave in order, and held frames never wait behind a burst.
+#[allow(clippy::too_many_arguments)]
+fn handle_one(
+    shard: &mut Shard<HeldFrame>,
+    side: Side,
+    m: Mbuf,
+    now: colo_core::Timestamp,
+    id: usize,
+    tx: &mut Transmitter,
+    events: &ArrayQueue<ShardEvent>,
+    unsent: &mut VecDeque<ShardEvent>,
+) {
+    shard.handle(side, HeldFrame(m), now);
+    while let Some(action) = shard.poll_action() {
+        apply(action, id, tx, events, unsent);
     }
 }
 
