@@ -173,6 +173,17 @@ fn divergence_on_two_shards_gives_one_do_checkpoint_and_output_waits_for_the_fra
     let held = v["total"]["held_primary_frames"].as_u64().unwrap();
     assert_eq!(held, 4, "{}", v["total"]);
     assert_eq!(v["total"]["released_total"], n - held);
+    // `flows` lists the two diverged flows first, each holding its last two segments.
+    let flows = ctl(&admin, &["flows"]);
+    let rows = flows["flows"].as_array().unwrap();
+    assert_eq!(rows.len(), addrs.len(), "{flows}");
+    for row in &rows[..2] {
+        assert_eq!(row["held_primary"], 2, "{row}");
+        assert_eq!(row["diverged"], true, "{row}");
+        assert_eq!(row["head"], "diverged, awaiting checkpoint", "{row}");
+    }
+    assert_ne!(rows[0]["shard"], rows[1]["shard"], "one per shard: {flows}");
+    assert!(rows[2..].iter().all(|r| r["held_primary"] == 0 && r["diverged"] == false));
 
     // The frame drops and comes back: it is told again, nothing is lost.
     drop(frame);
@@ -244,6 +255,16 @@ fn admin_failover_to_primary_releases_held_output_without_a_frame() {
     let admin = dir.join("admin.sock");
     let v = wait_stats(&admin, "the request", |v| v["total"]["held_primary_frames"].as_u64() > Some(0));
     assert_eq!(v["coordinator"]["do_checkpoint_sent"], 0, "no frame connected");
+    assert_eq!(ctl(&admin, &["set", "compare_timeout_ms=60000"])["ok"], true);
+    assert_eq!(ctl(&admin, &["set", "frame_timeout_ms=60000"])["ok"], true);
+    let bad = std::process::Command::new(workspace_bin("colo-ctl"))
+        .arg("--socket")
+        .arg(&admin)
+        .args(["set", "colour=blue"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown setting"));
     ctl(&admin, &["failover", "primary"]);
     let v = wait_stats(&admin, "the failover flush", |v| v["total"]["held_primary_frames"] == 0);
     assert_eq!(v["coordinator"]["failovers"], 1);

@@ -197,6 +197,11 @@ impl Coordinator {
         }
     }
 
+    /// Changes `frame_timeout` (the admin socket's `set frame_timeout_ms`).
+    pub fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.cfg.frame_timeout = timeout;
+    }
+
     /// The current epoch (number of completed checkpoints).
     pub fn epoch(&self) -> u64 {
         self.epoch

@@ -326,6 +326,29 @@ impl<F: Frame> Shard<F> {
         &self.cfg
     }
 
+    /// Changes `compare_timeout` (and `linger`, kept at twice it) for what is held from now
+    /// on; deadlines already set keep their time (the admin socket's `set`, SPEC §7).
+    pub fn set_compare_timeout(&mut self, timeout: core::time::Duration) {
+        self.cfg.compare_timeout = timeout;
+        self.cfg.linger = 2 * timeout;
+    }
+
+    /// Changes `max_queue_size`; the hard limit stays at least four times it.
+    pub fn set_max_queue_size(&mut self, n: usize) {
+        self.cfg.max_queue_size = n.max(1);
+        self.cfg.hard_queue_limit = self.cfg.hard_queue_limit.max(4 * self.cfg.max_queue_size);
+    }
+
+    /// Up to `limit` flows with the most held frames first (the admin socket's `flows`).
+    /// Allocates: for the control path only, never per packet.
+    pub fn flows_by_held(&self, limit: usize) -> Vec<(FlowKey, FlowStatus)> {
+        let mut all: Vec<(FlowKey, FlowStatus)> =
+            self.map.keys().filter_map(|k| self.flow_status(k).map(|st| (*k, st))).collect();
+        all.sort_by_key(|(_, st)| std::cmp::Reverse(st.held_primary + st.held_secondary));
+        all.truncate(limit);
+        all
+    }
+
     /// Counters and gauges (SPEC §10).
     pub fn counters(&self) -> &Counters {
         &self.counters

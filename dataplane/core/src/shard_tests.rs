@@ -596,3 +596,32 @@ fn test_runtime_resource_pressure_is_one_request_per_epoch() {
     h.shard.resource_pressure("again", Timestamp::from_millis(4));
     assert_eq!(H::ckpts(&h.drain()), vec!["resource-pressure"]);
 }
+
+#[test]
+fn test_flows_by_held_lists_the_fullest_flows_first() {
+    let mut h = H::new();
+    let a = Conn::default();
+    let b = Conn { template: TcpFrame { dport: 40001, ..TcpFrame::default() }, ..Conn::default() };
+    h.p(&a.data(0, b"aaaa"), 1);
+    h.p(&b.data(0, b"bbbb"), 1);
+    h.p(&b.data(4, b"cccc"), 2);
+    let flows = h.shard.flows_by_held(10);
+    assert_eq!(flows.len(), 2);
+    assert_eq!(flows[0].0.to_string(), "tcp 10.0.0.2:80 > 10.0.0.1:40001");
+    assert_eq!(flows[0].1.held_primary, 2);
+    assert_eq!(flows[1].1.held_primary, 1);
+    assert_eq!(h.shard.flows_by_held(1).len(), 1);
+}
+
+#[test]
+fn test_a_shorter_compare_timeout_applies_to_what_is_held_next() {
+    let mut h = H::new();
+    h.shard.set_compare_timeout(Duration::from_millis(100));
+    let c = Conn::default();
+    h.p(&c.data(0, b"silent secondary"), 10);
+    assert_eq!(h.tick(109), vec![]);
+    assert_eq!(h.tick(110), vec![Ev::Ckpt("timeout-primary")]);
+    h.shard.set_max_queue_size(2);
+    assert_eq!(h.shard.config().max_queue_size, 2);
+    assert!(h.shard.config().hard_queue_limit >= 8);
+}

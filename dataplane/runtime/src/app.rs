@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use colo_control::admin::{AdminRequest, AdminServer, FailoverSide};
+use colo_control::admin::{AdminRequest, AdminServer, ClientId, FailoverSide};
 use colo_control::coordinator::{
     CheckpointMode, CheckpointRequest, Coordinator, CoordinatorConfig, FailoverTarget, FrameLossPolicy, Output,
 };
@@ -22,7 +22,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, RunConfig};
 use crate::io_lcore::{IoContext, TxDrain};
-use crate::messages::{ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
+use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::shard_lcore::{ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
 use crate::Shared;
@@ -303,7 +303,20 @@ struct ControlLoop {
     next_refresh: Instant,
     /// The I/O work, when no worker lcore was left for it: run between control rounds.
     local_io: Option<(IoContext, RxBurst)>,
+    /// `flows` requests waiting for every shard's answer.
+    pending_flows: Vec<PendingFlows>,
+    next_request: u64,
 }
+
+/// A `flows` admin request being gathered from the shards.
+struct PendingFlows {
+    request: u64,
+    client: ClientId,
+    replies: Vec<Option<Vec<FlowRow>>>,
+}
+
+/// Flows listed by `flows` (largest queues first).
+const FLOWS_LIMIT: usize = 100;
 
 /// How often the control loop refreshes its view of the shards' counters.
 const REFRESH_EVERY: Duration = Duration::from_millis(100);
@@ -418,6 +431,8 @@ impl ControlLoop {
             telemetry,
             next_refresh: Instant::now(),
             local_io: local_io.map(|io| (io, RxBurst::new())),
+            pending_flows: Vec::new(),
+            next_request: 1,
         })
     }
 
@@ -589,10 +604,17 @@ impl ControlLoop {
                     shutdown = true;
                     serde_json::json!({"ok": true})
                 }
-                AdminRequest::Flows => serde_json::json!({"ok": false, "error": "flows listing is not available yet"}),
-                AdminRequest::Set { key, .. } => {
-                    serde_json::json!({"ok": false, "error": format!("unknown or read-only setting {key:?}")})
+                AdminRequest::Flows => {
+                    // Answered once every shard has reported (see pump_events).
+                    let request = self.next_request;
+                    self.next_request += 1;
+                    for q in &mut self.backlog {
+                        q.push_back(ShardCommand::ReportFlows { request, limit: FLOWS_LIMIT });
+                    }
+                    self.pending_flows.push(PendingFlows { request, client, replies: vec![None; self.commands.len()] });
+                    continue;
                 }
+                AdminRequest::Set { key, value } => self.apply_setting(&key, &value),
             };
             answers.push((client, answer));
         }
@@ -603,6 +625,34 @@ impl ControlLoop {
         }
         self.apply_outputs();
         shutdown
+    }
+
+    /// `set KEY=VALUE` on the admin socket.
+    fn apply_setting(&mut self, key: &str, value: &str) -> serde_json::Value {
+        let number = value.trim().parse::<u64>().ok().filter(|&n| n > 0);
+        let command = match (key, number) {
+            ("compare_timeout_ms", Some(ms)) => Some(ShardCommand::SetCompareTimeout(Duration::from_millis(ms))),
+            ("max_queue_size", Some(n)) => Some(ShardCommand::SetMaxQueueSize(n as usize)),
+            ("frame_timeout_ms", Some(ms)) => {
+                self.coordinator.set_frame_timeout(Duration::from_millis(ms));
+                None
+            }
+            ("compare_timeout_ms" | "max_queue_size" | "frame_timeout_ms", None) => {
+                return serde_json::json!({"ok": false, "error": format!("{key} needs a whole number above 0, not {value:?}")})
+            }
+            _ => {
+                return serde_json::json!({"ok": false, "error": format!(
+                    "unknown setting {key:?}; settable: compare_timeout_ms, max_queue_size, frame_timeout_ms"
+                )})
+            }
+        };
+        if let Some(cmd) = command {
+            for q in &mut self.backlog {
+                q.push_back(cmd);
+            }
+        }
+        tracing::info!(key, value, "setting changed on the admin socket");
+        serde_json::json!({"ok": true, "key": key, "value": value})
     }
 
     fn pump_events(&mut self, final_counters: &mut [Option<Counters>]) {
@@ -619,6 +669,21 @@ impl ControlLoop {
                     now,
                 ),
                 ShardEvent::Flushed { shard, epoch } => self.coordinator.on_shard_flushed(shard, epoch, now),
+                ShardEvent::Flows { shard, request, flows } => {
+                    let Some(i) = self.pending_flows.iter().position(|p| p.request == request) else { continue };
+                    if let Some(slot) = self.pending_flows[i].replies.get_mut(shard) {
+                        *slot = Some(flows);
+                    }
+                    if self.pending_flows[i].replies.iter().all(Option::is_some) {
+                        let done = self.pending_flows.swap_remove(i);
+                        let mut all: Vec<FlowRow> = done.replies.into_iter().flatten().flatten().collect();
+                        all.sort_by_key(|f| std::cmp::Reverse(f.held_primary + f.held_secondary));
+                        all.truncate(FLOWS_LIMIT);
+                        if let Some(admin) = &mut self.admin {
+                            admin.answer(done.client, &serde_json::json!({"ok": true, "flows": all}));
+                        }
+                    }
+                }
                 ShardEvent::Stopped { shard, counters } => {
                     if let Some(slot) = final_counters.get_mut(shard) {
                         *slot = Some(*counters);

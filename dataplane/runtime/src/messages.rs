@@ -16,6 +16,42 @@ pub enum ShardCommand {
     Failover(Side),
     /// Input has stopped: handle what is queued, flush, report [`ShardEvent::Stopped`], exit.
     Stop,
+    /// Report up to `limit` flows, most held frames first, as [`ShardEvent::Flows`].
+    ReportFlows {
+        /// Matches the answer to the admin request.
+        request: u64,
+        /// Most flows to report.
+        limit: usize,
+    },
+    /// New `compare_timeout` for what is held from now on.
+    SetCompareTimeout(std::time::Duration),
+    /// New `max_queue_size`.
+    SetMaxQueueSize(usize),
+}
+
+/// One flow in a `flows` answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowRow {
+    /// The shard that owns it.
+    pub shard: usize,
+    /// `tcp 10.0.0.2:80 > 10.0.0.1:40000`.
+    pub flow: String,
+    /// Primary frames held.
+    pub held_primary: usize,
+    /// Secondary frames held.
+    pub held_secondary: usize,
+    /// Why the oldest primary frame waits, if one does.
+    pub head: Option<&'static str>,
+    /// A mismatch was found; waiting for the checkpoint.
+    pub diverged: bool,
+    /// Both FINs or a RST pair compared.
+    pub closed: bool,
+    /// First stream position.
+    pub base: Option<u32>,
+    /// Verified-equal frontier.
+    pub compared: Option<u32>,
+    /// Highest ACK the secondary sent.
+    pub secondary_ack: Option<u32>,
 }
 
 /// A shard → the control thread.
@@ -34,6 +70,15 @@ pub enum ShardEvent {
         shard: usize,
         /// The epoch.
         epoch: u64,
+    },
+    /// Answer to [`ShardCommand::ReportFlows`].
+    Flows {
+        /// Which shard.
+        shard: usize,
+        /// The admin request it answers.
+        request: u64,
+        /// Its fullest flows.
+        flows: Vec<FlowRow>,
     },
     /// The shard flushed its last frames and is leaving its loop.
     Stopped {

@@ -15,7 +15,7 @@ use dpdk::{Mbuf, RxBurst, RxQueue, BURST_SIZE};
 
 use crate::clock::TscClock;
 use crate::held::HeldFrame;
-use crate::messages::{ShardCommand, ShardEvent};
+use crate::messages::{FlowRow, ShardCommand, ShardEvent};
 use crate::tx::Transmitter;
 use crate::Shared;
 
@@ -118,6 +118,28 @@ impl ShardContext {
                         self.apply_actions();
                         self.published.force_push(self.shard.counters().clone());
                     }
+                    ShardCommand::ReportFlows { request, limit } => {
+                        let flows = self
+                            .shard
+                            .flows_by_held(limit)
+                            .into_iter()
+                            .map(|(key, st)| FlowRow {
+                                shard: self.id,
+                                flow: key.to_string(),
+                                held_primary: st.held_primary,
+                                held_secondary: st.held_secondary,
+                                head: st.head.map(|h| h.as_str()),
+                                diverged: st.diverged,
+                                closed: st.closed,
+                                base: st.base,
+                                compared: st.compared,
+                                secondary_ack: st.secondary_ack,
+                            })
+                            .collect();
+                        self.send_event(ShardEvent::Flows { shard: self.id, request, flows });
+                    }
+                    ShardCommand::SetCompareTimeout(d) => self.shard.set_compare_timeout(d),
+                    ShardCommand::SetMaxQueueSize(n) => self.shard.set_max_queue_size(n),
                     ShardCommand::Stop => {
                         stopping = true;
                         self.input.stop();
