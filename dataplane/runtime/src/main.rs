@@ -3,7 +3,7 @@
 //! Parses and checks the options, starts the EAL, runs the dataplane and prints the final
 //! statistics. Every failure is one line on stderr and a non-zero exit.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use colo_dataplane::app;
@@ -20,6 +20,7 @@ fn real_main() -> i32 {
                 .unwrap_or_else(|_| "colo_dataplane=info,colo_control=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let argv: Vec<String> = std::env::args().collect();
     let (eal_args, app_args) = split_args(&argv);
