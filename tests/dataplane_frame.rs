@@ -272,3 +272,69 @@ fn admin_failover_to_primary_releases_held_output_without_a_frame() {
     assert_eq!(stats["total"]["accounting"], "ok");
     colo_suite::assert_same_per_flow(&out, &primary);
 }
+
+/// `failover secondary` (SPEC §6): after it, the secondary's frames are what reaches the
+/// output, uncompared, and the primary's are dropped and counted.
+#[test]
+fn admin_failover_to_secondary_forwards_the_secondary() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("frame-failover-secondary");
+    let (primary, mut secondary) = flows(&addrs_on_both_shards(2), &[]);
+    // Mark the secondary's frames so the output shows whose they are: a different TTL.
+    for f in &mut secondary {
+        f[22] = 33;
+    }
+    write_pcap(&dir.join("primary.pcap"), &primary);
+    write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut eal = colo_suite::dataplane_eal_args(&dir, 4);
+    for a in &mut eal {
+        if a.starts_with("--vdev=net_pcap0") || a.starts_with("--vdev=net_pcap1") {
+            a.push_str(",infinite_rx=1");
+        }
+    }
+    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
+    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", &dir).stdin(std::process::Stdio::null());
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--shards", "2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--socket-mode", "0660"]);
+    cmd.arg("--admin").arg(dir.join("admin.sock")).arg("--stats-json").arg(dir.join("stats.json"));
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = ChildGuard::new(cmd.spawn().unwrap());
+    let admin = dir.join("admin.sock");
+    wait_stats(&admin, "traffic", |v| v["total"]["primary_in"].as_u64() > Some(1000));
+    let mode = std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "--socket-mode applies");
+    ctl(&admin, &["failover", "secondary"]);
+    wait_stats(&admin, "forwarded secondary frames", |v| v["total"]["secondary_forwarded"].as_u64() > Some(1000));
+    let (stats, out) = finish(&dir, child);
+    let total = &stats["total"];
+    assert_eq!(total["accounting"], "ok", "{total}");
+    assert!(total["primary_dropped"]["failed-over"].as_u64() > Some(0), "{total}");
+    let from_secondary = out.iter().filter(|f| f[22] == 33).count();
+    assert_eq!(from_secondary as u64, total["secondary_forwarded"].as_u64().unwrap(), "{total}");
+    // Nothing of the primary's leaves after the switch: once a secondary frame is out, only
+    // secondary frames follow.
+    let first = out.iter().position(|f| f[22] == 33).unwrap();
+    assert!(out[first..].iter().all(|f| f[22] == 33));
+}
+
+#[test]
+fn a_half_message_from_a_vanishing_frame_does_not_disturb_the_dataplane() {
+    let dir = scratch_dir("frame-half");
+    let (primary, secondary) = flows(&addrs_on_both_shards(2), &[0]);
+    let child = start(&dir, &primary, &secondary);
+    {
+        let mut half = Frame::connect(&dir.join("frame.sock"));
+        half.s.write_all(&[0, 0, 0, 15, b'C', b'O', b'L']).unwrap();
+    }
+    let mut frame = Frame::connect(&dir.join("frame.sock"));
+    frame.send("COLO_USERSPACE_PROXY_INIT");
+    assert_eq!(frame.recv(Duration::from_secs(5)).as_deref(), Some("COLO_COMPARE_GET_XEN_INIT"));
+    assert_eq!(frame.recv(Duration::from_secs(5)).as_deref(), Some("DO_CHECKPOINT"));
+    frame.send("COLO_CHECKPOINT");
+    wait_stats(&dir.join("admin.sock"), "the flush", |v| {
+        v["total"]["held_primary_frames"] == 0 && v["coordinator"]["checkpoints_completed"] == 1
+    });
+    let (stats, out) = finish(&dir, child);
+    assert_eq!(stats["total"]["accounting"], "ok");
+    colo_suite::assert_same_per_flow(&out, &primary);
+}

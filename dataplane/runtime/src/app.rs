@@ -14,7 +14,7 @@ use colo_control::admin::{AdminRequest, AdminServer, ClientId, FailoverSide};
 use colo_control::coordinator::{
     CheckpointMode, CheckpointRequest, Coordinator, CoordinatorConfig, FailoverTarget, FrameLossPolicy, Output,
 };
-use colo_control::frame_server::{Endpoint, FrameServer, ServerEvent, SocketPermissions};
+use colo_control::frame_server::{Endpoint, FrameServer, ServerEvent};
 use colo_core::{Config as ShardConfig, Counters, Mode, Shard, Side};
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
@@ -358,7 +358,7 @@ impl ControlLoop {
     ) -> Result<Self, String> {
         let admin = match &cfg.admin {
             Some(path) => Some(
-                AdminServer::bind(path, SocketPermissions::default())
+                AdminServer::bind(path, cfg.socket_permissions())
                     .map_err(|e| format!("cannot listen on --admin {}: {e}", path.display()))?,
             ),
             None => None,
@@ -382,7 +382,7 @@ impl ControlLoop {
                     }
                 }
                 Some(
-                    FrameServer::bind(&ep, SocketPermissions::default())
+                    FrameServer::bind(&ep, cfg.socket_permissions())
                         .map_err(|e| format!("cannot listen on --frame {}: {e}", cfg.frame_endpoint()))?,
                 )
             }

@@ -100,6 +100,15 @@ pub struct Args {
     /// Mbufs in the packet pool (default: sized for the comparison window of every shard).
     #[arg(long)]
     pub mbufs: Option<u32>,
+    /// File mode of the Unix frame and admin sockets, octal.
+    #[arg(long, value_name = "OCTAL")]
+    pub socket_mode: Option<String>,
+    /// Owner (uid) given to the Unix frame and admin sockets.
+    #[arg(long, value_name = "UID")]
+    pub socket_owner: Option<u32>,
+    /// Group (gid) given to the Unix frame and admin sockets.
+    #[arg(long, value_name = "GID")]
+    pub socket_group: Option<u32>,
     /// TOML file with any of these options.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -125,6 +134,9 @@ pub struct FileConfig {
     exit_when_idle_ms: Option<u64>,
     stats_json: Option<PathBuf>,
     mbufs: Option<u32>,
+    socket_mode: Option<String>,
+    socket_owner: Option<u32>,
+    socket_group: Option<u32>,
 }
 
 /// Everything the runtime needs, checked.
@@ -162,6 +174,12 @@ pub struct RunConfig {
     pub stats_json: Option<PathBuf>,
     /// Pool size override.
     pub mbufs: Option<u32>,
+    /// Unix socket permissions (frame and admin sockets).
+    pub socket_mode: u32,
+    /// Unix socket owner.
+    pub socket_owner: Option<u32>,
+    /// Unix socket group.
+    pub socket_group: Option<u32>,
 }
 
 /// Default frame socket when `--frame` is not given in frame mode.
@@ -199,6 +217,15 @@ impl RunConfig {
             exit_when_idle: args.exit_when_idle_ms.or(file.exit_when_idle_ms).map(Duration::from_millis),
             stats_json: args.stats_json.or(file.stats_json),
             mbufs: args.mbufs.or(file.mbufs),
+            socket_mode: match args.socket_mode.or(file.socket_mode) {
+                None => 0o600,
+                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("--socket-mode must be an octal mode such as 0600, not {m:?}"))?,
+            },
+            socket_owner: args.socket_owner.or(file.socket_owner),
+            socket_group: args.socket_group.or(file.socket_group),
         };
         cfg.check()?;
         Ok(cfg)
@@ -236,6 +263,15 @@ impl RunConfig {
             return Err("--client is only used in proxy mode, which is not available yet".into());
         }
         Ok(())
+    }
+
+    /// Permissions for the Unix sockets.
+    pub fn socket_permissions(&self) -> colo_control::frame_server::SocketPermissions {
+        colo_control::frame_server::SocketPermissions {
+            mode: self.socket_mode,
+            owner: self.socket_owner,
+            group: self.socket_group,
+        }
     }
 
     /// The frame endpoint to listen on, in frame mode.
@@ -314,6 +350,10 @@ mod tests {
         std::fs::write(&path, "primray = \"x\"\n").unwrap();
         let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+        let c = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--socket-mode", "0660"]).unwrap();
+        assert_eq!(c.socket_mode, 0o660);
+        let e = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--socket-mode", "rw"]).unwrap_err();
+        assert!(e.contains("octal"), "{e}");
     }
 
     #[test]
