@@ -79,9 +79,18 @@ pub struct Counters {
     pub secondary_dropped: [u64; DropReason::COUNT],
     /// Malformed frames by [`MalformedReason`] (both sides).
     pub malformed: [u64; 8],
-    /// Frames (both sides) that bypassed comparison because their class is not compared yet
-    /// (fragments, datagrams, other IP: issue 4).
+    /// Frames (both sides) that bypassed comparison because their class is not compared.
+    /// Every IP class is compared since issue 4, so this stays 0; kept for compatibility.
     pub uncompared: u64,
+    /// Non-IP and malformed frames (both sides) compared under `NonIpPolicy::Compare`.
+    pub non_ip_compared: u64,
+    /// Datagrams reassembled from fragments (both sides).
+    pub reassembled: u64,
+    /// Datagrams whose fragments could not be reassembled (conflicting overlap, bad length,
+    /// too many fragments), both sides (SPEC §4).
+    pub reassembly_failed: u64,
+    /// Gauge: partial datagrams (and post-flush tombstones) in the reassembly table.
+    pub reassembly_partials: u64,
     /// Gauge: primary frames held.
     pub held_primary_frames: u64,
     /// Gauge: bytes of primary frames held.
@@ -183,6 +192,10 @@ impl Counters {
             *a += b;
         }
         self.uncompared += o.uncompared;
+        self.non_ip_compared += o.non_ip_compared;
+        self.reassembled += o.reassembled;
+        self.reassembly_failed += o.reassembly_failed;
+        self.reassembly_partials += o.reassembly_partials;
         self.held_primary_frames += o.held_primary_frames;
         self.held_primary_bytes += o.held_primary_bytes;
         self.held_secondary_frames += o.held_secondary_frames;

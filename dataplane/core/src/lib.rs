@@ -12,13 +12,16 @@
 //! Module map: [`wire`] parses frames into compact summaries, [`rss`] is the software Toeplitz
 //! hash used to pick a shard, [`tcp`] compares one TCP connection's byte streams, [`shard`]
 //! owns the flow table, timers and actions, [`counters`] the SPEC §10 statistics and
-//! [`checkpoint`] the request reasons of SPEC §6. A `datagram` module (UDP/ICMP/other IP,
-//! fragment reassembly; issue 4) slots in next to [`tcp`].
+//! [`checkpoint`] the request reasons of SPEC §6. `datagram` compares UDP/ICMP/ICMPv6, other
+//! IP protocols and (under the `compare` policy) non-IP frames with a bounded reorder window;
+//! `reasm` reassembles IPv4/IPv6 fragments per side with bounded memory.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
 pub mod counters;
+mod datagram;
 pub mod fixtures;
+mod reasm;
 pub mod rss;
 pub mod shard;
 pub mod tcp;
@@ -93,13 +96,15 @@ pub enum Mode {
 }
 
 /// What happens to non-IP and malformed frames (SPEC §4).
-///
-/// Only `Passthrough` exists today; the whole-frame FIFO `compare` policy arrives with the
-/// datagram module (issue 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NonIpPolicy {
     /// Release the primary's frame at once, drop the secondary's (QEMU's behaviour).
     Passthrough,
+    /// Whole-frame FIFO match, one queue per shard (the runtime sends every frame without a
+    /// flow key to shard 0, so that is one queue in all), with the datagram window and
+    /// timeout rules; a miscompare is `other-mismatch` on flow `non-ip`. Whole frame means
+    /// every byte including MAC addresses and Ethernet padding (SPEC §4 says whole frame).
+    Compare,
 }
 
 /// Shard configuration. All durations are virtual: the shard compares them with the `now`
@@ -123,6 +128,18 @@ pub struct Config {
     pub non_ip_policy: NonIpPolicy,
     /// Sequence-space handling of the secondary (SPEC §3).
     pub mode: Mode,
+    /// Datagram reorder window (SPEC §5.2, default 16): primary datagram *i* may match
+    /// secondary datagram *j* of the same flow only when |i − j| ≤ this. 0 = strict FIFO.
+    pub datagram_window: usize,
+    /// Fragments one datagram may have before it is poisoned (SPEC §4; default 64).
+    pub max_fragments_per_datagram: usize,
+    /// Partial datagrams per side and shard (SPEC §4; default 1024).
+    pub max_reassembly_datagrams: usize,
+    /// Bytes of fragment frames held by partial datagrams, per side and shard (default 4 MiB).
+    pub max_reassembly_bytes: usize,
+    /// An incomplete datagram older than this is a `fragment-timeout` (SPEC §6); defaults to
+    /// `compare_timeout` and follows it in [`Config::with_compare_timeout`].
+    pub reassembly_timeout: Duration,
 }
 
 impl Default for Config {
@@ -137,15 +154,22 @@ impl Default for Config {
             max_flows: 65_536,
             non_ip_policy: NonIpPolicy::Passthrough,
             mode: Mode::Compare,
+            datagram_window: 16,
+            max_fragments_per_datagram: 64,
+            max_reassembly_datagrams: 1024,
+            max_reassembly_bytes: 4 << 20,
+            reassembly_timeout: compare_timeout,
         }
     }
 }
 
 impl Config {
-    /// Sets `compare_timeout` and keeps `linger` at twice it (the SPEC default).
+    /// Sets `compare_timeout`, keeps `linger` at twice it (the SPEC default) and the
+    /// reassembly timeout equal to it.
     pub fn with_compare_timeout(mut self, timeout: Duration) -> Self {
         self.compare_timeout = timeout;
         self.linger = 2 * timeout;
+        self.reassembly_timeout = timeout;
         self
     }
 }

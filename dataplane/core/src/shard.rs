@@ -2,9 +2,11 @@
 //!
 //! Owns the flow table (bounded, ahash; evicts closed then idle flows, never wipes), the
 //! per-shard deadline queue, checkpoint-request aggregation per epoch, the counters, and the
-//! action queue. It dispatches each frame by class: TCP to [`crate::tcp`], everything not yet
-//! compared (fragments, datagrams, other IP: issue 4) and non-IP/malformed frames to the
-//! passthrough policy.
+//! action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
+//! and other IP protocols to [`crate::datagram`]; fragments to [`crate::reasm`], whose whole
+//! datagrams then go to [`crate::datagram`] (a reassembled TCP segment too: it is compared as
+//! a whole datagram, `other-mismatch`, in a flow of its own, since the TCP comparator reads
+//! payload from one frame); non-IP/malformed frames to the configured [`crate::NonIpPolicy`].
 //!
 //! Must never: read a clock, log or allocate on the per-packet path in steady state (queues
 //! keep their capacity; only checkpoint diagnostics allocate), drop primary output silently,
@@ -15,11 +17,13 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::checkpoint::{CheckpointReason, CheckpointRequest};
 use crate::counters::Counters;
+use crate::datagram::{DatagramFlow, Item, Piece, Pieces};
+use crate::reasm::{Fed, Reassembly};
 use crate::tcp::{HoldReason, TcpConn};
 use crate::time::Timestamp;
 use crate::timer::{DeadlineQueue, TimerKind};
-use crate::wire::{self, Class, FlowKey, TcpSegment};
-use crate::{Config, Frame, Side};
+use crate::wire::{self, Class, FlowKey, Span, TcpSegment};
+use crate::{Config, Frame, NonIpPolicy, Side};
 
 /// Why a primary frame was released (SPEC §9.2 `via`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +67,7 @@ pub enum DropReason {
     NonIp,
     /// Secondary malformed frame under the passthrough policy.
     Malformed,
-    /// Secondary frame of a class not compared yet (fragments, datagrams, other IP).
+    /// Secondary frame of a class not compared (unused since issue 4; kept for the API).
     Uncompared,
     /// Secondary frame beyond `max_queue_size` (a checkpoint was requested).
     QueueFull,
@@ -73,11 +77,17 @@ pub enum DropReason {
     FlowTableFull,
     /// Frame of the side no longer forwarded after a failover.
     FailedOver,
+    /// Fragment beyond the reassembly bounds (a `resource-pressure` request was made); for
+    /// the primary only when the overflow FIFO is full too (memory truly exhausted).
+    ReassemblyFull,
+    /// Secondary fragment of a datagram that cannot be reassembled (conflicting overlap,
+    /// bad length, too many fragments, reassembly timeout).
+    ReassemblyFailed,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Consumed,
@@ -89,6 +99,8 @@ impl DropReason {
         DropReason::QueueHardLimit,
         DropReason::FlowTableFull,
         DropReason::FailedOver,
+        DropReason::ReassemblyFull,
+        DropReason::ReassemblyFailed,
     ];
 
     /// Stable name for counters and reports.
@@ -103,6 +115,8 @@ impl DropReason {
             DropReason::QueueHardLimit => "queue-hard-limit",
             DropReason::FlowTableFull => "flow-table-full",
             DropReason::FailedOver => "failed-over",
+            DropReason::ReassemblyFull => "reassembly-full",
+            DropReason::ReassemblyFailed => "reassembly-failed",
         }
     }
 }
@@ -157,9 +171,33 @@ pub(crate) struct Out<'a, F> {
     pub(crate) actions: &'a mut VecDeque<Action<F>>,
     pub(crate) counters: &'a mut Counters,
     pub(crate) now: Timestamp,
+    /// Emptied fragment lists, reused so reassembly does not allocate per datagram.
+    pub(crate) pool: &'a mut Vec<Vec<Piece<F>>>,
 }
 
+/// Fragment lists kept for reuse (bounds the pool's memory).
+const POOL_MAX: usize = 256;
+
 impl<F> Out<'_, F> {
+    pub(crate) fn take_pieces(&mut self) -> Vec<Piece<F>> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    pub(crate) fn recycle(&mut self, mut v: Vec<Piece<F>>) {
+        v.clear();
+        if self.pool.len() < POOL_MAX && v.capacity() > 0 && v.capacity() <= 256 {
+            self.pool.push(v);
+        }
+    }
+
+    pub(crate) fn drop_held_primary(&mut self, frame: F, len: u32, reason: DropReason) {
+        let c = &mut *self.counters;
+        c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
+        c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
+        c.primary_dropped[reason as usize] += 1;
+        self.actions.push_back(Action::Drop { side: Side::Primary, frame, reason });
+    }
+
     pub(crate) fn hold(&mut self, side: Side, len: u32) {
         let c = &mut *self.counters;
         match side {
@@ -183,7 +221,7 @@ impl<F> Out<'_, F> {
         self.actions.push_back(Action::Release { frame, via });
     }
 
-    fn release_now(&mut self, frame: F, via: Via) {
+    pub(crate) fn release_now(&mut self, frame: F, via: Via) {
         self.counters.released[via as usize] += 1;
         self.actions.push_back(Action::Release { frame, via });
     }
@@ -230,11 +268,44 @@ impl<F> Out<'_, F> {
         self.request_flow(requested, reason, Some(key), detail);
     }
 
+    /// Like [`Out::request`], for a flow with a name of its own (`non-ip`).
+    pub(crate) fn request_named(
+        &mut self,
+        requested: &mut u16,
+        reason: CheckpointReason,
+        name: &str,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.request_with(requested, reason, || name.to_string(), detail);
+    }
+
+    /// A request deduplicated by the shard-wide bits (fragment timeouts: one per epoch per
+    /// shard, so a flood of never-completed fragments cannot flood the control thread).
+    pub(crate) fn request_shard(
+        &mut self,
+        shard_requested: &mut u16,
+        reason: CheckpointReason,
+        key: &FlowKey,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.request_flow(shard_requested, reason, Some(key), detail);
+    }
+
     fn request_flow(
         &mut self,
         requested: &mut u16,
         reason: CheckpointReason,
         key: Option<&FlowKey>,
+        detail: impl FnOnce() -> String,
+    ) {
+        self.request_with(requested, reason, || key.map(ToString::to_string).unwrap_or_default(), detail);
+    }
+
+    fn request_with(
+        &mut self,
+        requested: &mut u16,
+        reason: CheckpointReason,
+        flow: impl FnOnce() -> String,
         detail: impl FnOnce() -> String,
     ) {
         if *requested & reason.bit() != 0 {
@@ -244,16 +315,91 @@ impl<F> Out<'_, F> {
         self.counters.checkpoint_requests[reason as usize] += 1;
         self.actions.push_back(Action::Checkpoint(CheckpointRequest {
             reason,
-            flow: key.map(ToString::to_string).unwrap_or_default(),
+            flow: flow(),
             detail: detail(),
             now: self.now,
         }));
     }
 }
 
+/// Which comparator a flow uses; part of the table key so a reassembled TCP segment (compared
+/// as a datagram) never collides with its connection's stream state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Tcp,
+    /// UDP/ICMP/ICMPv6: `datagram-mismatch`.
+    Datagram,
+    /// Other IP protocols and reassembled TCP: `other-mismatch`.
+    OtherIp,
+    /// The shard's one non-IP/malformed FIFO (`NonIpPolicy::Compare`): `other-mismatch`.
+    NonIp,
+}
+
+/// The key of the shard's non-IP FIFO (never a real flow: protocol 0, unspecified addresses).
+const NON_IP_KEY: FlowKey = FlowKey {
+    vlans: [None, None],
+    src: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    dst: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    proto: 0,
+    src_port: 0,
+    dst_port: 0,
+};
+
+enum Conn<F> {
+    Tcp(TcpConn<F>),
+    Datagram(DatagramFlow<F>),
+}
+
+impl<F: Frame> Conn<F> {
+    fn new(kind: Kind, cfg: &Config) -> Self {
+        match kind {
+            Kind::Tcp => Conn::Tcp(TcpConn::new(cfg.mode)),
+            Kind::Datagram => Conn::Datagram(DatagramFlow::new(CheckpointReason::DatagramMismatch)),
+            Kind::OtherIp => Conn::Datagram(DatagramFlow::new(CheckpointReason::OtherMismatch)),
+            Kind::NonIp => Conn::Datagram(DatagramFlow::new(CheckpointReason::OtherMismatch).named("non-ip")),
+        }
+    }
+    fn is_empty(&self) -> bool {
+        match self {
+            Conn::Tcp(c) => c.is_empty(),
+            Conn::Datagram(d) => d.is_empty(),
+        }
+    }
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Tcp(c) => c.is_closed(),
+            Conn::Datagram(_) => false,
+        }
+    }
+    fn closed_at(&self) -> Option<Timestamp> {
+        match self {
+            Conn::Tcp(c) => c.closed_at,
+            Conn::Datagram(_) => None,
+        }
+    }
+    fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
+        match self {
+            Conn::Tcp(c) => c.compare_deadline(timeout),
+            Conn::Datagram(d) => d.compare_deadline(timeout),
+        }
+    }
+    fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp) {
+        match self {
+            Conn::Tcp(c) => {
+                c.flush(out);
+                if c.is_closed() && c.closed_at.is_none() {
+                    c.closed_at = Some(now);
+                }
+            }
+            Conn::Datagram(d) => d.flush(out),
+        }
+    }
+}
+
 struct Flow<F> {
     key: FlowKey,
-    conn: TcpConn<F>,
+    kind: Kind,
+    conn: Conn<F>,
     last_activity: Timestamp,
     /// Earliest compare-timer entry outstanding for this flow (lazy invalidation).
     compare_at: Option<Timestamp>,
@@ -264,7 +410,7 @@ struct Flow<F> {
 impl<F: Frame> Flow<F> {
     fn lifetime_deadline(&self, cfg: &Config) -> Timestamp {
         let d = self.last_activity.saturating_add(cfg.conn_idle_timeout);
-        match self.conn.closed_at {
+        match self.conn.closed_at() {
             Some(closed) => d.min(closed.saturating_add(cfg.linger)),
             None => d,
         }
@@ -272,7 +418,7 @@ impl<F: Frame> Flow<F> {
 
     fn removable(&self, cfg: &Config, now: Timestamp) -> bool {
         self.conn.is_empty()
-            && (self.conn.closed_at.is_some_and(|c| c.saturating_add(cfg.linger) <= now)
+            && (self.conn.closed_at().is_some_and(|c| c.saturating_add(cfg.linger) <= now)
                 || self.last_activity.saturating_add(cfg.conn_idle_timeout) <= now)
     }
 }
@@ -285,7 +431,7 @@ struct Slot<F> {
 /// One core's comparator. See the module doc for the calling convention.
 pub struct Shard<F> {
     cfg: Config,
-    map: HashMap<FlowKey, u32, ahash::RandomState>,
+    map: HashMap<(FlowKey, Kind), u32, ahash::RandomState>,
     slots: Vec<Slot<F>>,
     free: Vec<u32>,
     timers: DeadlineQueue,
@@ -296,6 +442,10 @@ pub struct Shard<F> {
     unflowed: VecDeque<(F, Timestamp, u32)>,
     /// Shard-wide reasons requested this epoch.
     requested: u16,
+    /// Partial datagrams of both sides (SPEC §4).
+    reasm: Reassembly<F>,
+    /// Reusable fragment lists.
+    pool: Vec<Vec<Piece<F>>>,
     failed_over: Option<Side>,
     /// Set when an eviction scan found nothing: further inserts fail fast instead of
     /// rescanning a full table per packet, until something can have changed (a timer run,
@@ -315,6 +465,8 @@ impl<F: Frame> Shard<F> {
             counters: Counters::default(),
             unflowed: VecDeque::new(),
             requested: 0,
+            reasm: Reassembly::new(),
+            pool: Vec::new(),
             failed_over: None,
             evict_blocked: false,
             cfg: config,
@@ -343,7 +495,7 @@ impl<F: Frame> Shard<F> {
     /// Allocates: for the control path only, never per packet.
     pub fn flows_by_held(&self, limit: usize) -> Vec<(FlowKey, FlowStatus)> {
         let mut all: Vec<(FlowKey, FlowStatus)> =
-            self.map.keys().filter_map(|k| self.flow_status(k).map(|st| (*k, st))).collect();
+            self.map.iter().filter_map(|(k, slot)| self.status_of(*slot).map(|st| (k.0, st))).collect();
         all.sort_by_key(|(_, st)| std::cmp::Reverse(st.held_primary + st.held_secondary));
         all.truncate(limit);
         all
@@ -380,7 +532,7 @@ impl<F: Frame> Shard<F> {
             Side::Primary => self.counters.primary_in += 1,
             Side::Secondary => self.counters.secondary_in += 1,
         }
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         if let Some(forwarded) = self.failed_over {
             // SPEC §6 failover: the chosen side is forwarded uncompared.
             if side == forwarded {
@@ -395,66 +547,168 @@ impl<F: Frame> Shard<F> {
             }
             return;
         }
+        let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match wire::parse(frame.bytes()) {
             Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
+            Class::Datagram(key, span) => self.handle_datagram(side, frame, key, Kind::Datagram, span, now),
+            Class::OtherIp(key, span) => self.handle_datagram(side, frame, key, Kind::OtherIp, span, now),
+            Class::Fragment(key, frag) => self.handle_fragment(side, frame, key, frag, now),
             Class::Malformed(reason) => {
                 out.counters.malformed[reason as usize] += 1;
-                passthrough(&mut out, side, frame, DropReason::Malformed);
+                if compare_non_ip {
+                    self.handle_non_ip(side, frame, now);
+                } else {
+                    passthrough(&mut out, side, frame, DropReason::Malformed);
+                }
             }
+            Class::NonIp(_) if compare_non_ip => self.handle_non_ip(side, frame, now),
             Class::NonIp(_) => passthrough(&mut out, side, frame, DropReason::NonIp),
-            Class::Datagram(_) | Class::Fragment(_) | Class::OtherIp(_) => {
-                // Issue 4 adds the datagram module; until then these are not compared.
-                out.counters.uncompared += 1;
-                passthrough(&mut out, side, frame, DropReason::Uncompared);
+        }
+    }
+
+    fn handle_non_ip(&mut self, side: Side, frame: F, now: Timestamp) {
+        self.counters.non_ip_compared += 1;
+        let len = frame.bytes().len() as u32;
+        // SPEC §4: whole-frame match (every byte, padding included).
+        let span = Span { offset: 0, len };
+        self.handle_datagram(side, frame, NON_IP_KEY, Kind::NonIp, span, now);
+    }
+
+    /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
+    fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
+        match self.map.get(&(key, kind)) {
+            Some(&slot) => Some(slot),
+            // While frames wait in `unflowed`, new flows join them so none overtakes them.
+            None if self.unflowed.is_empty() => self.insert(key, kind, now),
+            None => None,
+        }
+    }
+
+    /// SPEC §6: the table (or reassembly) is full. Request `resource-pressure`; park primary
+    /// frames (already counted as held or not, per `held`) in arrival order until the flush,
+    /// bounded by `max_queue_size`; drop the secondary's.
+    fn overflow(&mut self, side: Side, frame: F, held: bool, reason: DropReason, key: &FlowKey, now: Timestamp) {
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let flows = self.map.len();
+        let partials = self.reasm.len();
+        out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, Some(key), || match reason {
+            DropReason::ReassemblyFull => format!("reassembly table full ({partials} partial datagrams)"),
+            _ => format!("flow table full ({flows} flows)"),
+        });
+        let len = frame.bytes().len() as u32;
+        match side {
+            Side::Primary if self.unflowed.len() < self.cfg.max_queue_size => {
+                if !held {
+                    out.hold(Side::Primary, len);
+                }
+                self.unflowed.push_back((frame, now, len));
             }
+            Side::Primary if held => out.drop_held_primary(frame, len, reason),
+            Side::Secondary if held => out.release_secondary_held(frame, len, reason),
+            _ => out.drop_new(side, frame, reason),
         }
     }
 
     fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
-        let slot = match self.map.get(&key) {
-            Some(&slot) => Some(slot),
-            // While frames wait in `unflowed`, new flows join them so none overtakes them.
-            None if self.unflowed.is_empty() => self.insert(key, now),
-            None => None,
-        };
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        let slot = self.flow_slot(key, Kind::Tcp, now);
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
-            out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, Some(&key), || {
-                format!("flow table full ({} flows)", self.map.len())
-            });
-            match side {
-                Side::Primary if self.unflowed.len() < self.cfg.max_queue_size => {
-                    let len = frame.bytes().len() as u32;
-                    out.hold(Side::Primary, len);
-                    self.unflowed.push_back((frame, now, len));
-                }
-                _ => out.drop_new(side, frame, DropReason::FlowTableFull),
-            }
-            return;
+            return self.overflow(side, frame, false, DropReason::FlowTableFull, &key, now);
         };
         flow.last_activity = now;
-        if flow.conn.is_new_incarnation(side, &seg) {
-            flow.conn = TcpConn::new(self.cfg.mode);
+        let Conn::Tcp(conn) = &mut flow.conn else { return };
+        if conn.is_new_incarnation(side, &seg) {
+            *conn = TcpConn::new(self.cfg.mode);
         }
         match side {
-            Side::Primary => flow.conn.on_primary(frame, seg, &mut out, &self.cfg, &flow.key),
-            Side::Secondary => flow.conn.on_secondary(frame, seg, &mut out, &self.cfg, &flow.key),
+            Side::Primary => conn.on_primary(frame, seg, &mut out, &self.cfg, &flow.key),
+            Side::Secondary => conn.on_secondary(frame, seg, &mut out, &self.cfg, &flow.key),
         }
-        if flow.conn.is_closed() && flow.conn.closed_at.is_none() {
-            flow.conn.closed_at = Some(now);
+        if conn.is_closed() && conn.closed_at.is_none() {
+            conn.closed_at = Some(now);
         }
         if let Some(slot) = slot {
             self.reschedule(slot);
         }
     }
 
-    fn insert(&mut self, key: FlowKey, now: Timestamp) -> Option<u32> {
+    /// One unfragmented datagram (UDP/ICMP, other IP, or a non-IP frame).
+    fn handle_datagram(&mut self, side: Side, frame: F, key: FlowKey, kind: Kind, span: Span, now: Timestamp) {
+        if side == Side::Primary && !self.unflowed.is_empty() {
+            // A resource-pressure flush is pending: later datagrams queue behind the parked
+            // ones so no flow is reordered.
+            return self.overflow(side, frame, false, DropReason::FlowTableFull, &key, now);
+        }
+        let len = frame.bytes().len() as u32;
+        let proto = if kind == Kind::NonIp { 0 } else { key.proto };
+        let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
+        let Some(slot) = self.flow_slot(key, kind, now) else {
+            return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, &key, now);
+        };
+        self.counters_hold(side, len);
+        self.feed_item(side, slot, Item::new(proto, Pieces::One(piece), span.len, now), now);
+    }
+
+    fn counters_hold(&mut self, side: Side, len: u32) {
+        let mut out =
+            Out { actions: &mut self.actions, counters: &mut self.counters, now: Timestamp(0), pool: &mut self.pool };
+        out.hold(side, len);
+    }
+
+    /// Gives a whole datagram (frames already counted as held) to its flow.
+    fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return };
+        flow.last_activity = now;
+        let Conn::Datagram(d) = &mut flow.conn else { return };
+        match side {
+            Side::Primary => d.on_primary(item, &mut out, &self.cfg, &flow.key),
+            Side::Secondary => d.on_secondary(item, &mut out, &self.cfg, &flow.key),
+        }
+        self.reschedule(slot);
+    }
+
+    fn handle_fragment(&mut self, side: Side, frame: F, key: FlowKey, frag: wire::Fragment, now: Timestamp) {
+        if side == Side::Primary && !self.unflowed.is_empty() {
+            return self.overflow(side, frame, false, DropReason::ReassemblyFull, &key, now);
+        }
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let fed = self.reasm.on_fragment(side, frame, key, frag, &mut out, &self.cfg, &mut self.timers);
+        self.counters.reassembly_partials = self.reasm.len() as u64;
+        match fed {
+            Fed::Done => {}
+            Fed::Full(frame) => self.overflow(side, frame, false, DropReason::ReassemblyFull, &key, now),
+            Fed::Complete(key, item) => {
+                // SPEC §4: a reassembled datagram compares like any datagram of its protocol.
+                let kind = match key.proto {
+                    wire::proto::UDP | wire::proto::ICMP | wire::proto::ICMPV6 => Kind::Datagram,
+                    _ => Kind::OtherIp,
+                };
+                match self.flow_slot(key, kind, now) {
+                    Some(slot) => self.feed_item(side, slot, item, now),
+                    None => {
+                        for (frame, _) in item.into_frames() {
+                            self.overflow(side, frame, true, DropReason::FlowTableFull, &key, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
         if self.map.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one()) {
             self.evict_blocked = true;
             return None;
         }
-        let flow =
-            Flow { key, conn: TcpConn::new(self.cfg.mode), last_activity: now, compare_at: None, lifetime_at: None };
+        let flow = Flow {
+            key,
+            kind,
+            conn: Conn::new(kind, &self.cfg),
+            last_activity: now,
+            compare_at: None,
+            lifetime_at: None,
+        };
         let slot = match self.free.pop() {
             Some(s) => {
                 if let Some(entry) = self.slots.get_mut(s as usize) {
@@ -467,7 +721,7 @@ impl<F: Frame> Shard<F> {
                 u32::try_from(self.slots.len() - 1).ok()?
             }
         };
-        self.map.insert(key, slot);
+        self.map.insert((key, kind), slot);
         self.counters.flows += 1;
         Some(slot)
     }
@@ -504,7 +758,7 @@ impl<F: Frame> Shard<F> {
         self.evict_blocked = false;
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if let Some(f) = s.flow.take() {
-                self.map.remove(&f.key);
+                self.map.remove(&(f.key, f.kind));
                 s.generation = s.generation.wrapping_add(1);
                 self.free.push(slot);
                 self.counters.flows = self.counters.flows.saturating_sub(1);
@@ -513,14 +767,18 @@ impl<F: Frame> Shard<F> {
         // A removed flow can leave entries that would sit in the heap until their (long)
         // deadline; with connection churn they would pile up. Drop stale entries once they
         // outnumber live ones, so the heap stays O(flows) (amortised O(1) per removal).
-        if self.timers.len() > 8 * self.map.len() + 1024 {
-            let slots = &self.slots;
+        if self.timers.len() > 8 * (self.map.len() + self.reasm.len()) + 1024 {
+            let (slots, reasm) = (&self.slots, &self.reasm);
             self.timers.retain(|at, slot, generation, kind| {
+                if kind == TimerKind::Reassembly {
+                    return reasm.is_live(at, slot, generation);
+                }
                 slots.get(slot as usize).is_some_and(|s| {
                     s.generation == generation
                         && s.flow.as_ref().is_some_and(|f| match kind {
                             TimerKind::Compare => f.compare_at == Some(at),
                             TimerKind::Lifetime => f.lifetime_at == Some(at),
+                            TimerKind::Reassembly => false,
                         })
                 })
             });
@@ -565,10 +823,20 @@ impl<F: Frame> Shard<F> {
         }
     }
 
-    /// Runs every deadline due at `now`: compare timeouts (SPEC §6), linger and idle removal.
+    /// Runs every deadline due at `now`: compare timeouts (SPEC §6), reassembly timeouts,
+    /// linger and idle removal.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.evict_blocked = false;
         while let Some((at, slot, generation, kind)) = self.timers.pop_due(now) {
+            if kind == TimerKind::Reassembly {
+                if self.reasm.is_live(at, slot, generation) {
+                    let mut out =
+                        Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                    self.reasm.expire(slot, &mut out, &mut self.requested);
+                    self.counters.reassembly_partials = self.reasm.len() as u64;
+                }
+                continue;
+            }
             let Some(s) = self.slots.get_mut(slot as usize) else {
                 continue;
             };
@@ -578,7 +846,7 @@ impl<F: Frame> Shard<F> {
             let Some(flow) = s.flow.as_mut() else { continue };
             let armed = match kind {
                 TimerKind::Compare => &mut flow.compare_at,
-                TimerKind::Lifetime => &mut flow.lifetime_at,
+                TimerKind::Lifetime | TimerKind::Reassembly => &mut flow.lifetime_at,
             };
             if *armed != Some(at) {
                 continue;
@@ -592,10 +860,20 @@ impl<F: Frame> Shard<F> {
                 }
                 continue;
             }
-            if let Some((reason, detail)) = flow.conn.expired(now, self.cfg.compare_timeout) {
-                flow.conn.timed_out = true;
-                let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
-                out.request(&mut flow.conn.requested, reason, &flow.key, || detail);
+            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            match &mut flow.conn {
+                Conn::Tcp(conn) => {
+                    if let Some((reason, detail)) = conn.expired(now, self.cfg.compare_timeout) {
+                        conn.timed_out = true;
+                        out.request(&mut conn.requested, reason, &flow.key, || detail);
+                    }
+                }
+                Conn::Datagram(d) => {
+                    if let Some((reason, detail)) = d.expired(now, self.cfg.compare_timeout) {
+                        d.timed_out = true;
+                        d.request(&mut out, reason, &flow.key, || detail);
+                    }
+                }
             }
             self.reschedule_after(slot, Some(now));
         }
@@ -610,19 +888,20 @@ impl<F: Frame> Shard<F> {
 
     fn flush(&mut self, now: Timestamp) {
         self.evict_blocked = false;
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
-        // Slot order, not hash order: deterministic output for replay and tests.
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        // Slot order, not hash order: deterministic output for replay and tests. Flows
+        // before partial datagrams before parked frames: each flow's own order is kept
+        // (a datagram's fragments are either all in a flow or all still partial).
         for s in &mut self.slots {
             if let Some(flow) = &mut s.flow {
-                flow.conn.flush(&mut out);
-                if flow.conn.is_closed() && flow.conn.closed_at.is_none() {
-                    flow.conn.closed_at = Some(now);
-                }
+                flow.conn.flush(&mut out, now);
             }
         }
+        self.reasm.flush(&mut out, &self.cfg, &mut self.timers);
         while let Some((frame, arrived, len)) = self.unflowed.pop_front() {
             out.release_held(frame, Via::Flush, arrived, len);
         }
+        self.counters.reassembly_partials = self.reasm.len() as u64;
         self.requested = 0;
         for slot in 0..self.slots.len() as u32 {
             self.reschedule(slot);
@@ -640,24 +919,52 @@ impl<F: Frame> Shard<F> {
     /// The runtime reports mbuf exhaustion approaching (SPEC §6 `resource-pressure`): one
     /// shard-wide request per epoch; the flush it triggers returns the held mbufs.
     pub fn resource_pressure(&mut self, detail: &str, now: Timestamp) {
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now };
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, None, || detail.to_string());
     }
 
-    /// The comparison state of one flow, if present.
+    /// The comparison state of one flow, if present: its TCP connection, else the datagram
+    /// flow with that key (a TCP key can have both when fragmented segments were seen).
     pub fn flow_status(&self, key: &FlowKey) -> Option<FlowStatus> {
-        let slot = *self.map.get(key)?;
+        let slot = [Kind::Tcp, Kind::Datagram, Kind::OtherIp, Kind::NonIp]
+            .into_iter()
+            .find_map(|kind| self.map.get(&(*key, kind)))?;
+        self.status_of(*slot)
+    }
+
+    fn status_of(&self, slot: u32) -> Option<FlowStatus> {
         let flow = self.slots.get(slot as usize)?.flow.as_ref()?;
-        let (base, compared, secondary_ack, head, diverged) = flow.conn.status();
-        Some(FlowStatus {
-            base,
-            compared,
-            secondary_ack,
-            held_primary: flow.conn.primary.len(),
-            held_secondary: flow.conn.secondary.len(),
-            head,
-            diverged,
-            closed: flow.conn.is_closed(),
+        Some(match &flow.conn {
+            Conn::Tcp(conn) => {
+                let (base, compared, secondary_ack, head, diverged) = conn.status();
+                FlowStatus {
+                    base,
+                    compared,
+                    secondary_ack,
+                    held_primary: conn.primary.len(),
+                    held_secondary: conn.secondary.len(),
+                    head,
+                    diverged,
+                    closed: conn.is_closed(),
+                }
+            }
+            Conn::Datagram(d) => {
+                let (held_primary, held_secondary) = d.held();
+                FlowStatus {
+                    base: None,
+                    compared: None,
+                    secondary_ack: None,
+                    held_primary,
+                    held_secondary,
+                    head: (held_primary > 0).then_some(if d.diverged() {
+                        HoldReason::Diverged
+                    } else {
+                        HoldReason::AwaitingSecondaryData
+                    }),
+                    diverged: d.diverged(),
+                    closed: false,
+                }
+            }
         })
     }
 }

@@ -625,3 +625,373 @@ fn test_a_shorter_compare_timeout_applies_to_what_is_held_next() {
     assert_eq!(h.shard.config().max_queue_size, 2);
     assert!(h.shard.config().hard_queue_limit >= 8);
 }
+
+// ---- Issue 4: datagrams (SPEC §5.2), other IP (§5.3), non-IP (§4), fragments (§4) ----
+
+use crate::fixtures::{icmp_echo, icmpv6_echo, v6_pair, IpFrame};
+use crate::NonIpPolicy;
+
+fn udp(data: &[u8]) -> IpFrame {
+    IpFrame::udp(53, 40000, data)
+}
+
+fn rels(evs: &[Ev]) -> Vec<(Vec<u8>, Via)> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Ev::Rel(f, v) => Some((f.clone(), *v)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn test_udp_identical_matches_ignoring_ip_header_and_padding() {
+    let mut h = H::new();
+    let p = IpFrame { ip_id: 7, ttl: 64, ..udp(b"answer") }.build();
+    let s = IpFrame { ip_id: 9000, ttl: 3, padding: 12, ..udp(b"answer") }.build();
+    assert_eq!(h.p(&p, 1), vec![]);
+    assert_eq!(h.s(&s, 2), vec![Ev::Rel(p.clone(), Via::Match), CONSUMED]);
+    assert_eq!(h.shard.counters().held_primary_frames, 0);
+    let key = match wire::parse(&p) {
+        Class::Datagram(k, _) => k,
+        c => panic!("{c:?}"),
+    };
+    assert_eq!(key.to_string(), "udp 10.0.0.2:53 > 10.0.0.1:40000");
+}
+
+#[test]
+fn test_udp_one_byte_differs_is_datagram_mismatch_with_hex_window() {
+    // Window 0: strict FIFO, the verdict is immediate.
+    let mut h = H::with(Config { datagram_window: 0, ..Config::default() });
+    let p = udp(b"answer-1").build();
+    h.p(&p, 1);
+    let evs = h.s(&udp(b"answer-2").build(), 2);
+    assert_eq!(H::ckpts(&evs), vec!["datagram-mismatch"]);
+    let r = &h.requests[0];
+    assert_eq!(r.flow, "udp 10.0.0.2:53 > 10.0.0.1:40000");
+    // The UDP checksum (byte 7) differs before the data does: the L4 header is compared.
+    assert!(r.detail.contains("first difference at byte 7"), "{}", r.detail);
+    assert!(r.detail.contains("primary[0..16]=") && r.detail.contains("secondary[0..16]="), "{}", r.detail);
+    assert!(H::released(&evs).is_empty());
+    let evs = h.done(3);
+    assert_eq!(rels(&evs), vec![(p, Via::Flush)]);
+    assert!(evs.contains(&Ev::Drop(Side::Secondary, DropReason::Flushed)));
+}
+
+#[test]
+fn test_udp_reorder_within_window_releases_in_primary_order() {
+    let mut h = H::new();
+    let ps: Vec<Vec<u8>> = (0..5u8).map(|i| udp(&[i; 10]).build()).collect();
+    // Secondary sends 2, 0, 1, 4, 3 interleaved with the primary.
+    h.p(&ps[0], 1);
+    h.s(&ps[2], 2);
+    h.p(&ps[1], 3);
+    let evs = h.s(&ps[0], 4);
+    assert_eq!(rels(&evs), vec![(ps[0].clone(), Via::Match)]);
+    h.p(&ps[2], 5);
+    let evs = h.s(&ps[1], 6);
+    assert_eq!(rels(&evs), vec![(ps[1].clone(), Via::Match), (ps[2].clone(), Via::Match)]);
+    h.s(&ps[4], 7);
+    h.p(&ps[3], 8);
+    h.p(&ps[4], 9);
+    let evs = h.s(&ps[3], 10);
+    assert_eq!(rels(&evs), vec![(ps[3].clone(), Via::Match), (ps[4].clone(), Via::Match)]);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn test_udp_reorder_beyond_window_is_datagram_mismatch() {
+    let mut h = H::with(Config { datagram_window: 2, ..Config::default() });
+    let ps: Vec<Vec<u8>> = (0..6u8).map(|i| udp(&[i; 10]).build()).collect();
+    for p in &ps {
+        h.p(p, 1);
+    }
+    // Secondary datagram 5 first: 5 positions away from its counterpart (> 2), and every
+    // primary it could match (0..=2) is there and differs: a miscompare at once.
+    let evs = h.s(&ps[5], 2);
+    assert_eq!(H::ckpts(&evs), vec!["datagram-mismatch"]);
+    // Within the window (distance 2) it would have waited.
+    let mut h = H::with(Config { datagram_window: 2, ..Config::default() });
+    for p in &ps[..3] {
+        h.p(p, 1);
+    }
+    assert_eq!(H::ckpts(&h.s(&ps[2], 2)), Vec::<&str>::new());
+    assert!(h
+        .shard
+        .flow_status(&match wire::parse(&ps[0]) {
+            Class::Datagram(k, _) => k,
+            _ => unreachable!(),
+        })
+        .is_some_and(|s| !s.diverged && s.held_primary == 3));
+}
+
+#[test]
+fn test_udp_secondary_silent_is_timeout_primary_exactly() {
+    let mut h = H::new();
+    h.p(&udp(b"x").build(), 10);
+    assert_eq!(h.shard.next_deadline(), Some(Timestamp::from_millis(3010)));
+    assert_eq!(H::ckpts(&h.tick(3009)), Vec::<&str>::new());
+    assert_eq!(H::ckpts(&h.tick(3010)), vec!["timeout-primary"]);
+    let mut h = H::new();
+    h.s(&udp(b"x").build(), 10);
+    assert_eq!(H::ckpts(&h.tick(3010)), vec!["timeout-secondary"]);
+}
+
+#[test]
+fn test_udp_queue_overflow_requests_and_never_drops_primary() {
+    let mut h = H::with(Config { max_queue_size: 2, hard_queue_limit: 8, ..Config::default() });
+    let mut ck = Vec::new();
+    for i in 0..3u8 {
+        ck.extend(H::ckpts(&h.p(&udp(&[i]).build(), 1)));
+    }
+    assert_eq!(ck, vec!["queue-overflow"]);
+    assert_eq!(h.shard.counters().held_primary_frames, 3);
+    assert_eq!(rels(&h.done(2)).len(), 3);
+}
+
+#[test]
+fn test_icmp_echo_keyed_by_id_and_compared() {
+    let mut h = H::new();
+    let echo =
+        |id: u16, data: &[u8]| IpFrame { proto: 1, payload: icmp_echo(false, id, 1, data), ..IpFrame::default() };
+    let p = echo(7, b"ping").build();
+    let key = wire::parse(&p).key().copied().expect("key");
+    assert_eq!(key.to_string(), "icmp 10.0.0.2 > 10.0.0.1 id 7");
+    h.p(&p, 1);
+    // Another session's reply does not disturb this one.
+    h.p(&echo(8, b"pong").build(), 1);
+    let evs = h.s(&IpFrame { ip_id: 99, ..echo(7, b"ping") }.build(), 2);
+    assert_eq!(rels(&evs), vec![(p, Via::Match)]);
+    let mut h = H::with(Config { datagram_window: 0, ..Config::default() });
+    h.p(&echo(7, b"ping").build(), 1);
+    assert_eq!(H::ckpts(&h.s(&echo(7, b"pinG").build(), 2)), vec!["datagram-mismatch"]);
+}
+
+#[test]
+fn test_icmpv6_echo_over_ipv6_and_qinq() {
+    let (src, dst) = v6_pair();
+    let mut h = H::new();
+    let f = |ttl: u8| IpFrame {
+        src,
+        dst,
+        proto: 58,
+        ttl,
+        vlans: vec![10, 20],
+        payload: icmpv6_echo(src, dst, false, 3, 1, b"v6"),
+        ..IpFrame::default()
+    };
+    let p = f(64).build();
+    let key = wire::parse(&p).key().copied().expect("key");
+    assert_eq!(key.to_string(), "icmpv6 vlan 10.20 2001:db8::2 > 2001:db8::1 id 3");
+    h.p(&p, 1);
+    assert_eq!(rels(&h.s(&f(1).build(), 2)), vec![(p, Via::Match)]);
+    // A different VLAN is a different flow: no match.
+    let mut other = f(64);
+    other.vlans = vec![10, 21];
+    h.p(&f(64).build(), 3);
+    assert!(rels(&h.s(&other.build(), 4)).is_empty());
+}
+
+#[test]
+fn test_other_ip_compares_payload_not_ip_header() {
+    let gre = |id: u32, ttl: u8, data: &[u8]| IpFrame {
+        proto: 47,
+        ip_id: id,
+        ttl,
+        payload: data.to_vec(),
+        ..IpFrame::default()
+    };
+    let mut h = H::with(Config { datagram_window: 0, ..Config::default() });
+    let p = gre(1, 64, b"\x00\x00\x08\x00inner").build();
+    h.p(&p, 1);
+    assert_eq!(rels(&h.s(&gre(4242, 60, b"\x00\x00\x08\x00inner").build(), 2)), vec![(p, Via::Match)]);
+    h.p(&gre(2, 64, b"\x00\x00\x08\x00inner").build(), 3);
+    let evs = h.s(&gre(2, 64, b"\x00\x00\x08\x00innex").build(), 4);
+    assert_eq!(H::ckpts(&evs), vec!["other-mismatch"]);
+    assert_eq!(h.requests[0].flow, "ip47 10.0.0.2 > 10.0.0.1");
+}
+
+#[test]
+fn test_non_ip_compare_policy() {
+    let mut arp = IpFrame::default().build();
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    let mut h = H::with(Config { non_ip_policy: NonIpPolicy::Compare, datagram_window: 0, ..Config::default() });
+    assert_eq!(h.p(&arp, 1), vec![]);
+    assert_eq!(rels(&h.s(&arp, 2)), vec![(arp.clone(), Via::Match)]);
+    assert_eq!(h.shard.counters().non_ip_compared, 2);
+    let mut other = arp.clone();
+    other[30] ^= 1;
+    h.p(&arp, 3);
+    assert_eq!(H::ckpts(&h.s(&other, 4)), vec!["other-mismatch"]);
+    assert_eq!(h.requests[0].flow, "non-ip");
+    // Malformed frames go the same way.
+    let mut h = H::with(Config { non_ip_policy: NonIpPolicy::Compare, ..Config::default() });
+    h.p(&[1, 2, 3], 1);
+    assert_eq!(rels(&h.s(&[1, 2, 3], 2)), vec![(vec![1, 2, 3], Via::Match)]);
+    // Passthrough (default) is unchanged.
+    let mut h = H::new();
+    assert_eq!(rels(&h.p(&arp, 1)), vec![(arp.clone(), Via::Passthrough)]);
+}
+
+fn big_udp(n: usize, seed: u8) -> IpFrame {
+    let data: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
+    IpFrame { ip_id: 0x1234, ..udp(&data) }
+}
+
+#[test]
+fn test_fragments_split_differently_match_and_release_in_primary_order() {
+    let mut h = H::new();
+    let d = big_udp(1000, 1);
+    let pf = d.fragments(&[400, 800]);
+    let sf = IpFrame { ip_id: 0x9999, ..d.clone() }.fragments(&[96, 504, 704]);
+    assert_eq!(pf.len(), 3);
+    // Primary fragments arrive out of order: 2, 0, 1.
+    for (i, k) in [2usize, 0, 1].into_iter().enumerate() {
+        assert_eq!(h.p(&pf[k], i as u64), vec![]);
+    }
+    let mut evs = Vec::new();
+    for (i, f) in sf.iter().enumerate().rev() {
+        evs.extend(h.s(f, 10 + i as u64));
+    }
+    assert_eq!(rels(&evs), vec![(pf[2].clone(), Via::Match), (pf[0].clone(), Via::Match), (pf[1].clone(), Via::Match)]);
+    assert!(h.requests.is_empty());
+    assert_eq!(h.shard.counters().reassembled, 2);
+    assert_eq!(h.shard.counters().held_primary_bytes, 0);
+}
+
+#[test]
+fn test_fragment_payload_differs_is_caught_before_release() {
+    let mut h = H::with(Config { datagram_window: 0, ..Config::default() });
+    let d = big_udp(600, 1);
+    let mut changed = d.clone();
+    changed.payload[450] ^= 0x40;
+    for f in d.fragments(&[296]) {
+        h.p(&f, 1);
+    }
+    let mut evs = Vec::new();
+    for f in changed.fragments(&[200, 400]) {
+        evs.extend(h.s(&f, 2));
+    }
+    assert_eq!(H::ckpts(&evs), vec!["datagram-mismatch"]);
+    assert!(rels(&evs).is_empty());
+    assert!(h.requests[0].detail.contains("first difference at byte 450"), "{}", h.requests[0].detail);
+    assert_eq!(rels(&h.done(3)).len(), 2);
+}
+
+#[test]
+fn test_fragment_missing_is_fragment_timeout_then_flush() {
+    let mut h = H::new();
+    let d = big_udp(600, 1);
+    let pf = d.fragments(&[296]);
+    h.p(&pf[0], 5);
+    assert_eq!(H::ckpts(&h.tick(3004)), Vec::<&str>::new());
+    assert_eq!(H::ckpts(&h.tick(3005)), vec!["fragment-timeout"]);
+    assert_eq!(h.shard.counters().held_primary_frames, 1);
+    assert_eq!(rels(&h.done(3006)), vec![(pf[0].clone(), Via::Flush)]);
+    // The rest of that datagram passes through after the flush (tombstone).
+    assert_eq!(rels(&h.p(&pf[1], 3007)), vec![(pf[1].clone(), Via::Passthrough)]);
+    // A secondary partial that never completes: dropped at its deadline, also a request.
+    let mut h = H::new();
+    h.s(&d.fragments(&[296])[0], 0);
+    let evs = h.tick(3000);
+    assert_eq!(H::ckpts(&evs), vec!["fragment-timeout"]);
+    assert!(evs.contains(&Ev::Drop(Side::Secondary, DropReason::ReassemblyFailed)));
+}
+
+#[test]
+fn test_overlapping_fragments_poison_the_datagram() {
+    let d = big_udp(64, 1);
+    // Primary: conflicting overlap; frames held (never released unverified), then the
+    // fragment-timeout checkpoint flushes them in their order.
+    let mut h = H::new();
+    let a = d.fragment(0, 32);
+    let b = d.fragment_with(16, &[0xee; 48], false);
+    assert_eq!(h.p(&a, 0), vec![]);
+    assert_eq!(h.p(&b, 1), vec![]);
+    assert_eq!(h.shard.counters().reassembly_failed, 1);
+    assert_eq!(H::ckpts(&h.tick(3000)), vec!["fragment-timeout"]);
+    assert_eq!(rels(&h.done(3001)), vec![(a.clone(), Via::Flush), (b.clone(), Via::Flush)]);
+    // Secondary: dropped at once, later fragments too.
+    let mut h = H::new();
+    h.s(&a, 0);
+    assert!(h.s(&b, 1).contains(&Ev::Drop(Side::Secondary, DropReason::ReassemblyFailed)));
+    assert_eq!(h.s(&d.fragment(32, 32), 2), vec![Ev::Drop(Side::Secondary, DropReason::ReassemblyFailed)]);
+    assert_eq!(h.shard.counters().held_secondary_frames, 0);
+    // An exact duplicate is harmless: released with its datagram, in arrival order.
+    let mut h = H::new();
+    h.p(&a, 0);
+    h.p(&a, 1);
+    h.p(&d.fragment(32, 40), 2);
+    let evs = h.s(&d.build(), 3);
+    assert_eq!(rels(&evs).len(), 3);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn test_ipv6_fragments_and_reassembled_udp_key() {
+    let mut h = H::new();
+    let d = big_udp(900, 3).v6();
+    let pf = d.fragments(&[448]);
+    let key = wire::parse(&pf[1]).key().copied().expect("key");
+    assert_eq!((key.proto, key.src_port), (17, 0));
+    for f in &pf {
+        h.p(f, 1);
+    }
+    // The secondary sends the same datagram unfragmented: still equal.
+    let evs = h.s(&d.build(), 2);
+    assert_eq!(rels(&evs).len(), 2);
+    let st = h.shard.flows_by_held(10);
+    assert!(st.iter().any(|(k, _)| k.to_string() == "udp [2001:db8::2]:53 > [2001:db8::1]:40000"), "{st:?}");
+}
+
+#[test]
+fn test_fragment_flood_memory_is_bounded() {
+    let cfg = Config { max_reassembly_datagrams: 8, max_queue_size: 16, hard_queue_limit: 64, ..Config::default() };
+    let mut h = H::with(cfg);
+    let mut max_bytes = 0;
+    for i in 0..500u32 {
+        let f = IpFrame { ip_id: i, ..big_udp(64, 1) }.fragment(0, 32);
+        h.p(&f, u64::from(i));
+        h.s(&f, u64::from(i));
+        max_bytes = max_bytes.max(h.shard.counters().held_primary_bytes + h.shard.counters().held_secondary_bytes);
+    }
+    // 8 partials per side plus 16 parked primary frames, 80 bytes each.
+    assert!(max_bytes <= (8 + 8 + 16) * 80, "{max_bytes}");
+    assert!(h.shard.counters().requests(CheckpointReason::ResourcePressure) >= 1);
+    assert!(h.shard.counters().dropped(Side::Primary, DropReason::ReassemblyFull) > 0);
+    h.done(1000);
+    assert_eq!(h.shard.counters().held_primary_frames, 0);
+}
+
+#[test]
+fn test_failover_and_accounting_with_datagrams() {
+    let mut h = H::new();
+    h.p(&udp(b"a").build(), 1);
+    h.p(&big_udp(600, 1).fragments(&[296])[0], 1);
+    h.s(&udp(b"b").build(), 1);
+    h.shard.failover(Side::Primary, Timestamp::from_millis(2));
+    let evs = h.drain();
+    assert_eq!(rels(&evs).len(), 2);
+    assert_eq!(rels(&h.p(&udp(b"c").build(), 3)), vec![(udp(b"c").build(), Via::Passthrough)]);
+}
+
+#[test]
+fn test_tcp_over_qinq_and_ipv6_resegmented() {
+    let (src, dst) = v6_pair();
+    let c = Conn::default();
+    let seg = |off: u32, data: &[u8], vlans: &[u16], v6: bool| {
+        let t =
+            TcpFrame { seq: c.seq(off), ack: c.ack, flags: flags::ACK, payload: data.to_vec(), ..c.template.clone() };
+        let (s, d) = if v6 { (src, dst) } else { (std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst)) };
+        t.to_ip(s, d, vlans).build()
+    };
+    for (vlans, v6) in [(&[100u16, 200][..], false), (&[][..], true), (&[7][..], true)] {
+        let mut h = H::new();
+        h.p(&seg(0, b"abc", vlans, v6), 1);
+        h.p(&seg(3, b"defghij", vlans, v6), 1);
+        let evs = h.s(&seg(0, b"abcdefghij", vlans, v6), 2);
+        assert_eq!(rels(&evs).len(), 2, "{vlans:?} {v6}");
+        assert!(h.requests.is_empty());
+    }
+}

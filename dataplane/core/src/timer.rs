@@ -16,6 +16,8 @@ use crate::time::Timestamp;
 pub(crate) enum TimerKind {
     Compare,
     Lifetime,
+    /// A partial datagram's reassembly deadline; the slot is a reassembly slot.
+    Reassembly,
 }
 
 #[derive(Default)]

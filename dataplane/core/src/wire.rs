@@ -1,7 +1,8 @@
 //! Wire layer (SPEC §4): turns a frame's bytes into a compact, owned summary.
 //!
 //! Owns: classification (TCP, datagram, fragment, other IP, non-IP, malformed), the flow key,
-//! and the offsets of the TCP payload inside the frame. Header parsing is delegated to
+//! and the offsets of the compared bytes inside the frame (TCP payload, datagram L4 bytes,
+//! other-IP payload, fragment data with id/offset/MF). Header parsing is delegated to
 //! `etherparse`, which bounds-checks every access; this module adds the policy (what is
 //! malformed, what is part of the key). It must never panic, allocate, or keep a borrow of the
 //! frame: the summary is plain data so the frame can move into a queue afterwards.
@@ -31,8 +32,11 @@ pub mod proto {
 /// Identity of a flow as both guests send it (guest → client), SPEC §4.
 ///
 /// MAC addresses are left out on purpose: the two guests may sit behind different virtual
-/// NICs. VLAN ids are part of the key. Ports are 0 for protocols without ports and for IP
-/// fragments (which are keyed by addresses only until issue 4 reassembles them).
+/// NICs. VLAN ids are part of the key. Ports are the TCP/UDP ports; for ICMP/ICMPv6 echo
+/// request and reply the echo identifier is `src_port` (as Linux conntrack keys echo by id),
+/// so separate ping sessions never share a reorder window; other ICMP messages and other IP
+/// protocols have ports 0. IP fragments are keyed by addresses and protocol (ports 0) until
+/// reassembly gives the whole datagram its full key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Outer and inner VLAN id (802.1Q / QinQ), `None` where untagged.
@@ -73,6 +77,7 @@ impl fmt::Display for FlowKey {
             _ => {}
         }
         let has_ports = matches!(self.proto, proto::TCP | proto::UDP);
+        let echo_id = matches!(self.proto, proto::ICMP | proto::ICMPV6) && self.src_port != 0;
         for (i, (addr, port)) in [(self.src, self.src_port), (self.dst, self.dst_port)].into_iter().enumerate() {
             f.write_str(if i == 0 { " " } else { " > " })?;
             match (addr, has_ports) {
@@ -80,6 +85,9 @@ impl fmt::Display for FlowKey {
                 (IpAddr::V6(a), true) => write!(f, "[{a}]:{port}")?,
                 (a, false) => write!(f, "{a}")?,
             }
+        }
+        if echo_id {
+            write!(f, " id {}", self.src_port)?;
         }
         Ok(())
     }
@@ -199,17 +207,50 @@ impl TcpSegment {
     }
 }
 
+/// Where a frame's compared bytes lie: `offset..offset + len` inside the frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Offset from the start of the frame (the Ethernet header).
+    pub offset: u32,
+    /// Length, from the IP length fields (never the frame length, SPEC §4).
+    pub len: u32,
+}
+
+impl Span {
+    /// The bytes of `frame` this span covers; `None` if the frame changed since parsing.
+    pub fn of<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        let start = self.offset as usize;
+        frame.get(start..start.checked_add(self.len as usize)?)
+    }
+}
+
+/// An IPv4 or IPv6 fragment (SPEC §4): what reassembly needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    /// Byte offset of this fragment's data inside the reassembled IP payload.
+    pub offset: u32,
+    /// More fragments follow (MF).
+    pub more: bool,
+    /// The fragment's data: after the IPv4 header, or after the IPv6 fragment header.
+    pub data: Span,
+}
+
 /// What a frame is, as far as the comparator cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     /// A TCP segment: compared as a byte stream (SPEC §5.1).
     Tcp(FlowKey, TcpSegment),
-    /// UDP, ICMP or ICMPv6 (SPEC §5.2, issue 4).
-    Datagram(FlowKey),
-    /// An IPv4/IPv6 fragment (SPEC §4, issue 4); the key has ports 0.
-    Fragment(FlowKey),
-    /// Another IP protocol (SPEC §5.3, issue 4).
-    OtherIp(FlowKey),
+    /// UDP, ICMP or ICMPv6 (SPEC §5.2); the span is the L4 header and payload (the IP
+    /// payload after any IPv6 extension headers).
+    Datagram(FlowKey, Span),
+    /// An IPv4/IPv6 fragment (SPEC §4); the key has the addresses, VLANs and protocol (the
+    /// IPv6 fragment header's next header), ports 0, so every fragment of a datagram has the
+    /// same key and hence the same shard (SPEC §8).
+    Fragment(FlowKey, Fragment),
+    /// Another IP protocol (SPEC §5.3); the span is the IP payload.
+    OtherIp(FlowKey, Span),
     /// Not IP (ARP, LLDP, …), with its EtherType.
     NonIp(u16),
     /// Could not be parsed.
@@ -220,7 +261,7 @@ impl Class {
     /// The flow key, for classes that have one.
     pub fn key(&self) -> Option<&FlowKey> {
         match self {
-            Class::Tcp(k, _) | Class::Datagram(k) | Class::Fragment(k) | Class::OtherIp(k) => Some(k),
+            Class::Tcp(k, _) | Class::Datagram(k, _) | Class::Fragment(k, _) | Class::OtherIp(k, _) => Some(k),
             Class::NonIp(_) | Class::Malformed(_) => None,
         }
     }
@@ -249,13 +290,47 @@ pub fn parse(bytes: &[u8]) -> Class {
             LinkExtSlice::Macsec(_) => return Class::NonIp(0x88e5),
         }
     }
+    // For fragments: (id, byte offset, more fragments, where the fragment's data starts).
+    let mut frag: Option<(u32, u32, bool, &[u8])> = None;
     let (src, dst, payload) = match &sliced.net {
         Some(NetSlice::Ipv4(ip)) => {
             let h = ip.header();
+            if ip.payload().fragmented {
+                let data = ip.payload().payload;
+                frag = Some((
+                    u32::from(h.identification()),
+                    u32::from(h.fragments_offset().byte_offset()),
+                    h.more_fragments(),
+                    data,
+                ));
+            }
             (IpAddr::V4(Ipv4Addr::from(h.source())), IpAddr::V4(Ipv4Addr::from(h.destination())), ip.payload())
         }
         Some(NetSlice::Ipv6(ip)) => {
             let h = ip.header();
+            if ip.payload().fragmented {
+                // The fragmentable part starts right after the fragment header (RFC 8200
+                // §4.5); etherparse may have walked further, so find the header itself.
+                let end = ip.payload().payload;
+                let end_ptr = (end.as_ptr() as usize).wrapping_add(end.len());
+                for ext in ip.extensions().clone() {
+                    if let etherparse::Ipv6ExtensionSlice::Fragment(fh) = ext {
+                        if fh.is_fragmenting_payload() {
+                            let start = (fh.slice().as_ptr() as usize).wrapping_add(fh.slice().len());
+                            let from = start.wrapping_sub(bytes.as_ptr() as usize);
+                            let to = end_ptr.wrapping_sub(bytes.as_ptr() as usize);
+                            let data = bytes.get(from..to).unwrap_or(&[]);
+                            frag = Some((
+                                fh.identification(),
+                                u32::from(fh.fragment_offset().byte_offset()),
+                                fh.more_fragments(),
+                                data,
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
             (IpAddr::V6(Ipv6Addr::from(h.source())), IpAddr::V6(Ipv6Addr::from(h.destination())), ip.payload())
         }
         Some(NetSlice::Arp(_)) => return Class::NonIp(0x0806),
@@ -272,8 +347,21 @@ pub fn parse(bytes: &[u8]) -> Class {
     };
     let mut key = FlowKey { vlans, src, dst, proto: payload.ip_number.0, src_port: 0, dst_port: 0 };
     if payload.fragmented {
-        return Class::Fragment(key);
+        let Some((id, offset, more, data)) = frag else {
+            return Class::Malformed(MalformedReason::BadIpExtension);
+        };
+        let Some(data) = span_in(bytes, data) else {
+            return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+        };
+        // A fragment whose data would end past the largest IP payload cannot be reassembled.
+        if offset + data.len > 65_535 {
+            return Class::Malformed(MalformedReason::BadIpHeader);
+        }
+        return Class::Fragment(key, Fragment { id, offset, more, data });
     }
+    let Some(ip_payload) = span_in(bytes, payload.payload) else {
+        return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+    };
     match &sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             key.src_port = tcp.source_port();
@@ -301,13 +389,34 @@ pub fn parse(bytes: &[u8]) -> Class {
                 },
             )
         }
-        Some(TransportSlice::Udp(udp)) => {
-            key.src_port = udp.source_port();
-            key.dst_port = udp.destination_port();
-            Class::Datagram(key)
+        Some(TransportSlice::Udp(_)) | Some(TransportSlice::Icmpv4(_)) | Some(TransportSlice::Icmpv6(_)) => {
+            (key.src_port, key.dst_port) = l4_ports(key.proto, payload.payload);
+            Class::Datagram(key, ip_payload)
         }
-        Some(TransportSlice::Icmpv4(_)) | Some(TransportSlice::Icmpv6(_)) => Class::Datagram(key),
-        Some(TransportSlice::Igmp(_)) | None => Class::OtherIp(key),
+        Some(TransportSlice::Igmp(_)) | None => Class::OtherIp(key, ip_payload),
+    }
+}
+
+/// Where `sub` (a sub-slice of `bytes`) lies inside `bytes`.
+fn span_in(bytes: &[u8], sub: &[u8]) -> Option<Span> {
+    let offset = (sub.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+    if offset.checked_add(sub.len()).is_none_or(|end| end > bytes.len()) {
+        return None;
+    }
+    Some(Span { offset: u32::try_from(offset).ok()?, len: u32::try_from(sub.len()).ok()? })
+}
+
+/// The key's ports for an IP payload of protocol `proto` (its first bytes suffice): TCP/UDP
+/// ports, the ICMP/ICMPv6 echo identifier as the source port (see [`FlowKey`]), else 0.
+/// Used for unfragmented datagrams and for reassembled ones alike, so both get the same key.
+pub fn l4_ports(ip_proto: u8, l4: &[u8]) -> (u16, u16) {
+    let be = |i: usize| l4.get(i..i + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    match ip_proto {
+        proto::TCP | proto::UDP => (be(0), be(2)),
+        // Echo reply 0 / request 8 (ICMP), request 128 / reply 129 (ICMPv6).
+        proto::ICMP if matches!(l4.first(), Some(0 | 8)) => (be(4), 0),
+        proto::ICMPV6 if matches!(l4.first(), Some(128 | 129)) => (be(4), 0),
+        _ => (0, 0),
     }
 }
 
@@ -417,11 +526,13 @@ mod tests {
         assert_eq!(parse(&lldp), Class::NonIp(0x88cc));
         let mut frag = TCP4_PADDED;
         frag[20] = 0x20; // MF
-        assert!(matches!(parse(&frag), Class::Fragment(k) if k.src_port == 0));
+        assert!(matches!(parse(&frag), Class::Fragment(k, f) if k.src_port == 0 && f.more && f.offset == 0));
         let mut udp = TCP4_PADDED;
         udp[23] = 17;
         udp[38] = 0;
         udp[39] = 25; // UDP length 25
-        assert!(matches!(parse(&udp), Class::Datagram(k) if k.to_string() == "udp 10.0.0.2:80 > 10.0.0.1:40000"));
+        assert!(
+            matches!(parse(&udp), Class::Datagram(k, s) if k.to_string() == "udp 10.0.0.2:80 > 10.0.0.1:40000" && s.offset == 34 && s.len == 25)
+        );
     }
 }

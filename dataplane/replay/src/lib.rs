@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use colo_core::wire::{self, Class};
-use colo_core::{rss, Action, Config, Counters, Frame, Mode, Shard, Side, Timestamp, Via};
+use colo_core::{rss, Action, Config, Counters, Frame, Mode, NonIpPolicy, Shard, Side, Timestamp, Via};
 use serde::Serialize;
 
 pub use capture::{read_pcap, write_pcap, Capture, CapturedFrame, ReplayError};
@@ -53,6 +53,8 @@ pub struct Options {
     pub checkpoint_latency: Duration,
     /// Trace this flow (`tcp 10.0.0.2:80 > 10.0.0.1:40000`, either direction).
     pub explain: Option<String>,
+    /// Non-IP and malformed frames: passthrough (default) or whole-frame compare (SPEC §4).
+    pub non_ip_policy: NonIpPolicy,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             mode: Mode::Compare,
             checkpoint_latency: Duration::ZERO,
             explain: None,
+            non_ip_policy: NonIpPolicy::Passthrough,
         }
     }
 }
@@ -269,7 +272,11 @@ pub fn shard_of(data: &[u8], shards: usize) -> usize {
 
 /// Replays two captures through `opts.shards` shards with a virtual clock.
 pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome {
-    let cfg = Config { mode: opts.mode, ..Config::default().with_compare_timeout(opts.compare_timeout) };
+    let cfg = Config {
+        mode: opts.mode,
+        non_ip_policy: opts.non_ip_policy,
+        ..Config::default().with_compare_timeout(opts.compare_timeout)
+    };
     let n = opts.shards.max(1);
     let origin = primary.frames.iter().chain(&secondary.frames).map(|f| f.ts).min().unwrap_or_default();
     let mut run = Run {

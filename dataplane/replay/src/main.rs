@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use colo_core::Mode;
+use colo_core::{Mode, NonIpPolicy};
 use colo_replay::{read_pcap, replay, summary, write_pcap, Options};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -15,6 +15,14 @@ enum ModeArg {
     Compare,
     /// Learn each connection's ISN offset from its SYN pair.
     Proxy,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum NonIpArg {
+    /// Release the primary's non-IP/malformed frames at once, drop the secondary's.
+    Passthrough,
+    /// Whole-frame FIFO match (mismatch: other-mismatch on flow "non-ip").
+    Compare,
 }
 
 /// Replays a primary and a secondary capture through the COLO comparator with a virtual
@@ -50,6 +58,9 @@ struct Args {
     /// e.g. "tcp 10.0.0.2:80 > 10.0.0.1:40000" (either direction).
     #[arg(long)]
     explain: Option<String>,
+    /// Non-IP (ARP, LLDP, …) and malformed frames.
+    #[arg(long, value_enum, default_value_t = NonIpArg::Passthrough)]
+    non_ip_policy: NonIpArg,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +89,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         checkpoint_latency: Duration::from_millis(args.checkpoint_latency_ms),
         explain: args.explain.clone(),
+        non_ip_policy: match args.non_ip_policy {
+            NonIpArg::Passthrough => NonIpPolicy::Passthrough,
+            NonIpArg::Compare => NonIpPolicy::Compare,
+        },
     };
     let outcome = replay(&primary, &secondary, &opts);
     if let Some(path) = &args.out {

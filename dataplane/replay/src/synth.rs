@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use colo_core::fixtures::{flags, timestamp_option, TcpFrame};
+use colo_core::fixtures::{flags, icmp_echo, icmpv6_echo, timestamp_option, v6_pair, IpFrame, TcpFrame};
 
 use std::path::{Path, PathBuf};
 
@@ -296,6 +296,240 @@ pub fn all() -> Vec<Pair> {
         secondary_silent(),
         ack_lag(),
         many_flows(8),
+    ]
+}
+
+fn raw(frames: Vec<Vec<u8>>, at: fn(usize) -> Duration) -> Capture {
+    let mut c = Capture::default();
+    for (i, f) in frames.into_iter().enumerate() {
+        c.push(at(i), f);
+    }
+    c
+}
+
+fn raw_pair(name: &'static str, p: Vec<Vec<u8>>, s: Vec<Vec<u8>>, expect_checkpoints: Vec<&'static str>) -> Pair {
+    let expect_all_matched = expect_checkpoints.is_empty();
+    Pair { name, primary: raw(p, primary_at), secondary: raw(s, secondary_at), expect_checkpoints, expect_all_matched }
+}
+
+/// Datagram `i` of a 20-datagram UDP exchange (guest 10.0.0.2:53 → client 10.0.0.1:40000).
+fn udp_msg(i: usize, ip_id: u32, ttl: u8) -> IpFrame {
+    let data: Vec<u8> = (0..40).map(|k| (i * 7 + k) as u8).collect();
+    IpFrame { ip_id, ttl, ..IpFrame::udp(53, 40000, &data) }
+}
+
+fn udp_stream(n: usize, secondary: bool) -> Vec<IpFrame> {
+    (0..n).map(|i| if secondary { udp_msg(i, 0x5000 + i as u32, 63) } else { udp_msg(i, 100 + i as u32, 64) }).collect()
+}
+
+fn built(v: Vec<IpFrame>) -> Vec<Vec<u8>> {
+    v.iter().map(IpFrame::build).collect()
+}
+
+/// UDP: same datagrams, different IP ID/TTL.
+pub fn udp_identical() -> Pair {
+    raw_pair("udp-identical", built(udp_stream(20, false)), built(udp_stream(20, true)), vec![])
+}
+
+/// UDP: datagram 3 differs in one byte; found once the window (16) has passed it.
+pub fn udp_one_byte_differs() -> Pair {
+    let mut s = udp_stream(20, true);
+    s[3].payload[20] ^= 1;
+    raw_pair("udp-one-byte-differs", built(udp_stream(20, false)), built(s), vec!["datagram-mismatch"])
+}
+
+/// UDP: the secondary swaps neighbours (within the window).
+pub fn udp_reordered_within_window() -> Pair {
+    let mut s = udp_stream(20, true);
+    for k in (0..20).step_by(2) {
+        s.swap(k, k + 1);
+    }
+    raw_pair("udp-reordered-within-window", built(udp_stream(20, false)), built(s), vec![])
+}
+
+/// UDP: the secondary sends the last datagram first (20 positions early: beyond the window).
+pub fn udp_reordered_beyond_window() -> Pair {
+    let mut s = udp_stream(21, true);
+    let last = s.remove(20);
+    s.insert(0, last);
+    raw_pair("udp-reordered-beyond-window", built(udp_stream(21, false)), built(s), vec!["datagram-mismatch"])
+}
+
+/// UDP: the secondary sends nothing.
+pub fn udp_secondary_silent() -> Pair {
+    raw_pair("udp-secondary-silent", built(udp_stream(3, false)), vec![], vec!["timeout-primary"])
+}
+
+fn echo(seq: u16, data: &[u8], ip_id: u32) -> Vec<u8> {
+    IpFrame { proto: 1, ip_id, payload: icmp_echo(false, 0x77, seq, data), ..IpFrame::default() }.build()
+}
+
+/// ICMP echo replies, identical but for the IP header.
+pub fn icmp_echo_identical() -> Pair {
+    let p = (0..4).map(|i| echo(i, b"abcdefgh", u32::from(i))).collect();
+    let s = (0..4).map(|i| echo(i, b"abcdefgh", 900 + u32::from(i))).collect();
+    raw_pair("icmp-echo-identical", p, s, vec![])
+}
+
+/// ICMP echo replies; the secondary's carry different data (every one differs).
+pub fn icmp_echo_differs() -> Pair {
+    let p = (0..20).map(|i| echo(i, b"abcdefgh", 1)).collect();
+    let s = (0..20).map(|i| echo(i, b"abcdefgX", 1)).collect();
+    raw_pair("icmp-echo-differs", p, s, vec!["datagram-mismatch"])
+}
+
+/// ICMPv6 echo replies over IPv6, different hop limits.
+pub fn icmpv6_echo_identical() -> Pair {
+    let (src, dst) = v6_pair();
+    let f = |i: u16, ttl: u8| {
+        IpFrame { src, dst, proto: 58, ttl, payload: icmpv6_echo(src, dst, false, 9, i, b"six"), ..IpFrame::default() }
+            .build()
+    };
+    raw_pair("icmpv6-echo", (0..4).map(|i| f(i, 64)).collect(), (0..4).map(|i| f(i, 1)).collect(), vec![])
+}
+
+fn gre(i: usize, ip_id: u32, ttl: u8, tail: u8) -> Vec<u8> {
+    let mut payload = vec![0, 0, 0x08, 0x00];
+    payload.extend((0..32).map(|k| (i + k) as u8));
+    payload.push(tail);
+    IpFrame { proto: 47, ip_id, ttl, payload, ..IpFrame::default() }.build()
+}
+
+/// GRE: only IP ID and TTL differ (QEMU would checkpoint; SPEC §5.3 says we must not).
+pub fn gre_ip_header_only() -> Pair {
+    let p = (0..4).map(|i| gre(i, i as u32, 64, 0)).collect();
+    let s = (0..4).map(|i| gre(i, 0x4000 + i as u32, 60, 0)).collect();
+    raw_pair("gre-ip-header-only", p, s, vec![])
+}
+
+/// GRE: every secondary payload differs in its last byte.
+pub fn gre_payload_differs() -> Pair {
+    let p = (0..20).map(|i| gre(i, 1, 64, 0)).collect();
+    let s = (0..20).map(|i| gre(i, 1, 64, 1)).collect();
+    raw_pair("gre-payload-differs", p, s, vec!["other-mismatch"])
+}
+
+/// ARP replies, identical: released via `passthrough` under the default policy, via
+/// `match` under `--non-ip-policy compare`.
+pub fn arp_identical() -> Pair {
+    let arp = |i: u8| {
+        let mut f = vec![0x52, 0x54, 0, 0, 0, 1, 0x52, 0x54, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2];
+        f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 10, 0, 0, 2, 0x52, 0x54, 0, 0, 0, 1, 10, 0, 0, i]);
+        f.resize(60, 0);
+        f
+    };
+    raw_pair("arp-identical", (1..4).map(arp).collect(), (1..4).map(arp).collect(), vec![])
+}
+
+fn big(ip_id: u32, n: usize) -> IpFrame {
+    let data: Vec<u8> = (0..n).map(|k| (k * 13 + ip_id as usize * 31) as u8).collect();
+    IpFrame { ip_id, ..IpFrame::udp(5000, 40000, &data) }
+}
+
+/// IPv4 fragments, same split on both sides.
+pub fn ipv4_fragments_identical() -> Pair {
+    let p = big(7, 3000).fragments(&[1480, 2960]);
+    let s = IpFrame { ip_id: 99, ..big(7, 3000) }.fragments(&[1480, 2960]);
+    raw_pair("ipv4-fragments-identical", p, s, vec![])
+}
+
+/// IPv4 fragments, split differently (the secondary also sends them in reverse order).
+pub fn ipv4_fragments_split_differently() -> Pair {
+    let p = big(7, 3000).fragments(&[1480, 2960]);
+    let mut s = IpFrame { ip_id: 99, ..big(7, 3000) }.fragments(&[1000, 2000]);
+    s.reverse();
+    raw_pair("ipv4-fragments-split-differently", p, s, vec![])
+}
+
+/// IPv4 fragments: one payload byte of the secondary's second fragment differs (window 16:
+/// 20 datagrams so the window passes it).
+pub fn ipv4_fragment_payload_differs() -> Pair {
+    let mut p = Vec::new();
+    let mut s = Vec::new();
+    for i in 0..20u32 {
+        let d = big(i, 2000);
+        p.extend(d.fragments(&[1480]));
+        let mut e = IpFrame { ip_id: 500 + i, ..d };
+        if i == 2 {
+            e.payload[1600] ^= 0x10;
+        }
+        s.extend(e.fragments(&[1000]));
+    }
+    raw_pair("ipv4-fragment-payload-differs", p, s, vec!["datagram-mismatch"])
+}
+
+/// IPv4 fragments: the secondary's last fragment never comes.
+pub fn ipv4_fragment_missing() -> Pair {
+    let p = big(7, 3000).fragments(&[1480, 2960]);
+    let mut s = IpFrame { ip_id: 99, ..big(7, 3000) }.fragments(&[1480, 2960]);
+    s.pop();
+    // The secondary's partial datagram times out first (its reassembly deadline); that
+    // checkpoint's flush releases the primary's complete, unmatched datagram.
+    raw_pair("ipv4-fragment-missing", p, s, vec!["fragment-timeout"])
+}
+
+/// IPv4: the primary sends overlapping, conflicting garbage fragments (and so does the
+/// secondary); never released before the `fragment-timeout` checkpoint flushes them.
+pub fn ipv4_fragments_overlapping_garbage() -> Pair {
+    let d = big(7, 100);
+    let frames = vec![d.fragment(0, 64), d.fragment_with(32, &[0xee; 76], false)];
+    raw_pair("ipv4-fragments-overlapping-garbage", frames.clone(), frames, vec!["fragment-timeout"])
+}
+
+/// IPv6 fragments, split differently.
+pub fn ipv6_fragments() -> Pair {
+    let p = big(7, 3000).v6().fragments(&[1232, 2464]);
+    let s = IpFrame { ip_id: 8, ..big(7, 3000).v6() }.fragments(&[1000]);
+    raw_pair("ipv6-fragments", p, s, vec![])
+}
+
+fn tcp_over(vlans: &[u16], v6: bool, secondary: bool) -> Vec<Vec<u8>> {
+    let server = if secondary { Server::secondary() } else { Server::primary() };
+    let b = body();
+    let cuts: &[usize] = if secondary { &[10] } else { &[3, 10] };
+    let frames = conversation(&server, &b, cuts);
+    let (src, dst) = if v6 {
+        v6_pair()
+    } else {
+        (std::net::IpAddr::V4(server.template.src), std::net::IpAddr::V4(server.template.dst))
+    };
+    frames.iter().map(|f| f.to_ip(src, dst, vlans).build()).collect()
+}
+
+/// TCP over IPv6, resegmented 3+7 vs 10.
+pub fn tcp_ipv6_resegmented() -> Pair {
+    raw_pair("tcp-ipv6-resegmented", tcp_over(&[], true, false), tcp_over(&[], true, true), vec![])
+}
+
+/// TCP over QinQ (VLAN 100.200), resegmented.
+pub fn tcp_qinq_resegmented() -> Pair {
+    raw_pair("tcp-qinq-resegmented", tcp_over(&[100, 200], false, false), tcp_over(&[100, 200], false, true), vec![])
+}
+
+/// Issue 4 scenarios (datagrams, other IP, non-IP, fragments, VLAN/IPv6), compare mode with
+/// the default configuration (`arp-identical` expects `match` only under
+/// `--non-ip-policy compare`).
+pub fn datagram_pairs() -> Vec<Pair> {
+    vec![
+        udp_identical(),
+        udp_one_byte_differs(),
+        udp_reordered_within_window(),
+        udp_reordered_beyond_window(),
+        udp_secondary_silent(),
+        icmp_echo_identical(),
+        icmp_echo_differs(),
+        icmpv6_echo_identical(),
+        gre_ip_header_only(),
+        gre_payload_differs(),
+        arp_identical(),
+        ipv4_fragments_identical(),
+        ipv4_fragments_split_differently(),
+        ipv4_fragment_payload_differs(),
+        ipv4_fragment_missing(),
+        ipv4_fragments_overlapping_garbage(),
+        ipv6_fragments(),
+        tcp_ipv6_resegmented(),
+        tcp_qinq_resegmented(),
     ]
 }
 

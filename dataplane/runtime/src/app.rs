@@ -20,7 +20,7 @@ use crossbeam_queue::ArrayQueue;
 use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
-use crate::config::{CheckpointModeArg, FrameLossArg, RunConfig};
+use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
 use crate::io_lcore::{IoContext, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::shard_lcore::{ShardContext, ShardInput};
@@ -153,6 +153,10 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         max_queue_size: cfg.max_queue_size,
         hard_queue_limit: 4 * cfg.max_queue_size,
         mode: Mode::Compare,
+        non_ip_policy: match cfg.non_ip_policy {
+            NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
+            NonIpPolicyArg::Compare => colo_core::NonIpPolicy::Compare,
+        },
         ..ShardConfig::default()
     }
     .with_compare_timeout(cfg.compare_timeout);
@@ -195,6 +199,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             clock,
             shared: shared.clone(),
             published: publ,
+            pool: pool.clone(),
         });
     }
     let tx = if per_shard_tx {
@@ -223,6 +228,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         tx,
         shared: shared.clone(),
         shards: cfg.shards,
+        pool: pool.clone(),
+        rx_reserve: pool.capacity() / crate::shard_lcore::POOL_RX_RESERVE_DIVISOR,
     });
 
     tracing::info!(

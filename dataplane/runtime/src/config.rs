@@ -30,6 +30,16 @@ pub enum ModeArg {
     Proxy,
 }
 
+/// What happens to non-IP (ARP, LLDP, …) and malformed frames (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonIpPolicyArg {
+    /// Release the primary's at once, drop the secondary's (QEMU's behaviour).
+    Passthrough,
+    /// Match them whole-frame, in order, like datagrams.
+    Compare,
+}
+
 /// What to do when a checkpoint is needed and no frame answers for `frame_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -100,6 +110,9 @@ pub struct Args {
     /// Mbufs in the packet pool (default: sized for the comparison window of every shard).
     #[arg(long)]
     pub mbufs: Option<u32>,
+    /// Non-IP and malformed frames: passthrough (release the primary's at once) or compare.
+    #[arg(long, value_enum)]
+    pub non_ip_policy: Option<NonIpPolicyArg>,
     /// File mode of the Unix frame and admin sockets, octal.
     #[arg(long, value_name = "OCTAL")]
     pub socket_mode: Option<String>,
@@ -134,6 +147,7 @@ pub struct FileConfig {
     exit_when_idle_ms: Option<u64>,
     stats_json: Option<PathBuf>,
     mbufs: Option<u32>,
+    non_ip_policy: Option<NonIpPolicyArg>,
     socket_mode: Option<String>,
     socket_owner: Option<u32>,
     socket_group: Option<u32>,
@@ -174,6 +188,8 @@ pub struct RunConfig {
     pub stats_json: Option<PathBuf>,
     /// Pool size override.
     pub mbufs: Option<u32>,
+    /// Non-IP and malformed frames.
+    pub non_ip_policy: NonIpPolicyArg,
     /// Unix socket permissions (frame and admin sockets).
     pub socket_mode: u32,
     /// Unix socket owner.
@@ -217,6 +233,7 @@ impl RunConfig {
             exit_when_idle: args.exit_when_idle_ms.or(file.exit_when_idle_ms).map(Duration::from_millis),
             stats_json: args.stats_json.or(file.stats_json),
             mbufs: args.mbufs.or(file.mbufs),
+            non_ip_policy: args.non_ip_policy.or(file.non_ip_policy).unwrap_or(NonIpPolicyArg::Passthrough),
             socket_mode: match args.socket_mode.or(file.socket_mode) {
                 None => 0o600,
                 Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)

@@ -78,6 +78,11 @@ pub struct IoContext {
     pub shared: Arc<Shared>,
     /// Number of shards.
     pub shards: usize,
+    /// The packet pool: RX pauses while fewer than `rx_reserve` mbufs are free.
+    pub pool: dpdk::Mempool,
+    /// Mbufs kept free for the shards' own needs; below it frames stay in the device
+    /// (where a NIC counts what it cannot keep) rather than being taken and lost.
+    pub rx_reserve: u32,
 }
 
 impl IoContext {
@@ -110,7 +115,10 @@ impl IoContext {
     /// the frames moved.
     pub fn poll(&mut self, burst: &mut RxBurst) -> usize {
         let mut work = 0;
-        for i in 0..self.inputs.len() {
+        // Back-pressure (SPEC §6, §8): the shards have asked for a resource-pressure
+        // checkpoint by now; its flush frees the held mbufs and RX resumes.
+        let inputs = if self.pool.available() < self.rx_reserve { 0 } else { self.inputs.len() };
+        for i in 0..inputs {
             let (side, queue) = &mut self.inputs[i];
             let side = *side;
             let n = queue.rx_burst(burst);

@@ -79,7 +79,17 @@ pub struct ShardContext {
     pub shared: Arc<Shared>,
     /// Latest counters for the control thread (capacity 1, overwritten): lock-free reads.
     pub published: Arc<ArrayQueue<Counters>>,
+    /// The packet pool, watched for exhaustion (SPEC §6 `resource-pressure`).
+    pub pool: dpdk::Mempool,
 }
+
+/// Below this fraction of free mbufs a shard asks for a checkpoint, whose flush returns the
+/// held mbufs before RX has to drop.
+pub const POOL_LOW_WATER_DIVISOR: u32 = 8;
+/// Below this fraction of free mbufs RX pauses (frames wait in the device).
+pub const POOL_RX_RESERVE_DIVISOR: u32 = 16;
+/// How often a shard looks at the pool.
+const PRESSURE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How often a shard publishes its counters for `stats` (TSC ticks are converted at start).
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -90,12 +100,23 @@ impl ShardContext {
     pub fn run(mut self) {
         let mut stopping = false;
         let mut next_publish = colo_core::Timestamp::default();
+        let mut next_pressure_check = colo_core::Timestamp::default();
         loop {
             let now = self.clock.now();
             if now >= next_publish {
                 // Off the per-packet path: a copy of plain integers every few milliseconds.
                 self.published.force_push(self.shard.counters().clone());
                 next_publish = now.saturating_add(PUBLISH_EVERY);
+            }
+            if now >= next_pressure_check {
+                next_pressure_check = now.saturating_add(PRESSURE_EVERY);
+                let (free, size) = (self.pool.available(), self.pool.capacity());
+                if free < size / POOL_LOW_WATER_DIVISOR {
+                    // One request per epoch at most (the core aggregates); the detail is only
+                    // formatted here, once a millisecond at worst.
+                    self.shard.resource_pressure(&format!("mbuf pool: {free} of {size} free"), now);
+                    self.apply_actions();
+                }
             }
             let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
@@ -205,6 +226,9 @@ impl ShardContext {
                     Side::Secondary => secondary,
                 };
                 let Some(queue) = queue else { return 0 };
+                if self.pool.available() < self.pool.capacity() / POOL_RX_RESERVE_DIVISOR {
+                    return 0; // back-pressure, as the I/O lcore does
+                }
                 n = queue.rx_burst(burst);
                 if n > 0 {
                     self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);

@@ -1,0 +1,453 @@
+//! Datagram comparison of one flow (SPEC §5.2 UDP/ICMP/ICMPv6, §5.3 other IP protocols, and
+//! §4 non-IP frames under the `compare` policy).
+//!
+//! Owns: the primary FIFO (datagrams in the order the primary sent them, each possibly made of
+//! several original fragment frames), the secondary's unmatched datagrams, and the reorder
+//! window. Two datagrams match when their protocol and compared bytes are equal: the L4
+//! header and payload for UDP/ICMP (the IP payload), the IP payload for other protocols, the
+//! whole frame for non-IP. The IP header is never compared (ID, TTL, DF, checksum, …).
+//!
+//! **Reorder window** (SPEC §5.2, default 16, `Config::datagram_window`): every datagram
+//! gets a position in its side's sequence (0, 1, 2, … since the last flush). Primary
+//! position *i* may match secondary position *j* only when |i − j| ≤ window. A datagram
+//! becomes *unmatchable* once the other side has sent every position it could match; an
+//! unmatchable datagram on one side while the other side holds unmatched datagrams is a
+//! miscompare (`datagram-mismatch` / `other-mismatch`). An unmatchable datagram with nothing
+//! unmatched on the other side (one side sent more) waits for `compare_timeout`. So a lone
+//! differing datagram with no later traffic is caught by `timeout-primary`; a window of 0
+//! gives QEMU's immediate verdict at the price of no reorder tolerance.
+//!
+//! Must never: release a primary frame before its datagram matched and every earlier
+//! datagram of the flow was released (frames leave from the FIFO head only, a reassembled
+//! datagram's frames in their arrival order), allocate per datagram (queues keep their
+//! capacity; fragment lists come from a bounded pool), or read a clock.
+
+use std::collections::VecDeque;
+
+use crate::checkpoint::{hex_window, CheckpointReason};
+use crate::shard::{DropReason, Out, Via};
+use crate::time::Timestamp;
+use crate::wire::{FlowKey, Span};
+use crate::{Config, Frame, Side};
+
+/// One original frame of a datagram and where its compared bytes lie.
+pub(crate) struct Piece<F> {
+    pub(crate) frame: F,
+    pub(crate) arrived: Timestamp,
+    /// Frame length (for the held-bytes gauges).
+    pub(crate) len: u32,
+    /// The compared bytes inside the frame.
+    pub(crate) data: Span,
+    /// Offset of `data` inside the datagram (0 for an unfragmented datagram).
+    pub(crate) at: u32,
+    /// Arrival order among the datagram's fragments (release order).
+    pub(crate) seq: u32,
+    /// An exact duplicate of another fragment (same place, same bytes): released with the
+    /// datagram, skipped when comparing.
+    pub(crate) dup: bool,
+}
+
+/// A datagram's original frames: one, or the fragments sorted by (`at`, `dup`).
+pub(crate) enum Pieces<F> {
+    One(Piece<F>),
+    Many(Vec<Piece<F>>),
+}
+
+/// A whole datagram, ready to compare.
+pub(crate) struct Item<F> {
+    /// IP protocol (SPEC §5.3 compares it), or 0 for non-IP frames.
+    pub(crate) proto: u8,
+    pub(crate) pieces: Pieces<F>,
+    /// Compared length.
+    pub(crate) total: u32,
+    /// When it became whole (the compare timer starts here).
+    pub(crate) arrived: Timestamp,
+    pos: u64,
+    matched: bool,
+}
+
+impl<F: Frame> Item<F> {
+    pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32, arrived: Timestamp) -> Self {
+        Item { proto, pieces, total, arrived, pos: 0, matched: false }
+    }
+
+    /// Frames in this datagram.
+    pub(crate) fn frames(&self) -> usize {
+        match &self.pieces {
+            Pieces::One(_) => 1,
+            Pieces::Many(v) => v.len(),
+        }
+    }
+
+    /// Calls `f` with each compared chunk in datagram order (duplicates skipped).
+    fn for_chunks(&self, mut f: impl FnMut(&[u8]) -> bool) {
+        match &self.pieces {
+            Pieces::One(p) => {
+                f(p.data.of(p.frame.bytes()).unwrap_or(&[]));
+            }
+            Pieces::Many(v) => {
+                for p in v.iter().filter(|p| !p.dup) {
+                    if !f(p.data.of(p.frame.bytes()).unwrap_or(&[])) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The compared bytes as one buffer (diagnostics only: allocates).
+    pub(crate) fn gather(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.total as usize);
+        self.for_chunks(|c| {
+            v.extend_from_slice(c);
+            true
+        });
+        v
+    }
+
+    /// Byte-wise equality across differently fragmented datagrams, without copying.
+    fn same_as(&self, other: &Item<F>) -> bool {
+        if self.proto != other.proto || self.total != other.total {
+            return false;
+        }
+        eq_chunks(self, other)
+    }
+
+    /// The frames in arrival order (the rare table-full path only: allocates).
+    pub(crate) fn into_frames(self) -> Vec<(F, u32)> {
+        match self.pieces {
+            Pieces::One(p) => vec![(p.frame, p.len)],
+            Pieces::Many(mut v) => {
+                v.sort_unstable_by_key(|p| p.seq);
+                v.into_iter().map(|p| (p.frame, p.len)).collect()
+            }
+        }
+    }
+
+    /// Hands every frame back in arrival order.
+    fn release(self, out: &mut Out<'_, F>, side: Side, via: Via, reason: DropReason) {
+        let mut emit = |p: Piece<F>| match side {
+            Side::Primary => out.release_held(p.frame, via, p.arrived, p.len),
+            Side::Secondary => out.release_secondary_held(p.frame, p.len, reason),
+        };
+        match self.pieces {
+            Pieces::One(p) => emit(p),
+            Pieces::Many(mut v) => {
+                v.sort_unstable_by_key(|p| p.seq);
+                for p in v.drain(..) {
+                    emit(p);
+                }
+                out.recycle(v);
+            }
+        }
+    }
+
+    /// Drops every frame of a held primary datagram (hard limit only: SPEC §6).
+    fn drop_primary(self, out: &mut Out<'_, F>, reason: DropReason) {
+        match self.pieces {
+            Pieces::One(p) => out.drop_held_primary(p.frame, p.len, reason),
+            Pieces::Many(mut v) => {
+                v.sort_unstable_by_key(|p| p.seq);
+                for p in v.drain(..) {
+                    out.drop_held_primary(p.frame, p.len, reason);
+                }
+                out.recycle(v);
+            }
+        }
+    }
+}
+
+/// Compares the chunk sequences of two items of equal total length.
+fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
+    // Materialising one side's chunk list would allocate; instead iterate `b` with an
+    // explicit (piece index, offset) cursor.
+    let b_chunk = |i: usize| -> Option<&[u8]> {
+        match &b.pieces {
+            Pieces::One(p) => (i == 0).then(|| p.data.of(p.frame.bytes()).unwrap_or(&[])),
+            Pieces::Many(v) => v.iter().filter(|p| !p.dup).nth(i).map(|p| p.data.of(p.frame.bytes()).unwrap_or(&[])),
+        }
+    };
+    let (mut bi, mut boff) = (0usize, 0usize);
+    let mut cur = b_chunk(0);
+    let mut equal = true;
+    let mut a_len = 0usize;
+    a.for_chunks(|mut chunk| {
+        a_len += chunk.len();
+        while !chunk.is_empty() {
+            let Some(bc) = cur else {
+                equal = false;
+                return false;
+            };
+            let rest = bc.get(boff..).unwrap_or(&[]);
+            if rest.is_empty() {
+                bi += 1;
+                boff = 0;
+                cur = b_chunk(bi);
+                continue;
+            }
+            let n = rest.len().min(chunk.len());
+            if rest.get(..n) != chunk.get(..n) {
+                equal = false;
+                return false;
+            }
+            boff += n;
+            chunk = chunk.get(n..).unwrap_or(&[]);
+        }
+        true
+    });
+    // `total`s are equal, so equal prefixes of equal length mean equal datagrams, unless a
+    // frame changed under us (then lengths differ and we say "different").
+    equal && a_len == a.total as usize
+}
+
+/// Comparison state of one datagram flow.
+pub(crate) struct DatagramFlow<F> {
+    /// Held primary datagrams in primary order; `matched` ones wait for earlier ones.
+    pub(crate) primary: VecDeque<Item<F>>,
+    /// Unmatched secondary datagrams in position order.
+    pub(crate) secondary: VecDeque<Item<F>>,
+    /// Position of the next primary / secondary datagram.
+    p_next: u64,
+    s_next: u64,
+    unmatched_primary: usize,
+    /// `datagram-mismatch` (UDP/ICMP) or `other-mismatch` (other IP, non-IP).
+    mismatch: CheckpointReason,
+    diverged: bool,
+    /// Reasons already requested this epoch (one request per reason and flow per epoch).
+    pub(crate) requested: u16,
+    /// A timeout was requested this epoch: no more compare deadlines until the flush.
+    pub(crate) timed_out: bool,
+    /// Name in requests instead of the key (`non-ip`).
+    name: Option<&'static str>,
+}
+
+impl<F: Frame> DatagramFlow<F> {
+    pub(crate) fn new(mismatch: CheckpointReason) -> Self {
+        DatagramFlow {
+            primary: VecDeque::new(),
+            secondary: VecDeque::new(),
+            p_next: 0,
+            s_next: 0,
+            unmatched_primary: 0,
+            mismatch,
+            diverged: false,
+            requested: 0,
+            timed_out: false,
+            name: None,
+        }
+    }
+
+    /// A flow reported under `name` rather than its key.
+    pub(crate) fn named(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    pub(crate) fn request(
+        &mut self,
+        out: &mut Out<'_, F>,
+        reason: CheckpointReason,
+        key: &FlowKey,
+        detail: impl FnOnce() -> String,
+    ) {
+        match self.name {
+            Some(name) => out.request_named(&mut self.requested, reason, name, detail),
+            None => out.request(&mut self.requested, reason, key, detail),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.primary.is_empty() && self.secondary.is_empty()
+    }
+
+    pub(crate) fn diverged(&self) -> bool {
+        self.diverged
+    }
+
+    /// Frames held per side (a reassembled datagram counts each fragment).
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (self.primary.iter().map(Item::frames).sum(), self.secondary.iter().map(Item::frames).sum())
+    }
+
+    /// A primary datagram whose frames are already counted as held.
+    pub(crate) fn on_primary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
+        if self.primary.len() >= cfg.hard_queue_limit {
+            // SPEC §6: only a truly exhausted queue drops primary output, and it is counted.
+            self.request(out, CheckpointReason::QueueOverflow, key, || {
+                format!("primary datagram queue at hard limit {}", cfg.hard_queue_limit)
+            });
+            item.drop_primary(out, DropReason::QueueHardLimit);
+            return;
+        }
+        item.pos = self.p_next;
+        self.p_next += 1;
+        if !self.diverged {
+            let w = cfg.datagram_window as u64;
+            let found = self
+                .secondary
+                .iter()
+                .take_while(|s| s.pos <= item.pos.saturating_add(w))
+                .position(|s| s.pos.saturating_add(w) >= item.pos && s.same_as(&item));
+            if let Some(s) = found.and_then(|i| self.secondary.remove(i)) {
+                s.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
+                item.matched = true;
+            }
+        }
+        if !item.matched {
+            self.unmatched_primary += 1;
+        }
+        self.primary.push_back(item);
+        if self.primary.len() > cfg.max_queue_size {
+            let n = self.primary.len();
+            self.request(out, CheckpointReason::QueueOverflow, key, || {
+                format!("primary datagram queue {n} > max_queue_size {}", cfg.max_queue_size)
+            });
+        }
+        self.settle(out, cfg, key);
+    }
+
+    /// A secondary datagram whose frames are already counted as held.
+    pub(crate) fn on_secondary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
+        item.pos = self.s_next;
+        self.s_next += 1;
+        if !self.diverged {
+            let w = cfg.datagram_window as u64;
+            // Primary positions are contiguous in the FIFO: seek the window directly.
+            let front = self.primary.front().map_or(self.p_next, |p| p.pos);
+            let lo = item.pos.saturating_sub(w).max(front);
+            let hi = item.pos.saturating_add(w);
+            let mut k = lo;
+            while k <= hi {
+                let Some(p) = usize::try_from(k - front).ok().and_then(|i| self.primary.get_mut(i)) else { break };
+                if !p.matched && p.same_as(&item) {
+                    p.matched = true;
+                    self.unmatched_primary = self.unmatched_primary.saturating_sub(1);
+                    // Release first, then consume: the same action order as TCP.
+                    self.settle(out, cfg, key);
+                    item.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
+                    return;
+                }
+                k += 1;
+            }
+        }
+        if self.secondary.len() >= cfg.max_queue_size {
+            let n = self.secondary.len();
+            self.request(out, CheckpointReason::QueueOverflow, key, || {
+                format!("secondary datagram queue {n} at max_queue_size {}", cfg.max_queue_size)
+            });
+            // Secondary output is never transmitted; the checkpoint resynchronises it.
+            item.release(out, Side::Secondary, Via::Match, DropReason::QueueFull);
+        } else {
+            self.secondary.push_back(item);
+        }
+        self.settle(out, cfg, key);
+    }
+
+    /// Releases matched datagrams from the head, then looks for an unmatchable datagram.
+    fn settle(&mut self, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
+        while self.primary.front().is_some_and(|p| p.matched) {
+            if let Some(p) = self.primary.pop_front() {
+                p.release(out, Side::Primary, Via::Match, DropReason::Consumed);
+            }
+        }
+        if self.diverged || self.unmatched_primary == 0 || self.secondary.is_empty() {
+            return;
+        }
+        let w = cfg.datagram_window as u64;
+        // The FIFO head is the oldest unmatched primary (matched heads were just released).
+        let p_stuck = self.primary.front().is_some_and(|p| self.s_next > p.pos.saturating_add(w));
+        let s_stuck = self.secondary.front().is_some_and(|s| self.p_next > s.pos.saturating_add(w));
+        if !(p_stuck || s_stuck) {
+            return;
+        }
+        self.diverged = true;
+        let (Some(p), Some(s)) = (self.primary.front(), self.secondary.front()) else { return };
+        let detail = mismatch_detail(p, s, w);
+        let reason = self.mismatch;
+        self.request(out, reason, key, || detail);
+    }
+
+    /// The earliest per-datagram compare deadline (SPEC §6), if one is armed.
+    pub(crate) fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
+        if self.diverged || self.timed_out {
+            return None;
+        }
+        let p = self.primary.front().map(|h| h.arrived);
+        let s = self.secondary.front().map(|h| h.arrived);
+        let oldest = match (p, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|t| t.saturating_add(timeout))
+    }
+
+    /// Which timeout, if any, has expired at `now`, with a diagnostic.
+    pub(crate) fn expired(&self, now: Timestamp, timeout: core::time::Duration) -> Option<(CheckpointReason, String)> {
+        if self.diverged || self.timed_out {
+            return None;
+        }
+        if let Some(p) = self.primary.front().filter(|p| p.arrived.saturating_add(timeout) <= now) {
+            return Some((
+                CheckpointReason::TimeoutPrimary,
+                format!(
+                    "primary datagram #{} ({} bytes, proto {}) unmatched since {}; {} primary / {} secondary \
+                     datagrams held",
+                    p.pos,
+                    p.total,
+                    p.proto,
+                    p.arrived,
+                    self.primary.len(),
+                    self.secondary.len()
+                ),
+            ));
+        }
+        if let Some(s) = self.secondary.front().filter(|s| s.arrived.saturating_add(timeout) <= now) {
+            return Some((
+                CheckpointReason::TimeoutSecondary,
+                format!(
+                    "secondary datagram #{} ({} bytes, proto {}) unmatched since {}; {} secondary datagrams held",
+                    s.pos,
+                    s.total,
+                    s.proto,
+                    s.arrived,
+                    self.secondary.len()
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
+    /// secondary's; both sides restart at the same position.
+    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>) {
+        while let Some(p) = self.primary.pop_front() {
+            p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);
+        }
+        while let Some(s) = self.secondary.pop_front() {
+            s.release(out, Side::Secondary, Via::Flush, DropReason::Flushed);
+        }
+        let next = self.p_next.max(self.s_next);
+        self.p_next = next;
+        self.s_next = next;
+        self.unmatched_primary = 0;
+        self.diverged = false;
+        self.requested = 0;
+        self.timed_out = false;
+    }
+}
+
+/// SPEC §10 diagnostic: positions, lengths, and a hex window (±32 bytes) of both sides
+/// around the first differing byte.
+fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: u64) -> String {
+    let (a, b) = (p.gather(), s.gather());
+    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let mut d = format!(
+        "primary datagram #{} ({} bytes, proto {}) matches no secondary datagram within the window \
+         ({window}); oldest unmatched secondary #{} ({} bytes, proto {}); first difference at byte {first};",
+        p.pos, p.total, p.proto, s.pos, s.total, s.proto
+    );
+    let at = u32::try_from(first).unwrap_or(u32::MAX);
+    hex_window(&mut d, "primary", &a, 0, at);
+    hex_window(&mut d, "secondary", &b, 0, at);
+    d
+}
