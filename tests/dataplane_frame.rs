@@ -345,3 +345,27 @@ fn a_half_message_from_a_vanishing_frame_does_not_disturb_the_dataplane() {
     assert_eq!(stats["total"]["accounting"], "ok");
     colo_suite::assert_same_per_flow(&out, &primary);
 }
+
+/// No frame connected when a checkpoint is needed (SPEC §7): hold, then after
+/// `--frame-timeout-ms` fail over to the primary (the default `on_frame_loss`).
+#[test]
+fn without_a_frame_the_dataplane_fails_over_to_the_primary_after_frame_timeout() {
+    let dir = scratch_dir("frame-loss");
+    let (primary, secondary) = flows(&addrs_on_both_shards(2), &[2]);
+    write_pcap(&dir.join("primary.pcap"), &primary);
+    write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut cmd = dataplane_command(&dir, 2);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--shards", "2"]);
+    cmd.arg("--frame").arg(format!("unix:{}", dir.join("frame.sock").display()));
+    cmd.args(["--frame-timeout-ms", "400"]);
+    cmd.arg("--admin").arg(dir.join("admin.sock")).arg("--stats-json").arg(dir.join("stats.json"));
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = ChildGuard::new(cmd.spawn().unwrap());
+    let v = wait_stats(&dir.join("admin.sock"), "the automatic failover", |v| v["coordinator"]["failovers"] == 1);
+    assert_eq!(v["coordinator"]["do_checkpoint_sent"], 0);
+    let v = wait_stats(&dir.join("admin.sock"), "the flush", |v| v["total"]["held_primary_frames"] == 0);
+    assert!(v["total"]["released"]["flush"].as_u64() > Some(0), "{}", v["total"]);
+    let (stats, out) = finish(&dir, child);
+    assert_eq!(stats["total"]["accounting"], "ok");
+    colo_suite::assert_same_per_flow(&out, &primary);
+}

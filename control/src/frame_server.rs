@@ -26,13 +26,17 @@ pub enum Endpoint {
 impl FromStr for Endpoint {
     type Err = String;
 
-    /// `unix:PATH`, `tcp:HOST:PORT`, or a bare path (Unix).
+    /// `unix:PATH`, `tcp:HOST:PORT`, `tcp:PORT` (loopback), or a bare path (Unix).
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("unix: needs a path, e.g. unix:/run/colo/frame.sock".into());
             }
             return Ok(Endpoint::Unix(path.into()));
+        }
+        if let Some(port) = s.strip_prefix("tcp:").and_then(|p| p.parse::<u16>().ok()) {
+            // `tcp:PORT` listens on loopback only (SPEC §11: TCP only where configured).
+            return Ok(Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
         }
         if let Some(addr) = s.strip_prefix("tcp:") {
             let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(addr)

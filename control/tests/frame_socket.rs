@@ -128,6 +128,7 @@ fn endpoint_parsing_gives_clear_errors() {
     assert_eq!("unix:/run/x.sock".parse::<Endpoint>().unwrap(), Endpoint::Unix("/run/x.sock".into()));
     assert!("unix:".parse::<Endpoint>().unwrap_err().contains("needs a path"));
     assert!("tcp:nonsense".parse::<Endpoint>().unwrap_err().contains("tcp:127.0.0.1:PORT"));
+    assert_eq!("tcp:9000".parse::<Endpoint>().unwrap(), Endpoint::Tcp("127.0.0.1:9000".parse().unwrap()));
 }
 
 #[test]

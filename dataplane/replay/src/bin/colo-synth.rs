@@ -1,5 +1,6 @@
 //! `colo-synth DIR`: writes synthetic primary/secondary capture pairs into DIR, for trying
 //! `colo-replay` and `colo-dataplane` without guests: every scenario of `colo_replay::synth`
+//! (TCP, datagrams, fragments, VLAN, IPv6)
 //! as `NAME.primary.pcap` / `NAME.secondary.pcap`, plus `demo.*.pcap` — resegmented TCP
 //! flows, UDP datagrams and one TCP flow whose secondary diverges — used by `ci/demo`.
 
@@ -80,7 +81,7 @@ fn main() {
         std::process::exit(1);
     }
     let mut written = 0;
-    for pair in synth::all().into_iter().chain([synth::proxy_mode()]) {
+    for pair in synth::all().into_iter().chain(synth::datagram_pairs()).chain([synth::proxy_mode()]) {
         if let Err(e) = synth::write_pair(&dir, &pair, TsResolution::MicroSecond) {
             eprintln!("colo-synth: {e}");
             std::process::exit(1);
