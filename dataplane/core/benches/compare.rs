@@ -1,10 +1,11 @@
 //! Criterion benchmarks of the comparator core (SPEC §12), each next to a plain `memcmp` of
-//! the same bytes measured in the same run. UDP datagram pairs arrive with the datagram
-//! module (issue 4). Run: `cargo bench -p colo-core`.
+//! the same bytes measured in the same run: TCP same segmentation, TCP resegmented (3+7 vs 10,
+//! 1460 vs 58400), a secondary a window behind, and matched 64 B UDP pairs over 10k flows.
+//! Run: `cargo bench -p colo-core --bench compare`.
 
 use std::hint::black_box;
 
-use colo_core::fixtures::Conn;
+use colo_core::fixtures::{Conn, IpFrame};
 use colo_core::{Config, Shard, Side, Timestamp};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -109,5 +110,33 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Matched 64-byte UDP pairs over 10 000 flows (one datagram per flow per round, primary
+/// then secondary), SPEC §12.
+fn bench_udp(c: &mut Criterion) {
+    const FLOWS: usize = 10_000;
+    let frames: Vec<(Side, Vec<u8>)> = (0..FLOWS)
+        .flat_map(|f| {
+            let dst = std::net::Ipv4Addr::new(10, 1 + (f >> 16) as u8, (f >> 8) as u8, f as u8);
+            let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+            let data =
+                colo_core::fixtures::udp_payload(base.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+            let p = IpFrame { dst: dst.into(), payload: data.clone(), ip_id: 1, ..base.clone() }.build();
+            let s = IpFrame { dst: dst.into(), payload: data, ip_id: 2, ttl: 63, ..base }.build();
+            assert_eq!(p.len(), 64);
+            [(Side::Primary, p), (Side::Secondary, s)]
+        })
+        .collect();
+    assert_eq!(run(frames.clone()), FLOWS, "every UDP datagram matched");
+    let mut g = c.benchmark_group("udp64");
+    g.throughput(Throughput::Elements(FLOWS as u64));
+    g.bench_function("matched_pairs_10k_flows", |b| {
+        b.iter_batched(|| frames.clone(), |f| black_box(run(f)), BatchSize::LargeInput)
+    });
+    let bytes: Vec<u8> = frames.iter().filter(|f| f.0 == Side::Primary).flat_map(|f| f.1.clone()).collect();
+    let other = bytes.clone();
+    g.bench_function("memcmp_baseline", |b| b.iter(|| black_box(black_box(&bytes[..]) == black_box(&other[..]))));
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_udp);
 criterion_main!(benches);
