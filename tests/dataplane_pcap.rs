@@ -303,3 +303,23 @@ fn a_small_pool_asks_for_a_checkpoint_instead_of_running_dry() {
     assert_eq!(nombuf, 0, "no frame lost at RX: {}", run.stats["ports"]);
     assert_eq!(run.output.len(), primary.len());
 }
+
+/// With two workers to spare, each guest port gets its own RX lcore (SPEC §8).
+#[test]
+fn one_rx_lcore_per_guest_port_when_lcores_allow() {
+    let dir = scratch_dir("dp-two-rx");
+    let (primary, secondary) = resegmented_flows(40, 4);
+    colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+    colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+    cmd.args(colo_suite::dataplane_eal_args(&dir, 5)).arg("--").env("RUNTIME_DIRECTORY", &dir);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--shards", "2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"]);
+    cmd.arg("--stats-json").arg(dir.join("stats.json"));
+    let run = colo_suite::collect_run(&dir, cmd);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("io_lcores=2"), "{}", run.stderr);
+    assert_same_per_flow(&run.output, &primary);
+    assert_eq!(run.stats["total"]["released"]["match"], primary.len(), "{}", run.stats["total"]);
+    assert_eq!(run.stats["total"]["accounting"], "ok");
+}

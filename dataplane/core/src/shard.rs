@@ -478,9 +478,14 @@ impl<F: Frame> Shard<F> {
         &self.cfg
     }
 
-    /// Changes `compare_timeout` (and `linger`, kept at twice it) for what is held from now
-    /// on; deadlines already set keep their time (the admin socket's `set`, SPEC §7).
+    /// Changes `compare_timeout` (and `linger`, kept at twice it, and the reassembly timeout
+    /// when it follows it) for what is held from now on; deadlines already set keep their time
+    /// (the admin socket's `set`, SPEC §7).
     pub fn set_compare_timeout(&mut self, timeout: core::time::Duration) {
+        // The reassembly timeout follows compare_timeout unless it was set apart.
+        if self.cfg.reassembly_timeout == self.cfg.compare_timeout {
+            self.cfg.reassembly_timeout = timeout;
+        }
         self.cfg.compare_timeout = timeout;
         self.cfg.linger = 2 * timeout;
     }

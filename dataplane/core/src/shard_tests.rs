@@ -621,6 +621,7 @@ fn test_a_shorter_compare_timeout_applies_to_what_is_held_next() {
     h.p(&c.data(0, b"silent secondary"), 10);
     assert_eq!(h.tick(109), vec![]);
     assert_eq!(h.tick(110), vec![Ev::Ckpt("timeout-primary")]);
+    assert_eq!(h.shard.config().reassembly_timeout, Duration::from_millis(100), "follows compare_timeout");
     h.shard.set_max_queue_size(2);
     assert_eq!(h.shard.config().max_queue_size, 2);
     assert!(h.shard.config().hard_queue_limit >= 8);

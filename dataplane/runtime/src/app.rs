@@ -212,17 +212,13 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             next: 0,
         })
     };
-    let inputs = if hw_rss {
-        Vec::new()
-    } else {
-        vec![
-            (Side::Primary, primary.rx_queue(0).map_err(|e| e.to_string())?),
-            (Side::Secondary, secondary.rx_queue(0).map_err(|e| e.to_string())?),
-        ]
-    };
-    // The I/O work: software dispatch, and/or draining TX rings. None with hardware RSS and
-    // one output queue per shard.
-    let io = (!inputs.is_empty() || tx.is_some()).then(|| IoContext {
+    // The I/O work: software dispatch, and/or draining TX rings (none with hardware RSS and one
+    // output queue per shard). With two workers to spare each guest port gets its own RX lcore
+    // (SPEC §8); with one, a single I/O lcore serves both ports; with none, the main lcore
+    // does the I/O between control rounds (e.g. one shard on a 2-CPU machine).
+    let spare = workers.len() - cfg.shards;
+    let mut ios: Vec<IoContext> = Vec::new();
+    let io_context = |inputs: Vec<(Side, dpdk::RxQueue)>, to_shards, tx| IoContext {
         inputs,
         to_shards,
         tx,
@@ -230,30 +226,45 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shards: cfg.shards,
         pool: pool.clone(),
         rx_reserve: pool.capacity() / crate::shard_lcore::POOL_RX_RESERVE_DIVISOR,
-    });
+    };
+    let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
+    if hw_rss {
+        if tx.is_some() {
+            ios.push(io_context(Vec::new(), [Vec::new(), Vec::new()], tx));
+        }
+    } else if spare >= 2 {
+        let [to_primary, to_secondary] = to_shards;
+        ios.push(io_context(vec![(Side::Primary, rxq(&primary)?)], [to_primary, Vec::new()], tx));
+        ios.push(io_context(vec![(Side::Secondary, rxq(&secondary)?)], [Vec::new(), to_secondary], None));
+    } else {
+        let inputs = vec![(Side::Primary, rxq(&primary)?), (Side::Secondary, rxq(&secondary)?)];
+        ios.push(io_context(inputs, to_shards, tx));
+    }
+    shared.rx_running.store(ios.iter().filter(|io| !io.inputs.is_empty()).count(), Ordering::Release);
 
     tracing::info!(
         shards = cfg.shards,
         dispatch = if hw_rss { "hardware RSS (symmetric key)" } else { "software (symmetric Toeplitz)" },
+        io_lcores = if spare > 0 { ios.len() } else { 0 },
         tx = if per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
         mbufs,
         "colo-dataplane starting"
     );
-    // With a worker to spare the I/O runs on its own lcore; otherwise the main lcore runs it
-    // between control rounds (e.g. one shard on a 2-CPU machine with default EAL lcores).
-    let (io_handle, local_io, shard_lcores) = match io {
-        Some(io) if workers.len() > cfg.shards => {
-            let h =
-                dpdk::launch(workers[0], move || io.run()).map_err(|e| format!("cannot launch the I/O lcore: {e}"))?;
-            (Some(h), None, &workers[1..])
+    let mut io_handles = Vec::new();
+    let mut local_io = None;
+    let mut next_worker = 0;
+    for io in ios {
+        if spare > 0 {
+            let lcore = workers[next_worker];
+            next_worker += 1;
+            io_handles.push(
+                dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?,
+            );
+        } else {
+            local_io = Some(io);
         }
-        Some(io) => (None, Some(io), &workers[..]),
-        None => (None, None, &workers[..]),
-    };
-    if io_handle.is_none() && local_io.is_none() {
-        // Nobody dispatches: the shards poll their own queues and stop on `Stop`.
-        shared.rx_stopped.store(true, Ordering::Release);
     }
+    let shard_lcores = &workers[next_worker..];
     let mut shard_handles = Vec::new();
     for (ctx, lcore) in contexts.into_iter().zip(shard_lcores) {
         shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
@@ -262,9 +273,9 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock, local_io)?;
     let mut summary = control.run(cfg)?;
 
-    if let Some(h) = io_handle {
+    for h in io_handles {
         if let Err(p) = h.join() {
-            return Err(format!("the I/O lcore panicked: {}", panic_text(&p)));
+            return Err(format!("an I/O lcore panicked: {}", panic_text(&p)));
         }
     }
     for h in shard_handles {
@@ -518,7 +529,7 @@ impl ControlLoop {
         if let Some((io, _)) = &mut self.local_io {
             io.stop_rx();
         }
-        while !self.shared.rx_stopped.load(Ordering::Acquire) {
+        while !self.shared.rx_stopped() {
             self.pump_events(&mut final_counters);
             std::thread::sleep(Duration::from_micros(100));
         }

@@ -104,6 +104,9 @@ impl IoContext {
         }
         drop(burst);
         self.stop_rx();
+        if self.tx.is_none() {
+            return; // a receive-only lcore is done once its input is dispatched
+        }
         while !self.finished() {
             if self.drain_tx() == 0 {
                 std::thread::yield_now();
@@ -150,8 +153,10 @@ impl IoContext {
     /// Releases the input queues and tells the control thread RX has stopped; everything
     /// received has been handed to the shards by then.
     pub fn stop_rx(&mut self) {
-        drop(std::mem::take(&mut self.inputs));
-        self.shared.rx_stopped.store(true, Ordering::Release);
+        if !self.inputs.is_empty() {
+            drop(std::mem::take(&mut self.inputs));
+            self.shared.rx_running.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Moves released frames to the output device (if this lcore owns TX).

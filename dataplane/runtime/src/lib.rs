@@ -23,10 +23,18 @@ pub mod tx;
 pub struct Shared {
     /// Set by the control thread: stop receiving.
     pub stop_rx: AtomicBool,
-    /// Set by the I/O lcore once it has stopped receiving and dispatched everything.
-    pub rx_stopped: AtomicBool,
+    /// Lcores (I/O lcores with input queues) still receiving; each says it has stopped, with
+    /// everything it received dispatched, by counting down.
+    pub rx_running: AtomicUsize,
     /// Shards that have flushed and left their loop.
     pub shards_stopped: AtomicUsize,
     /// TSC of the last received burst (for `--exit-when-idle-ms`).
     pub last_rx_tsc: AtomicU64,
+}
+
+impl Shared {
+    /// Whether every receiving lcore has stopped and dispatched what it received.
+    pub fn rx_stopped(&self) -> bool {
+        self.rx_running.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
 }
