@@ -257,9 +257,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         if spare > 0 {
             let lcore = workers[next_worker];
             next_worker += 1;
-            io_handles.push(
-                dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?,
-            );
+            io_handles
+                .push(dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?);
         } else {
             local_io = Some(io);
         }
