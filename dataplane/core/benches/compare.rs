@@ -138,5 +138,50 @@ fn bench_udp(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_udp);
+/// Matched 64 B UDP pairs hitting a shard that holds 1 000 000 concurrent flows (SPEC §12):
+/// the flow-table lookups miss the caches. The shard is filled once; each iteration hands one
+/// primary/secondary pair of a pseudo-randomly chosen existing flow (including the copy of
+/// the two 64 B frames the shard takes ownership of).
+fn bench_million_flows(c: &mut Criterion) {
+    const FLOWS: usize = 1_000_000;
+    let pair = |f: usize| {
+        let dst = std::net::Ipv4Addr::new(10, (f >> 16) as u8, (f >> 8) as u8, f as u8);
+        let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+        let data =
+            colo_core::fixtures::udp_payload(base.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+        let p = IpFrame { dst: dst.into(), payload: data.clone(), ..base.clone() }.build();
+        let s = IpFrame { dst: dst.into(), payload: data, ip_id: 9, ttl: 63, ..base }.build();
+        (p, s)
+    };
+    let frames: Vec<(Vec<u8>, Vec<u8>)> = (0..FLOWS).map(pair).collect();
+    let cfg = Config { max_flows: 2 * FLOWS, ..Config::default() };
+    let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
+    let mut t = 0u64;
+    let feed = |shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64| {
+        *t += 1;
+        shard.handle(Side::Primary, p.clone(), Timestamp::from_nanos(*t));
+        shard.handle(Side::Secondary, s.clone(), Timestamp::from_nanos(*t));
+        let mut released = 0;
+        while let Some(a) = shard.poll_action() {
+            released += usize::from(matches!(a, colo_core::Action::Release { .. }));
+        }
+        released
+    };
+    for f in &frames {
+        assert_eq!(feed(&mut shard, f, &mut t), 1);
+    }
+    assert_eq!(shard.flow_count(), FLOWS);
+    let mut g = c.benchmark_group("udp64_1m_flows");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("matched_pair", |b| {
+        b.iter(|| {
+            i = (i + 7919) % FLOWS;
+            black_box(feed(&mut shard, &frames[i], &mut t))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_udp, bench_million_flows);
 criterion_main!(benches);
