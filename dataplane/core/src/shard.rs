@@ -891,6 +891,12 @@ impl<F: Frame> Shard<F> {
         self.flush(now);
     }
 
+    /// Shutdown (SPEC §8 SIGINT/SIGTERM): releases and drops exactly as a checkpoint
+    /// completion does, but is not counted as a checkpoint.
+    pub fn flush_for_shutdown(&mut self, now: Timestamp) {
+        self.flush(now);
+    }
+
     fn flush(&mut self, now: Timestamp) {
         self.evict_blocked = false;
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };

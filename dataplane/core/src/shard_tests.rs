@@ -996,3 +996,14 @@ fn test_tcp_over_qinq_and_ipv6_resegmented() {
         assert!(h.requests.is_empty());
     }
 }
+
+#[test]
+fn test_shutdown_flush_releases_like_a_checkpoint_but_is_not_counted_as_one() {
+    let mut h = H::new();
+    let c = Conn::default();
+    h.p(&c.data(0, b"held"), 1);
+    h.shard.flush_for_shutdown(Timestamp::from_millis(2));
+    let ev = h.drain();
+    assert_eq!(ev, vec![Ev::Rel(c.data(0, b"held"), Via::Flush)]);
+    assert_eq!(h.shard.counters().checkpoints_completed, 0);
+}

@@ -180,7 +180,7 @@ impl ShardContext {
         }
         // Shut down as on a checkpoint completion (SPEC §8): release everything held.
         let now = self.clock.now();
-        self.shard.checkpoint_done(now);
+        self.shard.flush_for_shutdown(now);
         self.apply_actions();
         while self.tx.pending() > 0 {
             if self.tx.flush() == 0 {
