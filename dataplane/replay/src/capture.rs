@@ -25,6 +25,8 @@ pub struct CapturedFrame {
 pub struct Capture {
     /// Frames in file order.
     pub frames: Vec<CapturedFrame>,
+    /// What was odd but not fatal while reading (e.g. a truncated last record).
+    pub warnings: Vec<String>,
 }
 
 impl Capture {
@@ -90,7 +92,16 @@ fn read_pcapng<R: Read>(name: &str, reader: R) -> Result<Capture, ReplayError> {
     let mut interfaces: Vec<(DataLink, u128)> = Vec::new();
     let mut cap = Capture::default();
     while let Some(block) = ng.next_block() {
-        let block = block.map_err(|e| bad(format!("bad block after frame {}: {e}", cap.frames.len())))?;
+        let block = match block {
+            Ok(b) => b,
+            Err(e) if is_truncation(&e) => {
+                let n = cap.frames.len();
+                cap.warnings
+                    .push(format!("{name}: the last block is truncated and was ignored ({n} whole frames read)"));
+                break;
+            }
+            Err(e) => return Err(bad(format!("bad block after frame {}: {e}", cap.frames.len()))),
+        };
         match block {
             Block::SectionHeader(_) => interfaces.clear(),
             Block::InterfaceDescription(idb) => {
@@ -128,6 +139,15 @@ fn read_pcapng<R: Read>(name: &str, reader: R) -> Result<Capture, ReplayError> {
     Ok(cap)
 }
 
+/// Whether a record error means the file simply ends mid-record.
+fn is_truncation(e: &pcap_file::PcapError) -> bool {
+    match e {
+        pcap_file::PcapError::IncompleteBuffer => true,
+        pcap_file::PcapError::IoError(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        _ => false,
+    }
+}
+
 /// Reads a pcap (either timestamp resolution) or pcapng file of Ethernet or Linux cooked
 /// frames.
 pub fn read_pcap(path: &Path) -> Result<Capture, ReplayError> {
@@ -151,9 +171,23 @@ pub fn read_pcap(path: &Path) -> Result<Capture, ReplayError> {
     }
     let mut cap = Capture::default();
     while let Some(pkt) = pcap.next_packet() {
-        let pkt = pkt.map_err(|e| {
-            ReplayError::BadCapture(name.clone(), format!("bad packet record after frame {}: {e}", cap.frames.len()))
-        })?;
+        let pkt = match pkt {
+            Ok(pkt) => pkt,
+            // A capture cut off mid-record (tcpdump killed, disk full): keep what is whole.
+            Err(e) if is_truncation(&e) => {
+                cap.warnings.push(format!(
+                    "{name}: the last record is truncated and was ignored ({} whole frames read)",
+                    cap.frames.len()
+                ));
+                break;
+            }
+            Err(e) => {
+                return Err(ReplayError::BadCapture(
+                    name.clone(),
+                    format!("bad packet record after frame {}: {e}", cap.frames.len()),
+                ))
+            }
+        };
         cap.push(pkt.timestamp, to_ethernet(link, pkt.data.into_owned()));
     }
     Ok(cap)
@@ -241,6 +275,21 @@ mod tests {
         w.write_pcapng_block(epb).unwrap();
         drop(w);
         assert_eq!(read_pcap(&path).unwrap().frames[0].ts, Duration::from_micros(1_500_000));
+    }
+
+    #[test]
+    fn a_truncated_last_record_keeps_the_whole_frames_with_a_warning() {
+        let path = tmp("cut.pcap");
+        let frames: Vec<CapturedFrame> =
+            (0..3u8).map(|i| CapturedFrame { ts: Duration::from_millis(u64::from(i)), data: vec![i; 60] }).collect();
+        write_pcap(&path, &Capture { frames, warnings: Vec::new() }, TsResolution::MicroSecond).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 20).unwrap();
+        let cap = read_pcap(&path).unwrap();
+        assert_eq!(cap.frames.len(), 2);
+        assert_eq!(cap.warnings.len(), 1, "{:?}", cap.warnings);
+        assert!(cap.warnings[0].contains("truncated"));
     }
 
     #[test]

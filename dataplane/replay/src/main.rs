@@ -63,6 +63,12 @@ struct Args {
     non_ip_policy: NonIpArg,
 }
 
+/// Writes to stdout; a closed stdout (`| head`) ends the output quietly instead of panicking.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -80,6 +86,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let primary = read_pcap(&args.primary)?;
     let secondary = read_pcap(&args.secondary)?;
+    for w in primary.warnings.iter().chain(&secondary.warnings) {
+        eprintln!("colo-replay: warning: {w}");
+    }
     let opts = Options {
         shards: args.shards,
         compare_timeout: Duration::from_millis(args.compare_timeout_ms),
@@ -104,12 +113,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.explain.is_some() {
         if outcome.explain.is_empty() {
-            println!("explain: no packet of that flow in either capture");
+            say("explain: no packet of that flow in either capture\n");
         }
         for line in &outcome.explain {
-            println!("{line}");
+            say(&format!("{line}\n"));
         }
     }
-    print!("{}", summary(&outcome));
+    say(&summary(&outcome));
     Ok(())
 }
