@@ -91,6 +91,11 @@ struct Client {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     closing: bool,
+    /// Requests handed out by `poll` and not answered yet: a client that half-closed after
+    /// sending (`socat`, `nc -N`) still gets its answers.
+    outstanding: usize,
+    /// Writing failed: the connection is gone.
+    broken: bool,
 }
 
 /// The listening admin socket and its clients.
@@ -129,6 +134,8 @@ impl AdminServer {
                         inbuf: Vec::new(),
                         outbuf: Vec::new(),
                         closing: false,
+                        outstanding: 0,
+                        broken: false,
                     });
                     self.next_id += 1;
                 }
@@ -139,7 +146,8 @@ impl AdminServer {
         let mut requests = Vec::new();
         for c in &mut self.clients {
             let mut buf = [0u8; 4096];
-            loop {
+            // Bounded per poll, so one client streaming bytes cannot hold up the control loop.
+            for _ in 0..(MAX_LINE / buf.len() + 1) {
                 match c.stream.read(&mut buf) {
                     Ok(0) => {
                         c.closing = true;
@@ -161,7 +169,10 @@ impl AdminServer {
                     continue;
                 }
                 match parse_request(&text) {
-                    Ok(r) => requests.push((c.id, r)),
+                    Ok(r) => {
+                        c.outstanding += 1;
+                        requests.push((c.id, r));
+                    }
                     Err(e) => push_line(&mut c.outbuf, &serde_json::json!({"ok": false, "error": e})),
                 }
             }
@@ -177,6 +188,7 @@ impl AdminServer {
     /// Queues `answer` for client `id` (ignored if it has gone).
     pub fn answer(&mut self, id: ClientId, answer: &serde_json::Value) {
         if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+            c.outstanding = c.outstanding.saturating_sub(1);
             push_line(&mut c.outbuf, answer);
         }
         self.flush();
@@ -184,30 +196,24 @@ impl AdminServer {
 
     fn flush(&mut self) {
         for c in &mut self.clients {
-            while !c.outbuf.is_empty() {
+            while !c.outbuf.is_empty() && !c.broken {
                 match c.stream.write(&c.outbuf) {
-                    Ok(0) => {
-                        c.closing = true;
-                        break;
-                    }
+                    Ok(0) => c.broken = true,
                     Ok(n) => {
                         c.outbuf.drain(..n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        c.closing = true;
-                        break;
-                    }
+                    Err(_) => c.broken = true,
                 }
             }
-            if c.outbuf.len() > 16 * MAX_LINE {
-                c.closing = true;
-            }
         }
-        // A client that closed its side still gets answers already queued: it is removed
-        // only once nothing is left to write.
-        self.clients.retain(|c| !(c.closing && (c.outbuf.is_empty() || c.outbuf.len() > 16 * MAX_LINE)));
+        // A client that closed its side still gets the answers to what it asked: it goes once
+        // nothing is owed and nothing is left to write; a broken or flooded one goes at once.
+        self.clients.retain(|c| {
+            let owed = c.outstanding > 0 || !c.outbuf.is_empty();
+            !(c.broken || c.outbuf.len() > 16 * MAX_LINE || (c.closing && !owed))
+        });
     }
 }
 

@@ -169,6 +169,11 @@ pub struct Coordinator {
     /// Until when a new connection's handshake is awaited before a pending request is sent
     /// (`None`: handshake seen or grace over, the frame may be told at once).
     init_grace_until: Option<Duration>,
+    /// When the pending `DO_CHECKPOINT` was sent (cleared by a completion, a failover or a
+    /// disconnect).
+    sent_at: Option<Duration>,
+    /// `frame_timeout` periods the current wait (no frame, or no answer) has lasted.
+    overdue: u32,
     /// When the frame was last seen connected (or start-up), for `frame_timeout`.
     frame_lost_at: Duration,
     epoch_reasons: Vec<CheckpointRequest>,
@@ -177,6 +182,8 @@ pub struct Coordinator {
     outputs: VecDeque<Output>,
     stats: CoordinatorStats,
     log_limit: LogLimit,
+    /// The latest `now` seen (the time of outputs made inside a call).
+    last_now: Duration,
 }
 
 impl Coordinator {
@@ -188,12 +195,15 @@ impl Coordinator {
             phase: Phase::Idle,
             frame_connected: false,
             init_grace_until: None,
+            sent_at: None,
+            overdue: 0,
             frame_lost_at: now,
             epoch_reasons: Vec::new(),
             next_reasons: Vec::new(),
             outputs: VecDeque::new(),
             stats: CoordinatorStats::default(),
             log_limit: LogLimit::default(),
+            last_now: now,
         }
     }
 
@@ -237,6 +247,7 @@ impl Coordinator {
 
     /// A shard asks for a checkpoint.
     pub fn on_request(&mut self, req: CheckpointRequest, now: Duration) {
+        self.last_now = self.last_now.max(now);
         *self.stats.requests_by_reason.entry(req.reason).or_default() += 1;
         if self.log_limit.allow(now) {
             let suppressed = self.log_limit.take_suppressed();
@@ -294,10 +305,14 @@ impl Coordinator {
 
     fn send_do_checkpoint(&mut self) {
         self.stats.do_checkpoint_sent += 1;
+        self.sent_at = Some(self.last_now);
+        self.overdue = 0;
         self.outputs.push_back(Output::SendToFrame(DO_CHECKPOINT));
     }
 
     fn start_flush(&mut self) {
+        self.sent_at = None;
+        self.overdue = 0;
         self.phase =
             Phase::Flushing { remaining: vec![true; self.cfg.shards], next_requested: None, flush_again: false };
         self.outputs.push_back(Output::FlushShards { epoch: self.epoch });
@@ -323,6 +338,7 @@ impl Coordinator {
     /// `COLO_COMPARE_GET_XEN_INIT` comes first — or after [`INIT_GRACE`] for frames that
     /// skip the handshake.
     pub fn on_frame_connected(&mut self, now: Duration) {
+        self.last_now = self.last_now.max(now);
         self.frame_connected = true;
         self.init_grace_until = Some(now + INIT_GRACE);
         self.stats.frame_connects += 1;
@@ -336,6 +352,8 @@ impl Coordinator {
         }
         self.frame_connected = false;
         self.init_grace_until = None;
+        self.sent_at = None;
+        self.overdue = 0;
         self.frame_lost_at = now;
         if let Phase::Requested { sent, since } = &mut self.phase {
             *sent = false;
@@ -346,6 +364,7 @@ impl Coordinator {
 
     /// A message from the frame.
     pub fn on_frame_message(&mut self, msg: FrameMessage, now: Duration) {
+        self.last_now = self.last_now.max(now);
         match msg {
             FrameMessage::ProxyInit => {
                 self.outputs.push_back(Output::SendToFrame(GET_XEN_INIT));
@@ -412,6 +431,8 @@ impl Coordinator {
         self.stats.failovers += 1;
         tracing::warn!(?target, "failover: comparison stops");
         self.phase = Phase::FailedOver(target);
+        self.sent_at = None;
+        self.overdue = 0;
         self.outputs.push_back(Output::Failover(target));
     }
 
@@ -420,31 +441,52 @@ impl Coordinator {
         if let (Some(t), Phase::Requested { sent: false, .. }) = (self.init_grace_until, &self.phase) {
             return Some(t);
         }
-        match self.phase {
-            Phase::Requested { since, sent: false } if self.cfg.on_frame_loss == FrameLossPolicy::FailoverPrimary => {
-                Some(since.max(self.frame_lost_at) + self.cfg.frame_timeout)
-            }
-            _ => None,
-        }
+        let Phase::Requested { since, sent } = self.phase else { return None };
+        // The wait started when the request had no frame to go to, or when it was sent.
+        let started = match (sent, self.sent_at) {
+            (true, Some(at)) => at,
+            _ => since.max(self.frame_lost_at),
+        };
+        Some(started + self.cfg.frame_timeout * (self.overdue + 1))
     }
 
-    /// Applies `on_frame_loss` once a checkpoint has waited `frame_timeout` without a frame.
+    /// Never waits silently (SPEC §7): every `frame_timeout` a needed checkpoint stays
+    /// unanswered is logged loudly. With `failover-primary`, comparison stops after one
+    /// `frame_timeout` without a frame, or after [`UNANSWERED_PERIODS`] of them with a frame that
+    /// was told but does not answer (a checkpoint may take a while; a dead frame must not hold
+    /// the output forever).
     pub fn handle_timeout(&mut self, now: Duration) {
+        self.last_now = self.last_now.max(now);
         if self.init_grace_until.is_some_and(|t| now >= t) {
             self.init_grace_until = None;
             self.send_pending();
         }
-        if let Some(deadline) = self.next_deadline() {
-            if now >= deadline {
-                tracing::error!(
-                    waited_ms = self.cfg.frame_timeout.as_millis() as u64,
-                    "no COLO frame answered a needed checkpoint: failing over to the primary"
-                );
-                self.on_failover(FailoverTarget::Primary, now);
-            }
+        let Some(deadline) = self.next_deadline() else { return };
+        if now < deadline || self.init_grace_until.is_some() {
+            return;
+        }
+        self.overdue += 1;
+        let Phase::Requested { sent, .. } = self.phase else { return };
+        let waited_ms = (self.cfg.frame_timeout * self.overdue).as_millis() as u64;
+        let give_up =
+            self.cfg.on_frame_loss == FrameLossPolicy::FailoverPrimary && (!sent || self.overdue >= UNANSWERED_PERIODS);
+        if give_up {
+            tracing::error!(
+                waited_ms,
+                told = sent,
+                "no COLO frame completed a needed checkpoint: failing over to the primary"
+            );
+            self.on_failover(FailoverTarget::Primary, now);
+        } else if sent {
+            tracing::error!(waited_ms, "the COLO frame has not answered DO_CHECKPOINT: primary output is held");
+        } else {
+            tracing::error!(waited_ms, "checkpoint needed but no COLO frame is connected: primary output is held");
         }
     }
 }
+
+/// `frame_timeout` periods a told-but-silent frame gets before `failover-primary` applies.
+pub const UNANSWERED_PERIODS: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -591,11 +633,34 @@ mod tests {
     }
 
     #[test]
+    fn a_told_frame_that_never_answers_is_failed_over_after_three_periods() {
+        let mut c = connected(1);
+        c.on_request(req(0, "tcp-payload-mismatch"), ms(100));
+        assert_eq!(drain(&mut c), vec![Output::SendToFrame(DO_CHECKPOINT)]);
+        assert_eq!(c.next_deadline(), Some(ms(5100)));
+        c.handle_timeout(ms(5100));
+        c.handle_timeout(ms(10_100));
+        assert!(drain(&mut c).is_empty(), "still waiting, loudly");
+        assert_eq!(c.next_deadline(), Some(ms(15_100)));
+        c.handle_timeout(ms(15_100));
+        assert_eq!(drain(&mut c), vec![Output::Failover(FailoverTarget::Primary)]);
+    }
+
+    #[test]
+    fn an_answer_in_time_cancels_the_wait() {
+        let mut c = connected(1);
+        c.on_request(req(0, "tcp-payload-mismatch"), ms(100));
+        drain(&mut c);
+        c.on_checkpoint_done(ms(4000));
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
     fn hold_policy_keeps_waiting() {
         let cfg = CoordinatorConfig { on_frame_loss: FrameLossPolicy::Hold, ..Default::default() };
         let mut c = Coordinator::new(cfg, ms(0));
         c.on_request(req(0, "queue-overflow"), ms(1));
-        assert_eq!(c.next_deadline(), None);
+        assert_eq!(c.next_deadline(), Some(ms(5001)), "a deadline to log at, not to give up");
         c.handle_timeout(ms(60_000));
         assert!(drain(&mut c).is_empty());
         assert!(c.checkpoint_pending());

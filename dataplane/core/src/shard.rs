@@ -493,17 +493,39 @@ impl<F: Frame> Shard<F> {
     /// Changes `max_queue_size`; the hard limit stays at least four times it.
     pub fn set_max_queue_size(&mut self, n: usize) {
         self.cfg.max_queue_size = n.max(1);
-        self.cfg.hard_queue_limit = self.cfg.hard_queue_limit.max(4 * self.cfg.max_queue_size);
+        self.cfg.hard_queue_limit = self.cfg.hard_queue_limit.max(self.cfg.max_queue_size.saturating_mul(4));
     }
 
     /// Up to `limit` flows with the most held frames first (the admin socket's `flows`).
     /// Allocates: for the control path only, never per packet.
     pub fn flows_by_held(&self, limit: usize) -> Vec<(FlowKey, FlowStatus)> {
-        let mut all: Vec<(FlowKey, FlowStatus)> =
-            self.map.iter().filter_map(|(k, slot)| self.status_of(*slot).map(|st| (k.0, st))).collect();
-        all.sort_by_key(|(_, st)| std::cmp::Reverse(st.held_primary + st.held_secondary));
-        all.truncate(limit);
-        all
+        // A bounded min-heap of the `limit` fullest flows: O(flows · log limit) time and
+        // O(limit) memory, so a large table does not stall the shard's lcore for long.
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut top: BinaryHeap<Reverse<(usize, u32)>> = BinaryHeap::with_capacity(limit + 1);
+        for &slot in self.map.values() {
+            let Some(st) = self.status_of(slot) else { continue };
+            let held = st.held_primary + st.held_secondary;
+            if top.len() < limit {
+                top.push(Reverse((held, slot)));
+            } else if top.peek().is_some_and(|Reverse((least, _))| held > *least) {
+                top.pop();
+                top.push(Reverse((held, slot)));
+            }
+        }
+        let mut out: Vec<(FlowKey, FlowStatus)> = top
+            .into_iter()
+            .filter_map(|Reverse((_, slot))| {
+                let key = self.slots.get(slot as usize)?.flow.as_ref()?.key;
+                self.status_of(slot).map(|st| (key, st))
+            })
+            .collect();
+        out.sort_by_key(|(_, st)| Reverse(st.held_primary + st.held_secondary));
+        out
     }
 
     /// Counters and gauges (SPEC §10).

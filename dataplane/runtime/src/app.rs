@@ -105,7 +105,9 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     }
 
     let mbufs = cfg.mbufs.unwrap_or_else(|| pool_size(cfg.shards));
-    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, 256, 2048 + 128).map_err(|e| {
+    // DPDK wants the per-lcore cache well below the pool size.
+    let cache = (mbufs / 16).min(256);
+    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, 2048 + 128).map_err(|e| {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
 
@@ -151,7 +153,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let mut contexts = Vec::new();
     let shard_cfg = ShardConfig {
         max_queue_size: cfg.max_queue_size,
-        hard_queue_limit: 4 * cfg.max_queue_size,
+        hard_queue_limit: cfg.max_queue_size.saturating_mul(4),
         mode: Mode::Compare,
         non_ip_policy: match cfg.non_ip_policy {
             NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
@@ -200,6 +202,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             shared: shared.clone(),
             published: publ,
             pool: pool.clone(),
+            shards: cfg.shards,
         });
     }
     let tx = if per_shard_tx {
@@ -270,7 +273,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     }
 
     let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock, local_io)?;
-    let mut summary = control.run(cfg)?;
+    let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
 
     for h in io_handles {
         if let Err(p) = h.join() {
@@ -328,7 +331,9 @@ struct ControlLoop {
 /// A `flows` admin request being gathered from the shards.
 struct PendingFlows {
     request: u64,
-    client: ClientId,
+    /// Every client waiting: requests arriving while one round is out join it, so a
+    /// polling script cannot queue report after report on the shards.
+    clients: Vec<ClientId>,
     replies: Vec<Option<Vec<FlowRow>>>,
 }
 
@@ -479,10 +484,14 @@ impl ControlLoop {
         }
     }
 
-    fn run(mut self, cfg: &RunConfig) -> Result<RunSummary, String> {
+    fn run(mut self, cfg: &RunConfig, watch: &LcoreWatch<'_>) -> Result<RunSummary, String> {
         let mut server_events = Vec::new();
         let mut final_counters: Vec<Option<Counters>> = vec![None; self.commands.len()];
         loop {
+            // Lcores leave their loops only when told to: one that has finished died.
+            if watch.io.iter().chain(watch.shards).any(|h| h.is_finished()) {
+                lcore_died("while running");
+            }
             self.pump_events(&mut final_counters);
             if let Some(server) = &mut self.server {
                 server_events.clear();
@@ -536,8 +545,14 @@ impl ControlLoop {
             self.backlog[i].push_back(ShardCommand::Stop);
         }
         while final_counters.iter().any(Option::is_none) {
+            // A shard reports `Stopped` before it returns: one found finished (looked at
+            // before the events are read) without that report died.
+            let finished: Vec<bool> = watch.shards.iter().map(|h| h.is_finished()).collect();
             self.push_backlog();
             self.pump_events(&mut final_counters);
+            if finished.iter().zip(&final_counters).any(|(done, report)| *done && report.is_none()) {
+                lcore_died("during shutdown");
+            }
             self.apply_outputs();
             self.idle(Duration::from_micros(100));
         }
@@ -623,12 +638,20 @@ impl ControlLoop {
                 }
                 AdminRequest::Flows => {
                     // Answered once every shard has reported (see pump_events).
+                    if let Some(p) = self.pending_flows.first_mut() {
+                        p.clients.push(client);
+                        continue;
+                    }
                     let request = self.next_request;
                     self.next_request += 1;
                     for q in &mut self.backlog {
                         q.push_back(ShardCommand::ReportFlows { request, limit: FLOWS_LIMIT });
                     }
-                    self.pending_flows.push(PendingFlows { request, client, replies: vec![None; self.commands.len()] });
+                    self.pending_flows.push(PendingFlows {
+                        request,
+                        clients: vec![client],
+                        replies: vec![None; self.commands.len()],
+                    });
                     continue;
                 }
                 AdminRequest::Set { key, value } => self.apply_setting(&key, &value),
@@ -649,13 +672,13 @@ impl ControlLoop {
         let number = value.trim().parse::<u64>().ok().filter(|&n| n > 0);
         let command = match (key, number) {
             ("compare_timeout_ms", Some(ms)) => Some(ShardCommand::SetCompareTimeout(Duration::from_millis(ms))),
-            ("max_queue_size", Some(n)) => Some(ShardCommand::SetMaxQueueSize(n as usize)),
+            ("max_queue_size", Some(n)) if n <= 1 << 24 => Some(ShardCommand::SetMaxQueueSize(n as usize)),
             ("frame_timeout_ms", Some(ms)) => {
                 self.coordinator.set_frame_timeout(Duration::from_millis(ms));
                 None
             }
-            ("compare_timeout_ms" | "max_queue_size" | "frame_timeout_ms", None) => {
-                return serde_json::json!({"ok": false, "error": format!("{key} needs a whole number above 0, not {value:?}")})
+            ("compare_timeout_ms" | "max_queue_size" | "frame_timeout_ms", _) => {
+                return serde_json::json!({"ok": false, "error": format!("{key} needs a whole number above 0 (max_queue_size at most 16777216), not {value:?}")})
             }
             _ => {
                 return serde_json::json!({"ok": false, "error": format!(
@@ -697,7 +720,10 @@ impl ControlLoop {
                         all.sort_by_key(|f| std::cmp::Reverse(f.held_primary + f.held_secondary));
                         all.truncate(FLOWS_LIMIT);
                         if let Some(admin) = &mut self.admin {
-                            admin.answer(done.client, &serde_json::json!({"ok": true, "flows": all}));
+                            let answer = serde_json::json!({"ok": true, "flows": all});
+                            for client in done.clients {
+                                admin.answer(client, &answer);
+                            }
                         }
                     }
                 }
@@ -747,6 +773,20 @@ impl ControlLoop {
             }
         }
     }
+}
+
+/// The launched lcores, watched by the control loop.
+struct LcoreWatch<'a> {
+    io: &'a [dpdk::JoinHandle<()>],
+    shards: &'a [dpdk::JoinHandle<()>],
+}
+
+/// A dead lcore (a panic, already printed by the panic hook) would leave frames stuck in its
+/// rings and the shutdown waiting forever: say so and leave at once, so the COLO frame sees
+/// its socket close. Destructors are skipped on purpose: other lcores still poll the ports.
+fn lcore_died(stage: &str) -> ! {
+    eprintln!("colo-dataplane: an lcore stopped unexpectedly {stage} (see the panic above); exiting");
+    std::process::exit(70);
 }
 
 /// The final statistics as JSON (`--stats-json`), with the accounting check.

@@ -255,8 +255,17 @@ impl RunConfig {
         if self.compare_timeout.is_zero() {
             return Err("--compare-timeout-ms must be above 0".into());
         }
-        if self.max_queue_size == 0 {
-            return Err("--max-queue-size must be above 0".into());
+        if self.max_queue_size == 0 || self.max_queue_size > 1 << 24 {
+            return Err(format!("--max-queue-size must be between 1 and {}, not {}", 1 << 24, self.max_queue_size));
+        }
+        if self.exit_when_idle.is_some_and(|d| d.is_zero()) {
+            return Err("--exit-when-idle-ms must be above 0".into());
+        }
+        if self.mbufs.is_some_and(|n| n < 512) {
+            return Err("--mbufs must be at least 512".into());
+        }
+        if self.frame_timeout.is_zero() {
+            return Err("--frame-timeout-ms must be above 0".into());
         }
         let mut named = vec![("primary", &self.primary), ("secondary", &self.secondary), ("output", &self.output)];
         if let Some(c) = &self.client {

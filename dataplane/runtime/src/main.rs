@@ -75,7 +75,7 @@ fn real_main() -> i32 {
     let _ = writeln!(
         std::io::stdout(),
         "colo-dataplane: primary in {} | released {} (match {}, retransmission {}, flush {}, passthrough {}) | \
-         secondary in {} | checkpoints requested {} completed {} | accounting {}",
+         secondary in {} | checkpoint requests {} -> DO_CHECKPOINT {} | checkpoints completed {} | accounting {}",
         t.primary_in,
         t.released_total(),
         t.released[0],
@@ -84,6 +84,7 @@ fn real_main() -> i32 {
         t.released[3],
         t.secondary_in,
         summary.coordinator.requests_by_reason.values().sum::<u64>(),
+        summary.coordinator.do_checkpoint_sent,
         summary.coordinator.checkpoints_completed,
         match t.check_accounting() {
             Ok(()) => "ok".to_string(),

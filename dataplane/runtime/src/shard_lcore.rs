@@ -81,6 +81,8 @@ pub struct ShardContext {
     pub published: Arc<ArrayQueue<Counters>>,
     /// The packet pool, watched for exhaustion (SPEC §6 `resource-pressure`).
     pub pool: dpdk::Mempool,
+    /// Number of shards sharing the pool.
+    pub shards: usize,
 }
 
 /// Below this fraction of free mbufs a shard asks for a checkpoint, whose flush returns the
@@ -111,7 +113,12 @@ impl ShardContext {
             if now >= next_pressure_check {
                 next_pressure_check = now.saturating_add(PRESSURE_EVERY);
                 let (free, size) = (self.pool.available(), self.pool.capacity());
-                if free < size / POOL_LOW_WATER_DIVISOR {
+                let c = self.shard.counters();
+                let held = c.held_primary_frames + c.held_secondary_frames;
+                // Only a shard holding its share of the shortage asks: if the mbufs sit in TX
+                // backlogs (output slower than the guests) a flush would free nothing.
+                let share = u64::from(size / POOL_LOW_WATER_DIVISOR) / self.shards.max(1) as u64;
+                if free < size / POOL_LOW_WATER_DIVISOR && held >= share {
                     // One request per epoch at most (the core aggregates); the detail is only
                     // formatted here, once a millisecond at worst.
                     self.shard.resource_pressure(&format!("mbuf pool: {free} of {size} free"), now);

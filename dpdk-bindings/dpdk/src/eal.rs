@@ -23,6 +23,13 @@ struct EalGuard;
 
 impl Drop for EalGuard {
     fn drop(&mut self) {
+        // Waiting for every worker from a worker would wait for itself forever: only the
+        // main lcore cleans up; elsewhere the EAL is left for process exit.
+        // SAFETY: plain reads of EAL's lcore configuration.
+        let (me, main) = unsafe { (dpdk_sys::rte_lcore_id(), dpdk_sys::rte_get_main_lcore()) };
+        if me != main {
+            return;
+        }
         // SAFETY: the last handle is gone, so no mempool or port of ours is alive (each holds a
         // handle); workers are waited for first so none runs on freed memory.
         unsafe {

@@ -131,6 +131,7 @@ struct PortInner {
     rx_claimed: Mutex<Vec<bool>>,
     tx_claimed: Mutex<Vec<bool>>,
     started: Mutex<bool>,
+    _rss_key: Box<[u8]>,
     // Keep the RX pool and the EAL alive while the device may still hand out their mbufs.
     _pool: Mempool,
     _eal: Eal,
@@ -252,6 +253,14 @@ impl Port {
             Some(rss) => {
                 let a = Self::usable_rss(&infos[0], rss)?;
                 let b = Self::usable_rss(&infos[1], rss)?;
+                if infos[0].reta_size != infos[1].reta_size {
+                    // queue = RETA[hash % reta_size]: different sizes would send the two
+                    // copies of a flow to different queues.
+                    return Err(Error::Invalid(format!(
+                        "{} and {} have different RSS redirection tables ({} vs {} entries): use software dispatch",
+                        infos[0].name, infos[1].name, infos[0].reta_size, infos[1].reta_size
+                    )));
+                }
                 let both = a & b;
                 if both == 0 {
                     return Err(Error::Invalid(format!(
@@ -296,9 +305,10 @@ impl Port {
                 info.name, info.max_rx_queues, info.max_tx_queues, cfg.rx_queues, cfg.tx_queues
             )));
         }
-        // The key must outlive rte_eth_dev_configure only; its length is the device's.
+        // ethdev keeps the key pointer in its copy of the configuration and some PMDs read it
+        // again at start: the key lives as long as the port (`PortInner::_rss_key`).
         let key_len = if info.hash_key_size == 0 { 40 } else { usize::from(info.hash_key_size) };
-        let mut key: Vec<u8> = (0..key_len).map(|i| SYMMETRIC_RSS_KEY[i % 2]).collect();
+        let mut key: Box<[u8]> = (0..key_len).map(|i| SYMMETRIC_RSS_KEY[i % 2]).collect();
         let mut conf = dpdk_sys::rte_eth_conf::default();
         if let Some(hf) = rss_hf {
             conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
@@ -306,7 +316,7 @@ impl Port {
             conf.rx_adv_conf.rss_conf.rss_key_len = key_len as u8;
             conf.rx_adv_conf.rss_conf.rss_hf = hf;
         }
-        // SAFETY: conf is a fully initialised rte_eth_conf and key outlives the call.
+        // SAFETY: conf is a fully initialised rte_eth_conf; the key is kept with the port.
         check("rte_eth_dev_configure", unsafe {
             dpdk_sys::rte_eth_dev_configure(id.0, cfg.rx_queues, cfg.tx_queues, &conf)
         })?;
@@ -347,6 +357,7 @@ impl Port {
                 rx_claimed: Mutex::new(vec![false; usize::from(cfg.rx_queues)]),
                 tx_claimed: Mutex::new(vec![false; usize::from(cfg.tx_queues)]),
                 started: Mutex::new(true),
+                _rss_key: key,
                 _pool: pool.clone(),
                 _eal: eal.clone(),
             }),
