@@ -323,3 +323,23 @@ fn one_rx_lcore_per_guest_port_when_lcores_allow() {
     assert_eq!(run.stats["total"]["released"]["match"], primary.len(), "{}", run.stats["total"]);
     assert_eq!(run.stats["total"]["accounting"], "ok");
 }
+
+/// Control sockets are opened before any port starts: a bad --admin path is a one-line error
+/// and no frame has been taken from a device (the output pcap stays empty).
+#[test]
+fn a_bad_admin_path_fails_before_any_traffic() {
+    let dir = scratch_dir("dp-bad-admin");
+    let (primary, secondary) = resegmented_flows(3, 2);
+    colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+    colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+    std::fs::write(dir.join("not-a-socket"), b"keep me").unwrap();
+    let mut cmd = colo_suite::dataplane_command(&dir, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--admin"]).arg(dir.join("not-a-socket"));
+    let run = colo_suite::collect_run(&dir, cmd);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("cannot listen on --admin"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    assert!(run.output.is_empty(), "no traffic before the sockets are ready");
+    assert_eq!(std::fs::read(dir.join("not-a-socket")).unwrap(), b"keep me");
+}

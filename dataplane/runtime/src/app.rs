@@ -45,6 +45,8 @@ pub struct RunSummary {
     pub coordinator: colo_control::coordinator::CoordinatorStats,
     /// Device counters: (role, name, stats).
     pub ports: Vec<(String, String, dpdk::PortStats)>,
+    /// Released frames freed at shutdown because the output device would not take them.
+    pub tx_abandoned_at_shutdown: u64,
 }
 
 /// Mbufs needed: descriptors of every queue, the dispatch and TX rings, and the comparison
@@ -92,6 +94,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         }
     }
 
+    let endpoints = ControlEndpoints::open(cfg)?;
+
     let workers = dpdk::worker_lcores();
     if workers.len() < cfg.shards {
         return Err(format!(
@@ -119,6 +123,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         Port::info(eal, secondary_id).map_err(|e| format!("--secondary: {e}"))?,
     ];
     let hw_rss = cfg.shards > 1
+        && guest_infos[0].reta_size == guest_infos[1].reta_size
         && guest_infos
             .iter()
             .all(|i| i.rss_offloads & dpdk::sys::RTE_ETH_RSS_IP != 0 && usize::from(i.max_rx_queues) >= cfg.shards);
@@ -272,7 +277,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
 
-    let control = ControlLoop::new(cfg, commands, published, events, shared.clone(), clock, local_io)?;
+    let links = ShardLinks { commands, published, events };
+    let control = ControlLoop::new(cfg, links, shared.clone(), clock, local_io, endpoints)?;
     let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
 
     for h in io_handles {
@@ -285,6 +291,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             return Err(format!("a shard lcore panicked: {}", panic_text(&p)));
         }
     }
+    summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
     for (role, port) in [("primary", &primary), ("secondary", &secondary), ("output", &output)] {
         if let Ok(stats) = port.stats() {
             summary.ports.push((role.to_string(), port.name(), stats));
@@ -368,16 +375,25 @@ fn telemetry_entries(total: &Counters, coord: &colo_control::coordinator::Coordi
     v
 }
 
-impl ControlLoop {
-    fn new(
-        cfg: &RunConfig,
-        commands: Vec<Arc<ArrayQueue<ShardCommand>>>,
-        published: Vec<Arc<ArrayQueue<Counters>>>,
-        events: Arc<ArrayQueue<ShardEvent>>,
-        shared: Arc<Shared>,
-        clock: TscClock,
-        local_io: Option<IoContext>,
-    ) -> Result<Self, String> {
+/// The control thread's ends of the shards' lock-free queues.
+struct ShardLinks {
+    commands: Vec<Arc<ArrayQueue<ShardCommand>>>,
+    published: Vec<Arc<ArrayQueue<Counters>>>,
+    events: Arc<ArrayQueue<ShardEvent>>,
+}
+
+/// The control plane's sockets and the signal flag, opened before any port starts so that a
+/// start-up failure (socket path in use, port taken) or an early SIGTERM never strands frames
+/// already taken from a device.
+struct ControlEndpoints {
+    admin: Option<AdminServer>,
+    server: Option<FrameServer>,
+    terminate: Arc<AtomicBool>,
+    mode: CheckpointMode,
+}
+
+impl ControlEndpoints {
+    fn open(cfg: &RunConfig) -> Result<Self, String> {
         let admin = match &cfg.admin {
             Some(path) => Some(
                 AdminServer::bind(path, cfg.socket_permissions())
@@ -409,6 +425,26 @@ impl ControlLoop {
                 )
             }
         };
+        let terminate = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, terminate.clone())
+                .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        }
+        Ok(ControlEndpoints { admin, server, terminate, mode })
+    }
+}
+
+impl ControlLoop {
+    fn new(
+        cfg: &RunConfig,
+        links: ShardLinks,
+        shared: Arc<Shared>,
+        clock: TscClock,
+        local_io: Option<IoContext>,
+        endpoints: ControlEndpoints,
+    ) -> Result<Self, String> {
+        let ControlEndpoints { admin, server, terminate, mode } = endpoints;
+        let ShardLinks { commands, published, events } = links;
         let coordinator = Coordinator::new(
             CoordinatorConfig {
                 shards: commands.len(),
@@ -421,11 +457,6 @@ impl ControlLoop {
             },
             Duration::ZERO,
         );
-        let terminate = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, terminate.clone())
-                .map_err(|e| format!("cannot install signal handler: {e}"))?;
-        }
         let backlog = vec![Default::default(); commands.len()];
         let telemetry: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
         let snapshot = telemetry.clone();
@@ -557,16 +588,18 @@ impl ControlLoop {
             self.idle(Duration::from_micros(100));
         }
         if let Some((io, _)) = &mut self.local_io {
-            while !io.finished() {
-                io.drain_tx();
-            }
+            io.finish_tx();
+        }
+        let abandoned = self.shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
+        if abandoned > 0 {
+            tracing::error!(frames = abandoned, "the output device did not take the last released frames; freed them");
         }
         let shards: Vec<Counters> = final_counters.into_iter().map(Option::unwrap_or_default).collect();
         let mut total = Counters::default();
         for c in &shards {
             total.merge(c);
         }
-        Ok(RunSummary { total, shards, coordinator: self.coordinator.stats().clone(), ports: Vec::new() })
+        Ok(RunSummary { total, shards, coordinator: self.coordinator.stats().clone(), ..RunSummary::default() })
     }
 
     /// Reads the shards' latest published counters and updates the telemetry snapshot.
@@ -612,7 +645,7 @@ impl ControlLoop {
                         total,
                         shards: self.live.clone(),
                         coordinator: self.coordinator.stats().clone(),
-                        ports: Vec::new(),
+                        ..RunSummary::default()
                     };
                     let mut v = summary_json(&summary);
                     v["ok"] = true.into();
@@ -842,6 +875,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
             "frame_connects": s.coordinator.frame_connects,
             "failovers": s.coordinator.failovers,
         },
+        "tx_abandoned_at_shutdown": s.tx_abandoned_at_shutdown,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
             "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,

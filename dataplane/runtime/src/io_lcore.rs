@@ -60,6 +60,20 @@ impl TxDrain {
         sent
     }
 
+    /// Frees everything still waiting (shutdown with a stuck device); returns how many.
+    pub fn discard(&mut self) -> usize {
+        let mut n = 0;
+        while self.batch.pop_front().is_some() {
+            n += 1;
+        }
+        for ring in &mut self.rings {
+            while ring.pop().is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Whether nothing is waiting anywhere.
     pub fn is_idle(&self) -> bool {
         self.batch.is_empty() && self.rings.iter().all(|r| r.is_empty())
@@ -107,8 +121,23 @@ impl IoContext {
         if self.tx.is_none() {
             return; // a receive-only lcore is done once its input is dispatched
         }
+        self.finish_tx();
+    }
+
+    /// After RX stopped: drains TX until every shard has stopped and nothing is left, giving
+    /// a stuck output device [`crate::SHUTDOWN_TX_GRACE`] after the last shard stopped.
+    pub fn finish_tx(&mut self) {
+        let mut give_up: Option<std::time::Instant> = None;
         while !self.finished() {
             if self.drain_tx() == 0 {
+                if self.shared.shards_stopped.load(Ordering::Acquire) == self.shards {
+                    let t = *give_up.get_or_insert_with(|| std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE);
+                    if std::time::Instant::now() >= t {
+                        let n = self.tx.as_mut().map_or(0, TxDrain::discard) as u64;
+                        self.shared.tx_abandoned_at_shutdown.fetch_add(n, Ordering::Relaxed);
+                        return;
+                    }
+                }
                 std::thread::yield_now();
             }
         }

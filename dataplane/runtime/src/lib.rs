@@ -30,7 +30,13 @@ pub struct Shared {
     pub shards_stopped: AtomicUsize,
     /// TSC of the last received burst (for `--exit-when-idle-ms`).
     pub last_rx_tsc: AtomicU64,
+    /// Released frames the output device still had not taken [`SHUTDOWN_TX_GRACE`] into the
+    /// shutdown: freed and counted instead of hanging the exit.
+    pub tx_abandoned_at_shutdown: AtomicU64,
 }
+
+/// How long shutdown waits for the output device to take the last released frames.
+pub const SHUTDOWN_TX_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Shared {
     /// Whether every receiving lcore has stopped and dispatched what it received.

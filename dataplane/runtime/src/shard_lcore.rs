@@ -189,8 +189,14 @@ impl ShardContext {
         let now = self.clock.now();
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
+        let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
         while self.tx.pending() > 0 {
             if self.tx.flush() == 0 {
+                if std::time::Instant::now() >= give_up {
+                    let n = self.tx.discard() as u64;
+                    self.shared.tx_abandoned_at_shutdown.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
                 std::thread::yield_now();
             }
         }

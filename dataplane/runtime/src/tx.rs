@@ -84,6 +84,18 @@ impl Transmitter {
         }
     }
 
+    /// Frees every frame not yet handed on (shutdown with a stuck device); returns how many.
+    pub fn discard(&mut self) -> usize {
+        let mut n = self.backlog.len();
+        self.backlog.clear();
+        if let TxPath::Queue { batch, .. } = &mut self.path {
+            while batch.pop_front().is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Frames not yet handed to the device or the ring.
     pub fn pending(&self) -> usize {
         let in_batch = match &self.path {
