@@ -119,8 +119,13 @@ pub struct FrameServer {
 const MAX_OUTBOX: usize = 64 * 1024;
 
 /// Binds a Unix socket with `perms` applied before it becomes visible at `path`: it is bound
-/// under a temporary name in the same directory, given its mode and owner, then renamed.
+/// inside a private (0700) directory next to `path`, given its mode and owner there — where
+/// nobody else can reach it — then renamed into place. A regular file at `path` is refused; a
+/// stale socket is replaced.
 pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -132,21 +137,25 @@ pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<Uni
         // A stale socket from an earlier run.
         std::fs::remove_file(path)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = parent.join(format!(".colo-sock-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let tmp = private.join("socket");
     let result = (|| {
+        let listener = UnixListener::bind(&tmp)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(perms.mode))?;
         if perms.owner.is_some() || perms.group.is_some() {
-            std::os::unix::fs::chown(&tmp, perms.owner, perms.group)?;
+            std::os::unix::fs::lchown(&tmp, perms.owner, perms.group)?;
         }
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(listener)
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&private);
+    result
 }
 
 impl FrameServer {
