@@ -113,6 +113,7 @@ pub struct FrameServer {
     conn: Option<Conn>,
     decoder: Decoder,
     outbox: Vec<u8>,
+    last_accept_warning: Option<std::time::Instant>,
 }
 
 /// Largest amount of unsent output kept for a slow frame before it is disconnected.
@@ -173,7 +174,7 @@ impl FrameServer {
                 Listener::Tcp(l)
             }
         };
-        Ok(FrameServer { listener, conn: None, decoder: Decoder::new(), outbox: Vec::new() })
+        Ok(FrameServer { listener, conn: None, decoder: Decoder::new(), outbox: Vec::new(), last_accept_warning: None })
     }
 
     /// The bound TCP address (useful with port 0), if TCP.
@@ -236,6 +237,9 @@ impl FrameServer {
     /// Accepts, reads, decodes and writes what is ready, without blocking; appends what
     /// happened to `events`.
     pub fn poll(&mut self, events: &mut Vec<ServerEvent>) {
+        // What the current connection already sent counts (a COLO_CHECKPOINT must not be lost
+        // to a reconnect), so it is read first.
+        self.read_ready(events);
         // A new connection replaces the current one: a frame that restarted may reconnect
         // before its old connection is seen closed.
         match self.accept() {
@@ -243,11 +247,18 @@ impl FrameServer {
                 self.disconnect("replaced by a new frame connection".into(), events);
                 self.conn = Some(conn);
                 events.push(ServerEvent::Connected);
+                self.read_ready(events);
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "accept on the frame socket failed"),
+            Err(e) => {
+                // A persistent failure (EMFILE) would repeat every poll: once a second is enough.
+                let now = std::time::Instant::now();
+                if self.last_accept_warning.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, "accept on the frame socket failed");
+                    self.last_accept_warning = Some(now);
+                }
+            }
         }
-        self.read_ready(events);
         self.write_ready(events);
     }
 
