@@ -23,7 +23,7 @@ use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
 use crate::io_lcore::{IoContext, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
-use crate::shard_lcore::{ShardContext, ShardInput};
+use crate::shard_lcore::{Outlets, ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
 use crate::Shared;
 
@@ -199,10 +199,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             id,
             shard: Shard::new(shard_cfg.clone()),
             input,
-            tx: Transmitter::new(path),
+            out: Outlets { tx: Transmitter::new(path), events: events.clone(), unsent_events: Default::default() },
             commands: cmd,
-            events: events.clone(),
-            unsent_events: Default::default(),
             clock,
             shared: shared.clone(),
             published: publ,

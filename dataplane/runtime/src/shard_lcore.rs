@@ -65,14 +65,10 @@ pub struct ShardContext {
     pub shard: Shard<HeldFrame>,
     /// Where this shard's frames come from.
     pub input: ShardInput,
-    /// Released frames out.
-    pub tx: Transmitter,
+    /// Where actions go: released frames to TX, requests to the control thread.
+    pub out: Outlets,
     /// Commands from the control thread.
     pub commands: Arc<ArrayQueue<ShardCommand>>,
-    /// Events to the control thread.
-    pub events: Arc<ArrayQueue<ShardEvent>>,
-    /// Events the queue had no room for yet (kept in order, never lost).
-    pub unsent_events: VecDeque<ShardEvent>,
     /// The clock.
     pub clock: TscClock,
     /// Flags shared with the control thread.
@@ -174,7 +170,7 @@ impl ShardContext {
                     }
                 }
             }
-            self.tx.flush();
+            self.out.tx.flush();
             self.retry_events();
             // The dispatcher has stopped before Stop is sent, so empty rings mean all input
             // has been handled.
@@ -190,10 +186,10 @@ impl ShardContext {
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
         let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
-        while self.tx.pending() > 0 {
-            if self.tx.flush() == 0 {
+        while self.out.tx.pending() > 0 {
+            if self.out.tx.flush() == 0 {
                 if std::time::Instant::now() >= give_up {
-                    let n = self.tx.discard() as u64;
+                    let n = self.out.tx.discard() as u64;
                     self.shared.tx_abandoned_at_shutdown.fetch_add(n, Ordering::Relaxed);
                     break;
                 }
@@ -203,7 +199,7 @@ impl ShardContext {
         let counters = Box::new(self.shard.counters().clone());
         self.published.force_push((*counters).clone());
         self.send_event(ShardEvent::Stopped { shard: self.id, counters });
-        while !self.unsent_events.is_empty() {
+        while !self.out.unsent_events.is_empty() {
             self.retry_events();
             std::thread::yield_now();
         }
@@ -221,16 +217,7 @@ impl ShardContext {
                 while n < BURST_SIZE {
                     let Ok(m) = ring.pop() else { break };
                     n += 1;
-                    handle_one(
-                        &mut self.shard,
-                        side,
-                        m,
-                        now,
-                        self.id,
-                        &mut self.tx,
-                        &self.events,
-                        &mut self.unsent_events,
-                    );
+                    self.out.handle_one(&mut self.shard, self.id, side, m, now);
                 }
             }
             ShardInput::Queues { primary, secondary, burst } => {
@@ -247,16 +234,7 @@ impl ShardContext {
                     self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
                 }
                 for m in burst.by_ref() {
-                    handle_one(
-                        &mut self.shard,
-                        side,
-                        m,
-                        now,
-                        self.id,
-                        &mut self.tx,
-                        &self.events,
-                        &mut self.unsent_events,
-                    );
+                    self.out.handle_one(&mut self.shard, self.id, side, m, now);
                 }
             }
         }
@@ -265,16 +243,52 @@ impl ShardContext {
 
     fn apply_actions(&mut self) {
         while let Some(action) = self.shard.poll_action() {
-            apply(action, self.id, &mut self.tx, &self.events, &mut self.unsent_events);
+            self.out.apply(action, self.id);
         }
     }
 
     fn send_event(&mut self, ev: ShardEvent) {
-        if self.unsent_events.is_empty() {
-            if let Err(ev) = self.events.push(ev) {
-                self.unsent_events.push_back(ev);
-            }
-        } else {
+        self.out.send_event(ev);
+    }
+
+    fn retry_events(&mut self) {
+        self.out.retry_events();
+    }
+}
+
+/// A shard's outputs: its transmitter and its (never lossy) event path to the control thread.
+pub struct Outlets {
+    /// Released frames out.
+    pub tx: Transmitter,
+    /// Events to the control thread.
+    pub events: Arc<ArrayQueue<ShardEvent>>,
+    /// Events the queue had no room for yet (kept in order, never lost).
+    pub unsent_events: VecDeque<ShardEvent>,
+}
+
+impl Outlets {
+    /// Hands one frame to the comparator and carries out its actions at once: released
+    /// frames leave in order, and held frames never wait behind a burst.
+    fn handle_one(&mut self, shard: &mut Shard<HeldFrame>, id: usize, side: Side, m: Mbuf, now: colo_core::Timestamp) {
+        shard.handle(side, HeldFrame(m), now);
+        while let Some(action) = shard.poll_action() {
+            self.apply(action, id);
+        }
+    }
+
+    fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
+        match action {
+            Action::Release { frame, .. } => self.tx.push(frame.0),
+            // Dropping the handle frees the mbuf; the shard has counted it by reason.
+            Action::Drop { frame, .. } => drop(frame),
+            Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request }),
+        }
+    }
+
+    fn send_event(&mut self, ev: ShardEvent) {
+        if !self.unsent_events.is_empty() {
+            self.unsent_events.push_back(ev);
+        } else if let Err(ev) = self.events.push(ev) {
             self.unsent_events.push_back(ev);
         }
     }
@@ -284,47 +298,6 @@ impl ShardContext {
             if let Err(ev) = self.events.push(ev) {
                 self.unsent_events.push_front(ev);
                 break;
-            }
-        }
-    }
-}
-
-/// Hands one frame to the comparator and carries out its actions at once: released frames
-/// leave in order, and held frames never wait behind a burst.
-#[allow(clippy::too_many_arguments)]
-fn handle_one(
-    shard: &mut Shard<HeldFrame>,
-    side: Side,
-    m: Mbuf,
-    now: colo_core::Timestamp,
-    id: usize,
-    tx: &mut Transmitter,
-    events: &ArrayQueue<ShardEvent>,
-    unsent: &mut VecDeque<ShardEvent>,
-) {
-    shard.handle(side, HeldFrame(m), now);
-    while let Some(action) = shard.poll_action() {
-        apply(action, id, tx, events, unsent);
-    }
-}
-
-fn apply(
-    action: Action<HeldFrame>,
-    shard: usize,
-    tx: &mut Transmitter,
-    events: &ArrayQueue<ShardEvent>,
-    unsent: &mut VecDeque<ShardEvent>,
-) {
-    match action {
-        Action::Release { frame, .. } => tx.push(frame.0),
-        // Dropping the handle frees the mbuf; the shard has counted it by reason.
-        Action::Drop { frame, .. } => drop(frame),
-        Action::Checkpoint(request) => {
-            let ev = ShardEvent::Request { shard, request };
-            if !unsent.is_empty() {
-                unsent.push_back(ev);
-            } else if let Err(ev) = events.push(ev) {
-                unsent.push_back(ev);
             }
         }
     }
