@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod counters;
 mod datagram;
 pub mod fixtures;
+pub mod proxy;
 mod reasm;
 pub mod rss;
 pub mod shard;
@@ -31,6 +32,7 @@ pub mod wire;
 
 pub use checkpoint::{CheckpointReason, CheckpointRequest};
 pub use counters::{Counters, HoldTime};
+pub use proxy::ClientRewrite;
 pub use shard::{Action, DropReason, FlowStatus, Shard, Via};
 pub use tcp::HoldReason;
 pub use time::Timestamp;

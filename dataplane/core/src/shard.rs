@@ -965,6 +965,29 @@ impl<F: Frame> Shard<F> {
         self.status_of(*slot)
     }
 
+    /// Proxy mode (SPEC §3): rewrites, in place, a client frame about to be mirrored to the
+    /// secondary — its ACK number and SACK edges move from the primary's sequence space into
+    /// the secondary's by the connection's learned offset, checksum fixed. Call it on the
+    /// secondary's copy only; the primary's copy goes out unchanged. Reads state, changes none.
+    pub fn rewrite_client_for_secondary(&self, frame: &mut [u8]) -> crate::ClientRewrite {
+        use crate::ClientRewrite;
+        let Class::Tcp(key, seg) = wire::parse(frame) else { return ClientRewrite::NotTcpAck };
+        if !seg.ack_flag {
+            return ClientRewrite::NotTcpAck;
+        }
+        // The comparator keys a connection by its guest → client direction.
+        let Some(&slot) = self.map.get(&(key.reversed(), Kind::Tcp)) else { return ClientRewrite::Unchanged };
+        let Some(Conn::Tcp(conn)) = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref()).map(|f| &f.conn) else {
+            return ClientRewrite::Unchanged;
+        };
+        match conn.secondary_offset() {
+            None => ClientRewrite::OffsetUnknown,
+            Some(0) => ClientRewrite::Unchanged,
+            Some(off) if crate::proxy::shift_acks(frame, &seg, off) => ClientRewrite::Rewritten,
+            Some(_) => ClientRewrite::Unchanged,
+        }
+    }
+
     fn status_of(&self, slot: u32) -> Option<FlowStatus> {
         let flow = self.slots.get(slot as usize)?.flow.as_ref()?;
         Some(match &flow.conn {

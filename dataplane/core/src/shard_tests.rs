@@ -1007,3 +1007,59 @@ fn test_shutdown_flush_releases_like_a_checkpoint_but_is_not_counted_as_one() {
     assert_eq!(ev, vec![Ev::Rel(c.data(0, b"held"), Via::Flush)]);
     assert_eq!(h.shard.counters().checkpoints_completed, 0);
 }
+
+#[test]
+fn test_proxy_mode_rewrites_the_client_ack_for_the_secondary_once_the_offset_is_known() {
+    use crate::ClientRewrite;
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    let primary = Conn::default(); // ISN 1000
+    let secondary = Conn { isn: 7000, ..Conn::default() };
+    let client_ack = |ack: u32| {
+        TcpFrame {
+            src: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            sport: 40000,
+            dport: 80,
+            seq: 5001,
+            ack,
+            flags: flags::ACK,
+            ..TcpFrame::default()
+        }
+        .build()
+    };
+    // No connection yet: mirrored as it is.
+    let mut f = client_ack(1001);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), ClientRewrite::Unchanged);
+    h.p(&primary.syn_ack(), 1);
+    let mut f = client_ack(1001);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), ClientRewrite::OffsetUnknown);
+    h.s(&secondary.syn_ack(), 2);
+    let mut f = client_ack(1001);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), ClientRewrite::Rewritten);
+    let Class::Tcp(_, seg) = wire::parse(&f) else { panic!("tcp") };
+    assert_eq!(seg.ack, 7001, "acknowledges the secondary's SYN-ACK");
+    // A checkpoint gives the secondary the primary's TCP state: offset 0 from then on.
+    h.done(3);
+    let mut f = client_ack(1011);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), ClientRewrite::Unchanged);
+    assert_eq!(f, client_ack(1011));
+}
+
+#[test]
+fn test_compare_mode_never_rewrites_client_frames() {
+    let mut h = H::new();
+    let c = Conn::default();
+    h.p(&c.syn_ack(), 1);
+    let mut f = TcpFrame {
+        src: std::net::Ipv4Addr::new(10, 0, 0, 1),
+        dst: std::net::Ipv4Addr::new(10, 0, 0, 2),
+        sport: 40000,
+        dport: 80,
+        ack: 1001,
+        ..TcpFrame::default()
+    }
+    .build();
+    let before = f.clone();
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Unchanged);
+    assert_eq!(f, before);
+}

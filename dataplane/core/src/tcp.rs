@@ -321,6 +321,13 @@ impl<F: Frame> TcpConn<F> {
         self.progress(out, key);
     }
 
+    /// What to add to a secondary sequence number to reach the primary's space: 0 in compare
+    /// mode and after a checkpoint, learned from the SYN pair in proxy mode (`None` until both
+    /// SYNs were seen).
+    pub(crate) fn secondary_offset(&self) -> Option<u32> {
+        self.offset
+    }
+
     fn learn_offset(&mut self) {
         if self.offset.is_none() {
             if let (Some(p), Some(s)) = (self.p_syn, self.s_syn) {

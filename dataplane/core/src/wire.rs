@@ -186,6 +186,8 @@ pub struct TcpSegment {
     pub rst: bool,
     /// ACK flag.
     pub ack_flag: bool,
+    /// Offset of the TCP header inside the frame (proxy-mode rewriting needs it).
+    pub header_offset: u32,
     /// Offset of the payload inside the frame.
     pub payload_offset: u32,
     /// Payload length, from the IP length fields.
@@ -375,6 +377,10 @@ pub fn parse(bytes: &[u8]) -> Class {
             if offset.checked_add(data.len()).is_none_or(|end| end > bytes.len()) {
                 return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
             }
+            let header = (tcp.slice().as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+            let Ok(header_offset) = u32::try_from(header) else {
+                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+            };
             Class::Tcp(
                 key,
                 TcpSegment {
@@ -384,6 +390,7 @@ pub fn parse(bytes: &[u8]) -> Class {
                     fin: tcp.fin(),
                     rst: tcp.rst(),
                     ack_flag: tcp.ack(),
+                    header_offset,
                     payload_offset,
                     payload_len,
                 },
