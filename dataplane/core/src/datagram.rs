@@ -372,13 +372,11 @@ impl<F: Frame> DatagramFlow<F> {
         if self.diverged || self.timed_out {
             return None;
         }
-        let p = self.primary.front().map(|h| h.arrived);
-        let s = self.secondary.front().map(|h| h.arrived);
-        let oldest = match (p, s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        oldest.map(|t| t.saturating_add(timeout))
+        crate::timer::oldest_deadline(
+            self.primary.front().map(|h| h.arrived),
+            self.secondary.front().map(|h| h.arrived),
+            timeout,
+        )
     }
 
     /// Which timeout, if any, has expired at `now`, with a diagnostic.

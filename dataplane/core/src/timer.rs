@@ -51,3 +51,17 @@ impl DeadlineQueue {
         self.heap.len()
     }
 }
+
+/// The compare deadline of a connection: `timeout` after the older of its oldest held primary
+/// and secondary packets (SPEC §6: per packet, measured from arrival), if any is held.
+pub(crate) fn oldest_deadline(
+    primary: Option<Timestamp>,
+    secondary: Option<Timestamp>,
+    timeout: core::time::Duration,
+) -> Option<Timestamp> {
+    let oldest = match (primary, secondary) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    oldest.map(|t| t.saturating_add(timeout))
+}
