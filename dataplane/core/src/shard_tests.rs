@@ -1063,3 +1063,15 @@ fn test_compare_mode_never_rewrites_client_frames() {
     assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Unchanged);
     assert_eq!(f, before);
 }
+
+#[test]
+fn test_proxy_mode_connection_seen_mid_stream_has_offset_zero() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    let c = Conn::default();
+    // No SYN on either side: the secondary is a checkpointed copy, same sequence space.
+    assert_eq!(h.p(&c.data(0, b"abc"), 1), vec![]);
+    assert_eq!(
+        h.s(&c.data(0, b"abc"), 2),
+        vec![Ev::Rel(c.data(0, b"abc"), Via::Match), Ev::Drop(Side::Secondary, DropReason::Consumed)]
+    );
+}

@@ -232,6 +232,12 @@ impl<F: Frame> TcpConn<F> {
             // stream starts at the primary's first position.
             self.base = Some(seg.seq);
             self.compared = Some(seg.seq);
+            // Proxy mode: a connection older than what we have seen was opened before the last
+            // checkpoint (or the initial synchronisation), so the secondary has the primary's
+            // sequence space: offset 0, as after every checkpoint.
+            if self.offset.is_none() && self.s_syn.is_none() {
+                self.offset = Some(0);
+            }
         }
         if seg.ack_flag {
             self.p_ack_max = Some(seq_max(self.p_ack_max, seg.ack));

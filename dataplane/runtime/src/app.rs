@@ -21,7 +21,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
-use crate::io_lcore::{IoContext, TxDrain};
+use crate::io_lcore::{IoContext, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::shard_lcore::{Outlets, ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
@@ -47,6 +47,8 @@ pub struct RunSummary {
     pub ports: Vec<(String, String, dpdk::PortStats)>,
     /// Released frames freed at shutdown because the output device would not take them.
     pub tx_abandoned_at_shutdown: u64,
+    /// Proxy mode's mirroring counters.
+    pub proxy: Option<serde_json::Value>,
 }
 
 /// Mbufs needed: descriptors of every queue, the dispatch and TX rings, and the comparison
@@ -85,7 +87,16 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let primary_id = lookup(&cfg.primary, "primary")?;
     let secondary_id = lookup(&cfg.secondary, "secondary")?;
     let output_id = lookup(&cfg.output, "output")?;
-    let ids = [("primary", primary_id), ("secondary", secondary_id), ("output", output_id)];
+    let proxy = cfg.mode == crate::config::ModeArg::Proxy;
+    let client_id = match &cfg.client {
+        Some(c) => Some(lookup(c, "client")?),
+        None => None,
+    };
+    let mut ids = vec![("primary", primary_id), ("secondary", secondary_id), ("output", output_id)];
+    // The clients' port may also be the output port (frames go back where clients are).
+    if let Some(c) = client_id.filter(|c| *c != output_id) {
+        ids.push(("client", c));
+    }
     for (i, (ra, a)) in ids.iter().enumerate() {
         for (rb, b) in &ids[i + 1..] {
             if a == b {
@@ -122,7 +133,9 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         Port::info(eal, primary_id).map_err(|e| format!("--primary: {e}"))?,
         Port::info(eal, secondary_id).map_err(|e| format!("--secondary: {e}"))?,
     ];
+    // Proxy mode dispatches client frames in software, so the guests' frames go that way too.
     let hw_rss = cfg.shards > 1
+        && !proxy
         && guest_infos[0].reta_size == guest_infos[1].reta_size
         && guest_infos
             .iter()
@@ -146,6 +159,10 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         ..input_cfg.clone()
     };
     let output = Port::configure(eal, output_id, &out_cfg, &pool).map_err(|e| format!("cannot start --output: {e}"))?;
+    let client = match client_id.filter(|c| *c != output_id) {
+        Some(id) => Some(Port::configure(eal, id, &out_cfg, &pool).map_err(|e| format!("cannot start --client: {e}"))?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared::default());
     let clock = TscClock::start();
@@ -153,13 +170,15 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
     let mut commands = Vec::new();
     let mut published = Vec::new();
-    let mut to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 2] = [Vec::new(), Vec::new()];
+    let mut to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut tx_rings = Vec::new();
+    let mut mirror_rings: [Vec<rtrb::Consumer<dpdk::Mbuf>>; 2] = [Vec::new(), Vec::new()];
+    let mut mirror_stats = Vec::new();
     let mut contexts = Vec::new();
     let shard_cfg = ShardConfig {
         max_queue_size: cfg.max_queue_size,
         hard_queue_limit: cfg.max_queue_size.saturating_mul(4),
-        mode: Mode::Compare,
+        mode: if proxy { Mode::Proxy } else { Mode::Compare },
         non_ip_policy: match cfg.non_ip_policy {
             NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
             NonIpPolicyArg::Compare => colo_core::NonIpPolicy::Compare,
@@ -179,8 +198,27 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
             to_shards[0].push(pp);
             to_shards[1].push(sp);
-            ShardInput::Rings { primary: pc, secondary: sc }
+            let client = proxy.then(|| {
+                let (cp, cc) = rtrb::RingBuffer::new(RING_SLOTS);
+                to_shards[2].push(cp);
+                cc
+            });
+            ShardInput::Rings { primary: pc, secondary: sc, client }
         };
+        let mirror = proxy.then(|| {
+            let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
+            let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
+            mirror_rings[0].push(pc);
+            mirror_rings[1].push(sc);
+            let stats = Arc::new(crate::shard_lcore::MirrorStats::default());
+            mirror_stats.push(stats.clone());
+            crate::shard_lcore::Mirror {
+                to_primary: Transmitter::new(TxPath::Ring(pp)),
+                to_secondary: Transmitter::new(TxPath::Ring(sp)),
+                pending: Default::default(),
+                stats,
+            }
+        });
         let path = if per_shard_tx {
             TxPath::Queue {
                 queue: output.tx_queue(id as u16).map_err(|e| e.to_string())?,
@@ -206,45 +244,55 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             published: publ,
             pool: pool.clone(),
             shards: cfg.shards,
+            mirror,
         });
     }
-    let tx = if per_shard_tx {
-        None
-    } else {
-        Some(TxDrain {
-            queue: output.tx_queue(0).map_err(|e| e.to_string())?,
-            batch: TxBatch::new(),
-            rings: tx_rings,
-            next: 0,
-        })
-    };
+    let drain = |queue: dpdk::TxQueue, rings| TxDrain { queue, batch: TxBatch::new(), rings, next: 0 };
+    let mut txs = Vec::new();
+    if !per_shard_tx {
+        txs.push(drain(output.tx_queue(0).map_err(|e| e.to_string())?, tx_rings));
+    }
+    if proxy {
+        // Mirrored client frames toward each guest's port.
+        let [to_primary, to_secondary] = mirror_rings;
+        txs.push(drain(primary.tx_queue(0).map_err(|e| e.to_string())?, to_primary));
+        txs.push(drain(secondary.tx_queue(0).map_err(|e| e.to_string())?, to_secondary));
+    }
     // The I/O work: software dispatch, and/or draining TX rings (none with hardware RSS and one
     // output queue per shard). With two workers to spare each guest port gets its own RX lcore
     // (SPEC §8); with one, a single I/O lcore serves both ports; with none, the main lcore
     // does the I/O between control rounds (e.g. one shard on a 2-CPU machine).
     let spare = workers.len() - cfg.shards;
     let mut ios: Vec<IoContext> = Vec::new();
-    let io_context = |inputs: Vec<(Side, dpdk::RxQueue)>, to_shards, tx| IoContext {
+    let io_context = |inputs: Vec<(Source, dpdk::RxQueue)>, to_shards, txs| IoContext {
         inputs,
         to_shards,
-        tx,
+        txs,
         shared: shared.clone(),
         shards: cfg.shards,
         pool: pool.clone(),
         rx_reserve: pool.capacity() / crate::shard_lcore::POOL_RX_RESERVE_DIVISOR,
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
+    let client_rx = match (proxy, &client) {
+        (false, _) => None,
+        (true, Some(port)) => Some((Source::Client, rxq(port)?)),
+        (true, None) => Some((Source::Client, rxq(&output)?)),
+    };
     if hw_rss {
-        if tx.is_some() {
-            ios.push(io_context(Vec::new(), [Vec::new(), Vec::new()], tx));
+        if !txs.is_empty() {
+            ios.push(io_context(Vec::new(), [Vec::new(), Vec::new(), Vec::new()], txs));
         }
     } else if spare >= 2 {
-        let [to_primary, to_secondary] = to_shards;
-        ios.push(io_context(vec![(Side::Primary, rxq(&primary)?)], [to_primary, Vec::new()], tx));
-        ios.push(io_context(vec![(Side::Secondary, rxq(&secondary)?)], [Vec::new(), to_secondary], None));
+        let [to_primary, to_secondary, to_client] = to_shards;
+        ios.push(io_context(vec![(Source::Primary, rxq(&primary)?)], [to_primary, Vec::new(), Vec::new()], txs));
+        let mut inputs = vec![(Source::Secondary, rxq(&secondary)?)];
+        inputs.extend(client_rx);
+        ios.push(io_context(inputs, [Vec::new(), to_secondary, to_client], Vec::new()));
     } else {
-        let inputs = vec![(Side::Primary, rxq(&primary)?), (Side::Secondary, rxq(&secondary)?)];
-        ios.push(io_context(inputs, to_shards, tx));
+        let mut inputs = vec![(Source::Primary, rxq(&primary)?), (Source::Secondary, rxq(&secondary)?)];
+        inputs.extend(client_rx);
+        ios.push(io_context(inputs, to_shards, txs));
     }
     shared.rx_running.store(ios.iter().filter(|io| !io.inputs.is_empty()).count(), Ordering::Release);
 
@@ -290,13 +338,30 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         }
     }
     summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
+    if proxy {
+        let sum = |f: fn(&crate::shard_lcore::MirrorStats) -> &std::sync::atomic::AtomicU64| {
+            mirror_stats.iter().map(|m| f(m).load(Ordering::Relaxed)).sum::<u64>()
+        };
+        summary.proxy = Some(serde_json::json!({
+            "client_in": sum(|m| &m.client_in),
+            "to_primary": sum(|m| &m.to_primary),
+            "to_secondary": sum(|m| &m.to_secondary),
+            "rewritten": sum(|m| &m.rewritten),
+            "secondary_dropped": sum(|m| &m.secondary_dropped),
+        }));
+    }
+    if let Some(port) = &client {
+        if let Ok(stats) = port.stats() {
+            summary.ports.push(("client".to_string(), port.name(), stats));
+        }
+    }
     for (role, port) in [("primary", &primary), ("secondary", &secondary), ("output", &output)] {
         if let Ok(stats) = port.stats() {
             summary.ports.push((role.to_string(), port.name(), stats));
         }
     }
     // Ports close when dropped here: net_pcap output files are complete after this.
-    drop((primary, secondary, output));
+    drop((primary, secondary, output, client));
     Ok(summary)
 }
 
@@ -874,6 +939,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
             "failovers": s.coordinator.failovers,
         },
         "tx_abandoned_at_shutdown": s.tx_abandoned_at_shutdown,
+        "proxy": s.proxy,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
             "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,

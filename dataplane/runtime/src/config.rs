@@ -282,11 +282,11 @@ impl RunConfig {
                 }
             }
         }
-        if self.mode == ModeArg::Proxy {
-            return Err("--mode proxy is not available yet (client mirroring and sequence rewriting are still to come); use --mode compare".into());
+        if self.mode == ModeArg::Proxy && self.client.is_none() {
+            return Err("--mode proxy needs --client (the port the clients' frames arrive on)".into());
         }
-        if self.client.is_some() {
-            return Err("--client is only used in proxy mode, which is not available yet".into());
+        if self.mode == ModeArg::Compare && self.client.is_some() {
+            return Err("--client is only used with --mode proxy".into());
         }
         Ok(())
     }

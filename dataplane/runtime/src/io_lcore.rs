@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use colo_core::{rss, wire, Side};
+use colo_core::{rss, wire};
 use dpdk::{Mbuf, RxBurst, RxQueue, TxBatch, TxQueue};
 
 use crate::Shared;
@@ -80,14 +80,36 @@ impl TxDrain {
     }
 }
 
+/// Where a received frame comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The primary guest's port.
+    Primary,
+    /// The secondary guest's port.
+    Secondary,
+    /// The clients' port (proxy mode): frames to mirror to both guests.
+    Client,
+}
+
+impl Source {
+    fn index(self) -> usize {
+        match self {
+            Source::Primary => 0,
+            Source::Secondary => 1,
+            Source::Client => 2,
+        }
+    }
+}
+
 /// Everything the I/O lcore owns.
 pub struct IoContext {
-    /// Input queues with their side.
-    pub inputs: Vec<(Side, RxQueue)>,
-    /// Per side (primary, secondary), one producer per shard.
-    pub to_shards: [Vec<rtrb::Producer<Mbuf>>; 2],
-    /// TX draining, when shards do not own output queues.
-    pub tx: Option<TxDrain>,
+    /// Input queues with what they carry.
+    pub inputs: Vec<(Source, RxQueue)>,
+    /// Per source (primary, secondary, client), one producer per shard.
+    pub to_shards: [Vec<rtrb::Producer<Mbuf>>; 3],
+    /// TX draining: the output port when shards do not own output queues, and in proxy mode
+    /// the mirrored client frames toward each guest port.
+    pub txs: Vec<TxDrain>,
     /// Flags shared with the control thread.
     pub shared: Arc<Shared>,
     /// Number of shards.
@@ -118,7 +140,7 @@ impl IoContext {
         }
         drop(burst);
         self.stop_rx();
-        if self.tx.is_none() {
+        if self.txs.is_empty() {
             return; // a receive-only lcore is done once its input is dispatched
         }
         self.finish_tx();
@@ -133,7 +155,7 @@ impl IoContext {
                 if self.shared.shards_stopped.load(Ordering::Acquire) == self.shards {
                     let t = *give_up.get_or_insert_with(|| std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE);
                     if std::time::Instant::now() >= t {
-                        let n = self.tx.as_mut().map_or(0, TxDrain::discard) as u64;
+                        let n = self.txs.iter_mut().map(TxDrain::discard).sum::<usize>() as u64;
                         self.shared.tx_abandoned_at_shutdown.fetch_add(n, Ordering::Relaxed);
                         return;
                     }
@@ -151,8 +173,8 @@ impl IoContext {
         // checkpoint by now; its flush frees the held mbufs and RX resumes.
         let inputs = if self.pool.available() < self.rx_reserve { 0 } else { self.inputs.len() };
         for i in 0..inputs {
-            let (side, queue) = &mut self.inputs[i];
-            let side = *side;
+            let (source, queue) = &mut self.inputs[i];
+            let source = *source;
             let n = queue.rx_burst(burst);
             if n > 0 {
                 self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
@@ -162,12 +184,12 @@ impl IoContext {
                 let shard = shard_of(m.data(), self.shards);
                 let mut m = m;
                 loop {
-                    let producer = &mut self.to_shards[side_index(side)][shard];
+                    let producer = &mut self.to_shards[source.index()][shard];
                     match producer.push(m) {
                         Ok(()) => break,
                         Err(rtrb::PushError::Full(back)) => {
                             m = back;
-                            if let Some(tx) = &mut self.tx {
+                            for tx in &mut self.txs {
                                 tx.drain();
                             }
                             std::hint::spin_loop();
@@ -190,20 +212,12 @@ impl IoContext {
 
     /// Moves released frames to the output device (if this lcore owns TX).
     pub fn drain_tx(&mut self) -> usize {
-        self.tx.as_mut().map_or(0, TxDrain::drain)
+        self.txs.iter_mut().map(TxDrain::drain).sum()
     }
 
     /// Whether every shard has stopped and nothing is left to transmit.
     pub fn finished(&self) -> bool {
-        self.shared.shards_stopped.load(Ordering::Acquire) == self.shards
-            && self.tx.as_ref().is_none_or(TxDrain::is_idle)
-    }
-}
-
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::Primary => 0,
-        Side::Secondary => 1,
+        self.shared.shards_stopped.load(Ordering::Acquire) == self.shards && self.txs.iter().all(TxDrain::is_idle)
     }
 }
 

@@ -27,6 +27,8 @@ pub enum ShardInput {
         primary: rtrb::Consumer<Mbuf>,
         /// Frames from the secondary port.
         secondary: rtrb::Consumer<Mbuf>,
+        /// Frames from the clients' port (proxy mode), to mirror to both guests.
+        client: Option<rtrb::Consumer<Mbuf>>,
     },
     /// Hardware RSS: the shard polls queue *i* of both ports itself (`None` once stopped).
     Queues {
@@ -43,7 +45,9 @@ impl ShardInput {
     /// Whether nothing received is still waiting to be handled.
     fn is_drained(&self) -> bool {
         match self {
-            ShardInput::Rings { primary, secondary } => primary.is_empty() && secondary.is_empty(),
+            ShardInput::Rings { primary, secondary, client } => {
+                primary.is_empty() && secondary.is_empty() && client.as_ref().is_none_or(|c| c.is_empty())
+            }
             ShardInput::Queues { .. } => true,
         }
     }
@@ -79,6 +83,100 @@ pub struct ShardContext {
     pub pool: dpdk::Mempool,
     /// Number of shards sharing the pool.
     pub shards: usize,
+    /// Proxy mode: mirroring client frames to both guests.
+    pub mirror: Option<Mirror>,
+}
+
+/// Proxy mode's client side of a shard (SPEC §3): every client frame goes to the primary as
+/// it is and to the secondary with its ACK/SACK moved into the secondary's sequence space.
+/// Copies whose connection offset is not known yet wait, in order, until it is.
+pub struct Mirror {
+    /// Toward the primary guest's port.
+    pub to_primary: Transmitter,
+    /// Toward the secondary guest's port.
+    pub to_secondary: Transmitter,
+    /// Secondary copies waiting for their connection's offset (and everything after them).
+    pub pending: VecDeque<Mbuf>,
+    /// Counters, read by the control thread.
+    pub stats: Arc<MirrorStats>,
+}
+
+/// Proxy-mode counters of one shard (each shard has its own: no sharing on the packet path).
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    /// Client frames received.
+    pub client_in: std::sync::atomic::AtomicU64,
+    /// Copies handed to the primary's port.
+    pub to_primary: std::sync::atomic::AtomicU64,
+    /// Copies handed to the secondary's port.
+    pub to_secondary: std::sync::atomic::AtomicU64,
+    /// Secondary copies whose ACK was rewritten.
+    pub rewritten: std::sync::atomic::AtomicU64,
+    /// Secondary copies dropped: no mbuf for the copy, the waiting queue full, or shutdown
+    /// before their offset was known (the client's TCP retransmits).
+    pub secondary_dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Secondary copies that may wait for an offset, per shard.
+const MIRROR_PENDING_MAX: usize = 1024;
+
+impl Mirror {
+    /// Mirrors one client frame.
+    fn client_frame(&mut self, shard: &Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf) {
+        let stats = &self.stats;
+        stats.client_in.fetch_add(1, Ordering::Relaxed);
+        match Mbuf::from_slice(pool, m.data()) {
+            Ok(copy) => {
+                if self.pending.is_empty() {
+                    self.send_secondary(shard, copy);
+                } else if self.pending.len() < MIRROR_PENDING_MAX {
+                    self.pending.push_back(copy);
+                } else {
+                    stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.to_primary.fetch_add(1, Ordering::Relaxed);
+        self.to_primary.push(m);
+    }
+
+    /// Rewrites and sends `copy`, or parks it (keeping order) while its offset is unknown.
+    fn send_secondary(&mut self, shard: &Shard<HeldFrame>, mut copy: Mbuf) -> bool {
+        match shard.rewrite_client_for_secondary(copy.data_mut()) {
+            colo_core::ClientRewrite::OffsetUnknown => {
+                self.pending.push_front(copy);
+                false
+            }
+            r => {
+                if r == colo_core::ClientRewrite::Rewritten {
+                    self.stats.rewritten.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.to_secondary.fetch_add(1, Ordering::Relaxed);
+                self.to_secondary.push(copy);
+                true
+            }
+        }
+    }
+
+    /// Sends waiting copies whose offset became known (after secondary SYNs or a flush).
+    fn retry(&mut self, shard: &Shard<HeldFrame>) {
+        while let Some(copy) = self.pending.pop_front() {
+            if !self.send_secondary(shard, copy) {
+                break;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> usize {
+        self.to_primary.flush() + self.to_secondary.flush()
+    }
+
+    fn pending_tx(&self) -> usize {
+        self.to_primary.pending() + self.to_secondary.pending()
+    }
 }
 
 /// Below this fraction of free mbufs a shard asks for a checkpoint, whose flush returns the
@@ -122,6 +220,7 @@ impl ShardContext {
                 }
             }
             let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
+            work += self.take_client();
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.handle_timeout(now);
             }
@@ -171,6 +270,11 @@ impl ShardContext {
                 }
             }
             self.out.tx.flush();
+            if let Some(mirror) = &mut self.mirror {
+                // Secondary SYNs (or a flush) handled above may have made offsets known.
+                mirror.retry(&self.shard);
+                mirror.flush();
+            }
             self.retry_events();
             // The dispatcher has stopped before Stop is sent, so empty rings mean all input
             // has been handled.
@@ -186,6 +290,18 @@ impl ShardContext {
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
         let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
+        if let Some(mirror) = &mut self.mirror {
+            // After the flush every offset is 0: the waiting copies can go.
+            mirror.retry(&self.shard);
+            let stranded = mirror.pending.len() as u64;
+            mirror.pending.clear();
+            mirror.stats.secondary_dropped.fetch_add(stranded, Ordering::Relaxed);
+            while mirror.pending_tx() > 0 && std::time::Instant::now() < give_up {
+                if mirror.flush() == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
         while self.out.tx.pending() > 0 {
             if self.out.tx.flush() == 0 {
                 if std::time::Instant::now() >= give_up {
@@ -206,10 +322,24 @@ impl ShardContext {
         self.shared.shards_stopped.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Mirrors up to a burst of client frames (proxy mode).
+    fn take_client(&mut self) -> usize {
+        let (ShardInput::Rings { client: Some(ring), .. }, Some(mirror)) = (&mut self.input, &mut self.mirror) else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < BURST_SIZE {
+            let Ok(m) = ring.pop() else { break };
+            mirror.client_frame(&self.shard, &self.pool, m);
+            n += 1;
+        }
+        n
+    }
+
     fn take_input(&mut self, side: Side, now: colo_core::Timestamp) -> usize {
         let mut n = 0;
         match &mut self.input {
-            ShardInput::Rings { primary, secondary } => {
+            ShardInput::Rings { primary, secondary, .. } => {
                 let ring = match side {
                     Side::Primary => primary,
                     Side::Secondary => secondary,
