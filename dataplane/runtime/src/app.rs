@@ -21,7 +21,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
-use crate::io_lcore::{IoContext, Source, TxDrain};
+use crate::io_lcore::{IoContext, RxGate, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::shard_lcore::{Outlets, ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
@@ -192,6 +192,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
                 primary: Some(primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 secondary: Some(secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 burst: Box::new(RxBurst::new()),
+                gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR),
             }
         } else {
             let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
@@ -270,8 +271,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         txs,
         shared: shared.clone(),
         shards: cfg.shards,
-        pool: pool.clone(),
-        rx_reserve: pool.capacity() / crate::shard_lcore::POOL_RX_RESERVE_DIVISOR,
+        gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR),
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
     let client_rx = match (proxy, &client) {

@@ -114,11 +114,41 @@ pub struct IoContext {
     pub shared: Arc<Shared>,
     /// Number of shards.
     pub shards: usize,
-    /// The packet pool: RX pauses while fewer than `rx_reserve` mbufs are free.
-    pub pool: dpdk::Mempool,
-    /// Mbufs kept free for the shards' own needs; below it frames stay in the device
-    /// (where a NIC counts what it cannot keep) rather than being taken and lost.
-    pub rx_reserve: u32,
+    /// Pauses RX while the packet pool runs low.
+    pub gate: RxGate,
+}
+
+/// RX back-pressure on a low packet pool (SPEC §6, §8): below a reserve of free mbufs, frames
+/// stay in the device (where a NIC counts what it cannot keep) rather than being taken and
+/// lost; the shards' `resource-pressure` checkpoint frees the held mbufs and RX resumes.
+/// Counting free mbufs walks every lcore's cache, so it is not done per burst: a count gives a
+/// budget (free minus reserve) that received frames use up, and only an exhausted budget is
+/// counted again — conservative, since frees in between are not credited.
+pub struct RxGate {
+    pool: dpdk::Mempool,
+    reserve: u32,
+    budget: u32,
+}
+
+impl RxGate {
+    /// A gate on `pool` closing below `capacity / divisor` free mbufs.
+    pub fn new(pool: dpdk::Mempool, divisor: u32) -> Self {
+        let reserve = pool.capacity() / divisor.max(1);
+        RxGate { pool, reserve, budget: 0 }
+    }
+
+    /// Whether RX may take a burst now.
+    pub fn open(&mut self) -> bool {
+        if self.budget == 0 {
+            self.budget = self.pool.available().saturating_sub(self.reserve);
+        }
+        self.budget > 0
+    }
+
+    /// RX took `n` frames (one mbuf each).
+    pub fn took(&mut self, n: usize) {
+        self.budget = self.budget.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+    }
 }
 
 impl IoContext {
@@ -171,11 +201,14 @@ impl IoContext {
         let mut work = 0;
         // Back-pressure (SPEC §6, §8): the shards have asked for a resource-pressure
         // checkpoint by now; its flush frees the held mbufs and RX resumes.
-        let inputs = if self.pool.available() < self.rx_reserve { 0 } else { self.inputs.len() };
-        for i in 0..inputs {
+        for i in 0..self.inputs.len() {
+            if !self.gate.open() {
+                break;
+            }
             let (source, queue) = &mut self.inputs[i];
             let source = *source;
             let n = queue.rx_burst(burst);
+            self.gate.took(n);
             if n > 0 {
                 self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
             }

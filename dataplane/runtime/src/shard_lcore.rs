@@ -38,6 +38,8 @@ pub enum ShardInput {
         secondary: Option<RxQueue>,
         /// Receive burst (boxed: a large array next to the ring variant).
         burst: Box<RxBurst>,
+        /// Pauses RX while the packet pool runs low.
+        gate: crate::io_lcore::RxGate,
     },
 }
 
@@ -350,16 +352,17 @@ impl ShardContext {
                     self.out.handle_one(&mut self.shard, self.id, side, m, now);
                 }
             }
-            ShardInput::Queues { primary, secondary, burst } => {
+            ShardInput::Queues { primary, secondary, burst, gate } => {
                 let queue = match side {
                     Side::Primary => primary,
                     Side::Secondary => secondary,
                 };
                 let Some(queue) = queue else { return 0 };
-                if self.pool.available() < self.pool.capacity() / POOL_RX_RESERVE_DIVISOR {
+                if !gate.open() {
                     return 0; // back-pressure, as the I/O lcore does
                 }
                 n = queue.rx_burst(burst);
+                gate.took(n);
                 if n > 0 {
                     self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
                 }
