@@ -165,6 +165,9 @@ mod tests {
 
     #[test]
     fn checksum_update_matches_rfc_1624_examples() {
+        // RFC 1624 section 4: HC = 0xDD2F, m = 0x5555 -> m' = 0x3285 gives HC' = 0x0000 with
+        // eqn. 3 (eqn. 2 would give the wrong 0xFFFF).
+        assert_eq!(checksum_update32(0xdd2f, 0x5555, 0x3285), 0x0000);
         // Changing a field and back restores the checksum.
         let c = 0x1234;
         assert_eq!(checksum_update32(checksum_update32(c, 5, 99), 99, 5), c);
