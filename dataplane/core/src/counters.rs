@@ -79,9 +79,6 @@ pub struct Counters {
     pub secondary_dropped: [u64; DropReason::COUNT],
     /// Malformed frames by [`MalformedReason`] (both sides).
     pub malformed: [u64; 8],
-    /// Frames (both sides) that bypassed comparison because their class is not compared.
-    /// Every IP class is compared since issue 4, so this stays 0; kept for compatibility.
-    pub uncompared: u64,
     /// Non-IP and malformed frames (both sides) compared under `NonIpPolicy::Compare`.
     pub non_ip_compared: u64,
     /// Datagrams reassembled from fragments (both sides).
@@ -191,7 +188,6 @@ impl Counters {
         for (a, b) in self.malformed.iter_mut().zip(o.malformed) {
             *a += b;
         }
-        self.uncompared += o.uncompared;
         self.non_ip_compared += o.non_ip_compared;
         self.reassembled += o.reassembled;
         self.reassembly_failed += o.reassembly_failed;

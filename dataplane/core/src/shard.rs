@@ -67,8 +67,6 @@ pub enum DropReason {
     NonIp,
     /// Secondary malformed frame under the passthrough policy.
     Malformed,
-    /// Secondary frame of a class not compared (unused since issue 4; kept for the API).
-    Uncompared,
     /// Secondary frame beyond `max_queue_size` (a checkpoint was requested).
     QueueFull,
     /// Primary frame beyond the hard queue limit (memory truly exhausted, SPEC §6).
@@ -87,14 +85,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 10;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Consumed,
         DropReason::Flushed,
         DropReason::NonIp,
         DropReason::Malformed,
-        DropReason::Uncompared,
         DropReason::QueueFull,
         DropReason::QueueHardLimit,
         DropReason::FlowTableFull,
@@ -110,7 +107,6 @@ impl DropReason {
             DropReason::Flushed => "flushed",
             DropReason::NonIp => "non-ip",
             DropReason::Malformed => "malformed",
-            DropReason::Uncompared => "uncompared",
             DropReason::QueueFull => "queue-full",
             DropReason::QueueHardLimit => "queue-hard-limit",
             DropReason::FlowTableFull => "flow-table-full",

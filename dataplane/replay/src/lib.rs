@@ -415,7 +415,6 @@ pub fn counters_json(c: &Counters, completions: u64) -> serde_json::Value {
         "released": released,
         "secondary_consumed": c.secondary_consumed,
         "secondary_flushed": c.secondary_flushed,
-        "uncompared": c.uncompared,
         "malformed": malformed,
         "held_primary_frames": c.held_primary_frames,
         "held_secondary_frames": c.held_secondary_frames,
