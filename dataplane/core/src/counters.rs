@@ -73,6 +73,9 @@ pub struct Counters {
     pub secondary_flushed: u64,
     /// Secondary frames forwarded after a failover to the secondary.
     pub secondary_forwarded: u64,
+    /// Of those, TCP segments moved into the primary's sequence space and clock (proxy mode,
+    /// connections the client learned from the primary; SPEC §6).
+    pub failover_rewritten: u64,
     /// Primary frames dropped, indexed by [`DropReason`] (`DropReason::ALL` order).
     pub primary_dropped: [u64; DropReason::COUNT],
     /// Secondary frames dropped (other than consumed/flushed), by [`DropReason`].
@@ -179,6 +182,7 @@ impl Counters {
         self.secondary_consumed += o.secondary_consumed;
         self.secondary_flushed += o.secondary_flushed;
         self.secondary_forwarded += o.secondary_forwarded;
+        self.failover_rewritten += o.failover_rewritten;
         for (a, b) in self.primary_dropped.iter_mut().zip(o.primary_dropped) {
             *a += b;
         }

@@ -89,6 +89,22 @@ pub fn timestamp_option(tsval: u32, tsecr: u32) -> Vec<u8> {
     o
 }
 
+/// Whether the TCP checksum of an IPv4 frame (untagged) is valid, recomputed from scratch.
+pub fn tcp_checksum_valid(frame: &[u8]) -> bool {
+    let Some(ip) = frame.get(14..34) else { return false };
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let Some(tcp) = frame.get(14 + ihl..14 + total) else { return false };
+    let mut sum = checksum_add(0, &ip[12..20]);
+    sum = checksum_add(sum, &[0, 6]);
+    sum = checksum_add(sum, &(tcp.len() as u16).to_be_bytes());
+    sum = checksum_add(sum, tcp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
 fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
     for chunk in bytes.chunks(2) {
         let word = match chunk {

@@ -49,10 +49,16 @@ use core::time::Duration;
 pub trait Frame {
     /// The whole frame, starting at the Ethernet header.
     fn bytes(&self) -> &[u8];
+    /// The same bytes, writable: proxy mode rewrites the secondary's TCP output in place after
+    /// a failover to it (SPEC §6). Only called on frames about to be forwarded.
+    fn bytes_mut(&mut self) -> &mut [u8];
 }
 
 impl Frame for Vec<u8> {
     fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
         self
     }
 }
@@ -61,10 +67,7 @@ impl Frame for Box<[u8]> {
     fn bytes(&self) -> &[u8] {
         self
     }
-}
-
-impl Frame for &[u8] {
-    fn bytes(&self) -> &[u8] {
+    fn bytes_mut(&mut self) -> &mut [u8] {
         self
     }
 }

@@ -41,54 +41,135 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Subtracts `offset` (mod 2^32) from the ACK number and every SACK edge of the TCP segment
-/// `seg` inside `frame`, keeping the checksum valid. Returns false (and changes nothing) if the
-/// header is not where `seg` says.
-pub(crate) fn shift_acks(frame: &mut [u8], seg: &TcpSegment, offset: u32) -> bool {
-    let h = seg.header_offset as usize;
-    let end = seg.payload_offset as usize;
-    if end > frame.len() || h + 20 > end {
-        return false;
-    }
-    // Collect the 32-bit fields to move: the ACK number, then SACK edges (option kind 5).
-    let mut fields = [0usize; 9];
-    let mut n = 0;
-    fields[n] = h + 8;
-    n += 1;
-    let mut i = h + 20;
-    while i < end {
-        match frame[i] {
-            0 => break,
-            1 => i += 1,
-            kind => {
-                let Some(&len) = frame.get(i + 1) else { break };
-                let len = usize::from(len);
-                if len < 2 || i + len > end {
-                    break; // malformed options: leave them alone
-                }
-                if kind == 5 && (len - 2) % 8 == 0 {
-                    let mut e = i + 2;
-                    while e + 4 <= i + len && n < fields.len() {
-                        fields[n] = e;
-                        n += 1;
-                        e += 4;
+/// Where the fields proxy mode reads and rewrites sit in one TCP header, found in a single
+/// walk over its options. Offsets are from the start of the frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFields {
+    /// Offsets of SACK block edges (at most four blocks).
+    sack: [usize; 8],
+    sack_edges: usize,
+    /// Offset of the timestamp option's TSval (TSecr follows at +4), if present.
+    timestamps: Option<usize>,
+    /// The window-scale option's shift, if present (meaningful on SYNs only).
+    pub window_scale: Option<u8>,
+    /// The 16-bit window field, unscaled.
+    pub window: u16,
+}
+
+impl TcpFields {
+    /// Walks the header of `seg` inside `frame`; `None` if the header is not where `seg` says.
+    /// Malformed options end the walk: what was found before them is kept.
+    pub fn find(frame: &[u8], seg: &TcpSegment) -> Option<TcpFields> {
+        let h = seg.header_offset as usize;
+        let end = seg.payload_offset as usize;
+        if end > frame.len() || h + 20 > end {
+            return None;
+        }
+        let mut f = TcpFields { window: u16::from_be_bytes([frame[h + 14], frame[h + 15]]), ..TcpFields::default() };
+        let mut i = h + 20;
+        while i < end {
+            match frame[i] {
+                0 => break,
+                1 => i += 1,
+                kind => {
+                    let Some(&len) = frame.get(i + 1) else { break };
+                    let len = usize::from(len);
+                    if len < 2 || i + len > end {
+                        break;
                     }
+                    match (kind, len) {
+                        (3, 3) => f.window_scale = Some(frame[i + 2]),
+                        (8, 10) => f.timestamps = Some(i + 2),
+                        (5, _) if (len - 2) % 8 == 0 => {
+                            let mut e = i + 2;
+                            while e + 4 <= i + len && f.sack_edges < f.sack.len() {
+                                f.sack[f.sack_edges] = e;
+                                f.sack_edges += 1;
+                                e += 4;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += len;
                 }
-                i += len;
             }
         }
+        Some(f)
     }
+
+    /// `(TSval, TSecr)` of the timestamp option, if the segment carries one.
+    pub fn timestamps(&self, frame: &[u8]) -> Option<(u32, u32)> {
+        let at = self.timestamps?;
+        Some((read_u32(frame, at)?, read_u32(frame, at + 4)?))
+    }
+}
+
+/// `(TSval, TSecr)` of a segment's timestamp option (RFC 7323), if it has one.
+pub fn timestamps(frame: &[u8], seg: &TcpSegment) -> Option<(u32, u32)> {
+    TcpFields::find(frame, seg)?.timestamps(frame)
+}
+
+/// Moves the 32-bit fields at `fields` by `delta` (mod 2^32: `wrapping_add`), keeping the TCP
+/// checksum of the segment whose header starts at `h` valid (RFC 1624). Changes nothing and
+/// returns false if any field is outside the frame.
+fn shift_fields(frame: &mut [u8], h: usize, fields: &[(usize, u32)]) -> bool {
     let Some(mut checksum) = frame.get(h + 16..h + 18).map(|c| u16::from_be_bytes([c[0], c[1]])) else {
         return false;
     };
-    for &at in &fields[..n] {
+    if fields.iter().any(|&(at, _)| at + 4 > frame.len()) {
+        return false;
+    }
+    for &(at, delta) in fields {
         let Some(old) = read_u32(frame, at) else { return false };
-        let new = old.wrapping_sub(offset);
+        let new = old.wrapping_add(delta);
         frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
         checksum = checksum_update32(checksum, old, new);
     }
     frame[h + 16..h + 18].copy_from_slice(&checksum.to_be_bytes());
     true
+}
+
+/// A client frame on its way to the secondary (SPEC §3): subtracts `seq_offset` from the ACK
+/// number and every SACK edge (they acknowledge the guest's sequence space) and `ts_offset`
+/// from the timestamp echo (TSecr echoes the guest's clock), keeping the checksum valid.
+/// Returns false (and changes nothing) if the header is not where `seg` says.
+pub(crate) fn shift_client(frame: &mut [u8], seg: &TcpSegment, seq_offset: u32, ts_offset: u32) -> bool {
+    let Some(f) = TcpFields::find(frame, seg) else { return false };
+    let h = seg.header_offset as usize;
+    let mut fields = [(0usize, 0u32); 10];
+    let mut n = 0;
+    if seg.ack_flag {
+        fields[n] = (h + 8, seq_offset.wrapping_neg());
+        n += 1;
+    }
+    for &at in &f.sack[..f.sack_edges] {
+        fields[n] = (at, seq_offset.wrapping_neg());
+        n += 1;
+    }
+    // A TSecr of 0 means "no echo" (RFC 7323 §3.2, e.g. on a SYN): left alone.
+    if let Some(at) = f.timestamps.filter(|&at| read_u32(frame, at + 4).is_some_and(|e| e != 0)) {
+        fields[n] = (at + 4, ts_offset.wrapping_neg());
+        n += 1;
+    }
+    shift_fields(frame, h, &fields[..n])
+}
+
+/// A secondary frame leaving for the clients after a failover to the secondary (SPEC §6): adds
+/// `seq_offset` to its sequence number and `ts_offset` to its TSval, so the client sees the
+/// primary's sequence space and clock. The ACK number, SACK blocks and TSecr describe the
+/// client's own bytes and clock, which both guests share, and stay as they are.
+pub(crate) fn shift_guest_output(frame: &mut [u8], seg: &TcpSegment, seq_offset: u32, ts_offset: u32) -> bool {
+    let Some(f) = TcpFields::find(frame, seg) else { return false };
+    let h = seg.header_offset as usize;
+    let mut fields = [(h + 4, seq_offset), (0, 0)];
+    let n = match f.timestamps {
+        Some(at) => {
+            fields[1] = (at, ts_offset);
+            2
+        }
+        None => 1,
+    };
+    shift_fields(frame, h, &fields[..n])
 }
 
 #[cfg(test)]
@@ -97,25 +178,8 @@ mod tests {
     use crate::fixtures::{flags, TcpFrame};
     use crate::wire::{parse, Class};
 
-    /// The TCP checksum of a frame built by the fixtures, recomputed from scratch.
     fn tcp_checksum_ok(frame: &[u8]) -> bool {
-        let Class::Tcp(_, seg) = parse(frame) else { return false };
-        let (h, end) = (seg.header_offset as usize, seg.payload_offset as usize + seg.payload_len as usize);
-        let ip = &frame[14..34];
-        let mut sum: u32 = 0;
-        let mut add = |b: &[u8]| {
-            for c in b.chunks(2) {
-                sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-            }
-        };
-        add(&ip[12..20]);
-        add(&[0, 6]);
-        add(&((end - h) as u16).to_be_bytes());
-        add(&frame[h..end]);
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum == 0xffff
+        crate::fixtures::tcp_checksum_valid(frame)
     }
 
     fn sack(blocks: &[(u32, u32)]) -> Vec<u8> {
@@ -139,7 +203,7 @@ mod tests {
         .build();
         assert!(tcp_checksum_ok(&f));
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_acks(&mut f, &seg, 1_000_000));
+        assert!(shift_client(&mut f, &seg, 1_000_000, 0));
         let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
         assert_eq!(after.ack, 100);
         let opt = &f[seg.header_offset as usize + 20..seg.payload_offset as usize];
@@ -154,13 +218,58 @@ mod tests {
         o.extend(sack(&[(5, 10)]));
         let mut f = TcpFrame { ack: 3, flags: flags::ACK, options: o.clone(), ..TcpFrame::default() }.build();
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_acks(&mut f, &seg, 10));
+        assert!(shift_client(&mut f, &seg, 10, 0));
         let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
         assert_eq!(after.ack, 3u32.wrapping_sub(10));
         let opts = &f[seg.header_offset as usize + 20..seg.payload_offset as usize];
         assert_eq!(&opts[..12], &o[..12], "timestamps untouched");
         assert_eq!(&opts[16..20], &5u32.wrapping_sub(10).to_be_bytes());
         assert!(tcp_checksum_ok(&f));
+    }
+
+    #[test]
+    fn tsecr_moves_by_the_clock_offset_and_guest_output_moves_into_the_primary_space() {
+        let mut o = crate::fixtures::timestamp_option(700, 9_000);
+        o.extend(sack(&[(5_000, 6_000)]));
+        let built = TcpFrame { seq: 40, ack: 5_000, flags: flags::ACK, options: o, ..TcpFrame::default() }.build();
+        let mut f = built.clone();
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+        assert!(shift_client(&mut f, &seg, 1_000, 8_000));
+        let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
+        assert_eq!((after.seq, after.ack), (40, 4_000), "only the ACK moves, not the client's own seq");
+        assert_eq!(timestamps(&f, &after), Some((700, 1_000)), "TSval is the client's, TSecr echoes the guest");
+        assert!(tcp_checksum_ok(&f));
+
+        // The secondary's output after a failover: seq and TSval move, ACK/SACK/TSecr (the
+        // client's space and clock) stay.
+        let mut g = built.clone();
+        assert!(shift_guest_output(&mut g, &seg, 1_000, 8_000));
+        let Class::Tcp(_, out) = parse(&g) else { panic!("tcp") };
+        assert_eq!((out.seq, out.ack), (1_040, 5_000));
+        assert_eq!(timestamps(&g, &out), Some((8_700, 9_000)));
+        let opts = &g[seg.header_offset as usize + 20..seg.payload_offset as usize];
+        assert_eq!(&opts[12..24], &sack(&[(5_000, 6_000)])[..], "SACK blocks untouched");
+        assert!(tcp_checksum_ok(&g));
+    }
+
+    #[test]
+    fn a_zero_tsecr_is_no_echo_and_stays_zero() {
+        let mut f =
+            TcpFrame { flags: flags::ACK, options: crate::fixtures::timestamp_option(5, 0), ..TcpFrame::default() }
+                .build();
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+        assert!(shift_client(&mut f, &seg, 0, 77));
+        assert_eq!(timestamps(&f, &seg), Some((5, 0)));
+        assert!(tcp_checksum_ok(&f));
+    }
+
+    #[test]
+    fn window_scale_and_window_are_read() {
+        let f =
+            TcpFrame { flags: flags::SYN, window: 64_240, options: vec![3, 3, 7, 1], ..TcpFrame::default() }.build();
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+        let fields = TcpFields::find(&f, &seg).expect("fields");
+        assert_eq!((fields.window_scale, fields.window), (Some(7), 64_240));
     }
 
     #[test]

@@ -379,10 +379,10 @@ impl<F: Frame> Conn<F> {
             Conn::Datagram(d) => d.compare_deadline(timeout),
         }
     }
-    fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp) {
+    fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp, resync: bool) {
         match self {
             Conn::Tcp(c) => {
-                c.flush(out);
+                c.flush(out, resync);
                 if c.is_closed() && c.closed_at.is_none() {
                     c.closed_at = Some(now);
                 }
@@ -555,21 +555,10 @@ impl<F: Frame> Shard<F> {
             Side::Primary => self.counters.primary_in += 1,
             Side::Secondary => self.counters.secondary_in += 1,
         }
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         if let Some(forwarded) = self.failed_over {
-            // SPEC §6 failover: the chosen side is forwarded uncompared.
-            if side == forwarded {
-                if side == Side::Secondary {
-                    out.counters.secondary_forwarded += 1;
-                    out.actions.push_back(Action::Release { frame, via: Via::Passthrough });
-                } else {
-                    out.release_now(frame, Via::Passthrough);
-                }
-            } else {
-                out.drop_new(side, frame, DropReason::FailedOver);
-            }
-            return;
+            return self.forward(side, forwarded, frame, now);
         }
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match wire::parse(frame.bytes()) {
             Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
@@ -587,6 +576,27 @@ impl<F: Frame> Shard<F> {
             Class::NonIp(_) if compare_non_ip => self.handle_non_ip(side, frame, now),
             Class::NonIp(_) => passthrough(&mut out, side, frame, DropReason::NonIp),
         }
+    }
+
+    /// SPEC §6 failover: the chosen side is forwarded uncompared, the other dropped.
+    fn forward(&mut self, side: Side, forwarded: Side, mut frame: F, now: Timestamp) {
+        if side != forwarded {
+            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            return out.drop_new(side, frame, DropReason::FailedOver);
+        }
+        if side == Side::Primary {
+            self.counters.released[Via::Passthrough as usize] += 1;
+            self.actions.push_back(Action::Release { frame, via: Via::Passthrough });
+            return;
+        }
+        // Proxy mode keeps the connections the client knows alive: the secondary's segments
+        // go out in the primary's sequence space and on its clock.
+        if self.cfg.mode == crate::Mode::Proxy && !self.forward_secondary(&mut frame, now) {
+            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            return out.drop_new(side, frame, DropReason::FailedOver);
+        }
+        self.counters.secondary_forwarded += 1;
+        self.actions.push_back(Action::Release { frame, via: Via::Passthrough });
     }
 
     fn handle_non_ip(&mut self, side: Side, frame: F, now: Timestamp) {
@@ -641,7 +651,7 @@ impl<F: Frame> Shard<F> {
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else { return };
         if conn.is_new_incarnation(side, &seg) {
-            *conn = TcpConn::new(self.cfg.mode);
+            conn.reincarnate(self.cfg.mode);
         }
         match side {
             Side::Primary => conn.on_primary(frame, seg, &mut out, &self.cfg, &flow.key),
@@ -903,19 +913,30 @@ impl<F: Frame> Shard<F> {
     }
 
     /// Checkpoint completion (SPEC §6): release all held primary frames (each flow in its
-    /// order), drop all held secondary frames, reset secondary state to the primary's.
+    /// order), drop all held secondary frames, reset secondary state to the primary's — the
+    /// secondary guest is now a copy of the primary, so proxy mode's offsets become 0.
     pub fn checkpoint_done(&mut self, now: Timestamp) {
         self.counters.checkpoints_completed += 1;
-        self.flush(now);
+        self.flush(now, true);
+    }
+
+    /// A completion that replaced no guest state (`--checkpoint-mode standalone`, SPEC §3):
+    /// released and dropped as by [`Shard::checkpoint_done`], but proxy mode's offsets stay
+    /// (the secondary still has its own sequence space and clock) and secondary data beyond
+    /// the primary's stays held to be compared, so comparison goes on correctly after a
+    /// divergence.
+    pub fn standalone_completion(&mut self, now: Timestamp) {
+        self.counters.checkpoints_completed += 1;
+        self.flush(now, false);
     }
 
     /// Shutdown (SPEC §8 SIGINT/SIGTERM): releases and drops exactly as a checkpoint
     /// completion does, but is not counted as a checkpoint.
     pub fn flush_for_shutdown(&mut self, now: Timestamp) {
-        self.flush(now);
+        self.flush(now, true);
     }
 
-    fn flush(&mut self, now: Timestamp) {
+    fn flush(&mut self, now: Timestamp, resync: bool) {
         self.evict_blocked = false;
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         // Slot order, not hash order: deterministic output for replay and tests. Flows
@@ -923,7 +944,7 @@ impl<F: Frame> Shard<F> {
         // (a datagram's fragments are either all in a flow or all still partial).
         for s in &mut self.slots {
             if let Some(flow) = &mut s.flow {
-                flow.conn.flush(&mut out, now);
+                flow.conn.flush(&mut out, now, resync);
             }
         }
         self.reasm.flush(&mut out, &self.cfg, &mut self.timers);
@@ -938,11 +959,64 @@ impl<F: Frame> Shard<F> {
     }
 
     /// Commanded failover (SPEC §6): flush, then forward `to`'s frames uncompared and drop the
-    /// other side's. Sequence rewriting for pre-failover connections (failover to the
-    /// secondary in proxy mode) belongs to the rewriter (not in this crate yet).
+    /// other side's. No guest state changes, so proxy mode's offsets stay: after a failover to
+    /// the secondary its TCP output is moved into the primary's sequence space and clock for
+    /// the connections the client learned from the primary, and client frames keep being
+    /// rewritten on their way to it (see [`Shard::handle`]).
     pub fn failover(&mut self, to: Side, now: Timestamp) {
-        self.flush(now);
+        self.flush(now, false);
         self.failed_over = Some(to);
+        // The flush kept the secondary's TCP data beyond what the primary sent. Failing over to
+        // the secondary, that is output the client still needs: forward it (in the client's
+        // space) right after the primary's last frames; failing over to the primary, drop it.
+        let proxy = self.cfg.mode == crate::Mode::Proxy;
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        for s in &mut self.slots {
+            let Some(Flow { conn: Conn::Tcp(conn), .. }) = &mut s.flow else { continue };
+            let held = conn.take_secondary();
+            if held.is_empty() {
+                continue;
+            }
+            let (seq, ts) = conn.offsets().unwrap_or((0, 0));
+            for mut h in held {
+                let c = &mut *out.counters;
+                c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
+                c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(h.len));
+                if to == Side::Secondary {
+                    if proxy && (seq, ts) != (0, 0) {
+                        let moved = crate::proxy::shift_guest_output(h.frame.bytes_mut(), &h.seg, seq, ts);
+                        c.failover_rewritten += u64::from(moved);
+                    }
+                    c.secondary_forwarded += 1;
+                    out.actions.push_back(Action::Release { frame: h.frame, via: Via::Passthrough });
+                } else {
+                    out.count_secondary(DropReason::Flushed);
+                    out.actions.push_back(Action::Drop {
+                        side: Side::Secondary,
+                        frame: h.frame,
+                        reason: DropReason::Flushed,
+                    });
+                }
+            }
+        }
+    }
+
+    /// After a failover to the secondary in proxy mode: moves a TCP segment of the secondary
+    /// into the space its client knows (sequence number and TSval; SPEC §6). Returns false if
+    /// the frame could not be rewritten although its connection needs it.
+    fn forward_secondary(&mut self, frame: &mut F, now: Timestamp) -> bool {
+        let Class::Tcp(key, seg) = wire::parse(frame.bytes()) else { return true };
+        let Some(&slot) = self.map.get(&(key, Kind::Tcp)) else { return true };
+        let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return true };
+        flow.last_activity = now;
+        let Conn::Tcp(conn) = &mut flow.conn else { return true };
+        let (seq, ts) = conn.forward_offsets(&seg, frame.bytes(), self.cfg.mode);
+        if seq == 0 && ts == 0 {
+            return true;
+        }
+        let moved = crate::proxy::shift_guest_output(frame.bytes_mut(), &seg, seq, ts);
+        self.counters.failover_rewritten += u64::from(moved);
+        moved
     }
 
     /// The runtime reports mbuf exhaustion approaching (SPEC §6 `resource-pressure`): one
@@ -961,14 +1035,42 @@ impl<F: Frame> Shard<F> {
         self.status_of(*slot)
     }
 
+    /// Proxy mode (SPEC §3, §5.1): a frame from the clients is about to be mirrored to both
+    /// guests. Records what it says about its connection (the client's window scale and
+    /// receive window, which bound what each side may normally hold); a client's SYN opens
+    /// the connection's entry so its window scale is known. Call once per client frame,
+    /// before [`Shard::rewrite_client_for_secondary`].
+    pub fn observe_client(&mut self, frame: &[u8], now: Timestamp) {
+        let Class::Tcp(key, seg) = wire::parse(frame) else { return };
+        // The comparator keys a connection by its guest → client direction.
+        let key = key.reversed();
+        let slot = match self.map.get(&(key, Kind::Tcp)) {
+            Some(&slot) => slot,
+            None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
+                match self.flow_slot(key, Kind::Tcp, now) {
+                    Some(slot) => slot,
+                    None => return,
+                }
+            }
+            None => return,
+        };
+        if let Some(Conn::Tcp(conn)) =
+            self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()).map(|f| &mut f.conn)
+        {
+            conn.observe_client(&seg, frame);
+        }
+    }
+
     /// Proxy mode (SPEC §3): rewrites, in place, a client frame about to be mirrored to the
     /// secondary — its ACK number and SACK edges move from the primary's sequence space into
-    /// the secondary's by the connection's learned offset, checksum fixed. Call it on the
+    /// the secondary's by the connection's learned offset, and its timestamp echo (TSecr)
+    /// from the primary's clock to the secondary's; checksum fixed. Call it on the
     /// secondary's copy only; the primary's copy goes out unchanged. Reads state, changes none.
     pub fn rewrite_client_for_secondary(&self, frame: &mut [u8]) -> crate::ClientRewrite {
         use crate::ClientRewrite;
         let Class::Tcp(key, seg) = wire::parse(frame) else { return ClientRewrite::NotTcpAck };
         if !seg.ack_flag {
+            // A client's SYN: no ACK, and a TSecr of 0.
             return ClientRewrite::NotTcpAck;
         }
         // The comparator keys a connection by its guest → client direction.
@@ -976,10 +1078,13 @@ impl<F: Frame> Shard<F> {
         let Some(Conn::Tcp(conn)) = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref()).map(|f| &f.conn) else {
             return ClientRewrite::Unchanged;
         };
-        match conn.secondary_offset() {
+        match conn.offsets() {
+            // After a failover to the secondary a connection may start without any primary:
+            // the secondary's own space is the client's.
+            None if self.failed_over.is_some() => ClientRewrite::Unchanged,
             None => ClientRewrite::OffsetUnknown,
-            Some(0) => ClientRewrite::Unchanged,
-            Some(off) if crate::proxy::shift_acks(frame, &seg, off) => ClientRewrite::Rewritten,
+            Some((0, 0)) => ClientRewrite::Unchanged,
+            Some((seq, ts)) if crate::proxy::shift_client(frame, &seg, seq, ts) => ClientRewrite::Rewritten,
             Some(_) => ClientRewrite::Unchanged,
         }
     }

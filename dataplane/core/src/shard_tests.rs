@@ -1075,3 +1075,235 @@ fn test_proxy_mode_connection_seen_mid_stream_has_offset_zero() {
         vec![Ev::Rel(c.data(0, b"abc"), Via::Match), Ev::Drop(Side::Secondary, DropReason::Consumed)]
     );
 }
+
+/// Proxy-mode fixtures: a primary (ISN 1000, TSval clock at 50 000) and a secondary (ISN 7000,
+/// TSval clock at 90 000) answering the same client SYN, and client frames of that connection.
+struct ProxyPair {
+    primary: Conn,
+    secondary: Conn,
+}
+
+impl ProxyPair {
+    const P_TS: u32 = 50_000;
+    const S_TS: u32 = 90_000;
+    fn new() -> Self {
+        let with_ts = |isn: u32, ts: u32| {
+            let mut o = timestamp_option(ts, 777);
+            o.extend([1, 3, 3, 7]); // window scale 7
+            Conn { isn, template: TcpFrame { options: o, ..TcpFrame::default() }, ..Conn::default() }
+        };
+        ProxyPair { primary: with_ts(1000, Self::P_TS), secondary: with_ts(7000, Self::S_TS) }
+    }
+    /// A client frame (10.0.0.1:40000 → 10.0.0.2:80) with the given ACK, TSecr, window and
+    /// flags.
+    fn client(ack: u32, tsecr: u32, window: u16, flags: u8) -> Vec<u8> {
+        let mut options = timestamp_option(777, tsecr);
+        if flags & flags::SYN != 0 {
+            options.extend([1, 3, 3, 7]);
+        }
+        TcpFrame {
+            src: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            sport: 40000,
+            dport: 80,
+            seq: 5001,
+            ack,
+            flags,
+            window,
+            options,
+            ..TcpFrame::default()
+        }
+        .build()
+    }
+    /// `h` after the client's SYN and both SYN-ACKs.
+    fn opened(&self) -> H {
+        let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+        h.shard.observe_client(&Self::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+        h.p(&self.primary.syn_ack(), 1);
+        h.s(&self.secondary.syn_ack(), 2);
+        h
+    }
+}
+
+fn ack_and_tsecr(f: &[u8]) -> (u32, Option<u32>) {
+    let Class::Tcp(_, seg) = wire::parse(f) else { panic!("tcp") };
+    (seg.ack, crate::proxy::timestamps(f, &seg).map(|(_, e)| e))
+}
+
+#[test]
+fn test_proxy_mode_moves_the_client_tsecr_onto_the_secondary_clock() {
+    let pair = ProxyPair::new();
+    let h = pair.opened();
+    // The client's handshake ACK echoes the primary's SYN-ACK TSval; the secondary must see
+    // its own (Linux drops a handshake ACK whose TSecr it never sent: TSEcrRejected).
+    let mut f = ProxyPair::client(1001, ProxyPair::P_TS, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7001, Some(ProxyPair::S_TS)));
+    assert!(crate::fixtures::tcp_checksum_valid(&f));
+    // Later echoes move by the same clock offset.
+    let mut f = ProxyPair::client(1101, ProxyPair::P_TS + 40, 502, flags::ACK);
+    h.shard.rewrite_client_for_secondary(&mut f);
+    assert_eq!(ack_and_tsecr(&f), (7101, Some(ProxyPair::S_TS + 40)));
+}
+
+#[test]
+fn test_proxy_mode_guest_opened_connection_rewrites_the_client_syn_ack() {
+    // The guests open the connection: their SYNs carry the clocks, the client's SYN-ACK
+    // echoes the primary's.
+    let pair = ProxyPair::new();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    let syn = |c: &Conn| TcpFrame { seq: c.isn, ack: 0, flags: flags::SYN, ..c.template.clone() }.build();
+    h.p(&syn(&pair.primary), 1);
+    h.s(&syn(&pair.secondary), 2);
+    let mut f = ProxyPair::client(1001, ProxyPair::P_TS, 64_240, flags::SYN | flags::ACK);
+    h.shard.observe_client(&f, Timestamp::from_millis(3));
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7001, Some(ProxyPair::S_TS)));
+    assert!(crate::fixtures::tcp_checksum_valid(&f));
+}
+
+#[test]
+fn test_standalone_completion_keeps_offsets_and_compares_on_after_a_divergence() {
+    let pair = ProxyPair::new();
+    let (p, s) = (&pair.primary, &pair.secondary);
+    let mut h = pair.opened();
+    assert_eq!(H::ckpts(&h.p(&p.data(0, b"abcdef"), 3)), Vec::<&str>::new());
+    // One differing byte, and the secondary's segment reaches past what the primary sent.
+    let ev = h.s(&s.data(0, b"abXdefghij"), 4);
+    assert_eq!(H::ckpts(&ev), vec!["tcp-payload-mismatch"]);
+    h.shard.standalone_completion(Timestamp::from_millis(5));
+    let ev = h.drain();
+    assert_eq!(H::released(&ev), vec![(p.data(0, b"abcdef").as_slice(), Via::Flush)]);
+    // The secondary's "ghij" was kept: the primary's next bytes compare against it.
+    let ev = h.p(&p.data(6, b"ghij"), 6);
+    assert_eq!(H::released(&ev), vec![(p.data(6, b"ghij").as_slice(), Via::Match)]);
+    // More data on both sides: compared in the learned spaces, no new checkpoint.
+    h.p(&p.data(10, b"klm"), 7);
+    let ev = h.s(&s.data(10, b"klm"), 8);
+    assert_eq!(H::released(&ev), vec![(p.data(10, b"klm").as_slice(), Via::Match)]);
+    assert_eq!(h.tick(60_000), vec![]);
+    assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 1);
+    // Client frames still go to the secondary in its own space and clock.
+    let mut f = ProxyPair::client(1014, ProxyPair::P_TS + 9, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7014, Some(ProxyPair::S_TS + 9)));
+}
+
+#[test]
+fn test_a_real_checkpoint_resets_offsets_and_drops_all_secondary_data() {
+    let pair = ProxyPair::new();
+    let mut h = pair.opened();
+    h.p(&pair.primary.data(0, b"abc"), 3);
+    h.s(&pair.secondary.data(0, b"abXdef"), 4);
+    let ev = h.done(5);
+    assert!(ev.contains(&Ev::Drop(Side::Secondary, DropReason::Flushed)));
+    assert_eq!(h.shard.counters().held_secondary_frames, 0);
+    let mut f = ProxyPair::client(1004, ProxyPair::P_TS, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Unchanged);
+}
+
+#[test]
+fn test_proxy_queue_bound_follows_the_client_window() {
+    let pair = ProxyPair::new();
+    let cfg = Config { mode: Mode::Proxy, max_queue_size: 8, hard_queue_limit: 32, ..Config::default() };
+    let mut h = H::with(cfg);
+    h.shard.observe_client(&ProxyPair::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+    h.p(&pair.primary.syn_ack(), 1);
+    h.s(&pair.secondary.syn_ack(), 2);
+    // Window field 100 with scale 7: 12 800 bytes; the bound is that plus a quarter plus 64 KiB.
+    h.shard.observe_client(&ProxyPair::client(1001, ProxyPair::P_TS, 100, flags::ACK), Timestamp::from_millis(3));
+    let payload = [7u8; 1000];
+    let mut n = 0u32;
+    // 60 primary segments of 1000 bytes (about 64 KB of frames) run ahead of a silent
+    // secondary: more than max_queue_size frames, yet within the window's bound.
+    while n < 60 {
+        let ev = h.p(&pair.primary.data(n * 1000, &payload), 10 + u64::from(n));
+        assert_eq!(H::ckpts(&ev), Vec::<&str>::new(), "segment {n}");
+        n += 1;
+    }
+    // Past the bound: queue-overflow (and never a drop of primary output here).
+    let mut overflow = false;
+    while n < 100 && !overflow {
+        overflow = H::ckpts(&h.p(&pair.primary.data(n * 1000, &payload), 10 + u64::from(n))) == ["queue-overflow"];
+        n += 1;
+    }
+    assert!(overflow && n > 70, "overflow after {n} segments");
+    assert_eq!(h.shard.counters().primary_dropped.iter().sum::<u64>(), 0);
+}
+
+#[test]
+fn test_compare_mode_queue_bound_is_max_queue_size() {
+    let mut h = H::with(Config { max_queue_size: 8, ..Config::default() });
+    let c = Conn::default();
+    let mut reasons = Vec::new();
+    for n in 0..9u32 {
+        reasons.extend(H::ckpts(&h.p(&c.data(n * 10, &[1; 10]), u64::from(n))));
+    }
+    assert_eq!(reasons, vec!["queue-overflow"]);
+}
+
+#[test]
+fn test_failover_to_the_secondary_moves_its_output_into_the_primary_space() {
+    let pair = ProxyPair::new();
+    let (p, s) = (&pair.primary, &pair.secondary);
+    let mut h = pair.opened();
+    h.p(&p.data(0, b"abc"), 3);
+    h.s(&s.data(0, b"abc"), 4);
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(5));
+    h.drain();
+    // The secondary's next segment (its space, its clock) leaves as the primary would send it.
+    let options = timestamp_option(ProxyPair::S_TS + 20, 777);
+    let t = TcpFrame {
+        seq: s.seq(3),
+        ack: s.ack,
+        flags: flags::ACK,
+        payload: b"def".to_vec(),
+        options,
+        ..s.template.clone()
+    };
+    let seg = t.build();
+    let ev = h.s(&seg, 6);
+    let [Ev::Rel(out, Via::Passthrough)] = ev.as_slice() else { panic!("{ev:?}") };
+    let Class::Tcp(_, o) = wire::parse(out) else { panic!("tcp") };
+    assert_eq!(o.seq, p.seq(3), "the primary's sequence space");
+    assert_eq!(crate::proxy::timestamps(out, &o), Some((ProxyPair::P_TS + 20, 777)), "the primary's clock");
+    assert_eq!(wire::payload(out, &o), Some(&b"def"[..]));
+    assert!(crate::fixtures::tcp_checksum_valid(out));
+    assert_eq!(h.shard.counters().failover_rewritten, 1);
+    // The primary's frames are dropped now.
+    assert_eq!(h.p(&p.data(3, b"def"), 7), vec![Ev::Drop(Side::Primary, DropReason::FailedOver)]);
+    // Client frames keep being rewritten for the secondary.
+    let mut f = ProxyPair::client(1007, ProxyPair::P_TS + 20, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7007, Some(ProxyPair::S_TS + 20)));
+    // A connection opened after the failover is the secondary's own: nothing moves.
+    let other = Conn { template: TcpFrame { dport: 40001, ..s.template.clone() }, ..s.clone() };
+    let ev = h.s(&other.syn_ack(), 9);
+    assert_eq!(ev, vec![Ev::Rel(other.syn_ack(), Via::Passthrough)]);
+    let ev = h.s(&other.data(0, b"new"), 10);
+    assert_eq!(ev, vec![Ev::Rel(other.data(0, b"new"), Via::Passthrough)]);
+    // Port reuse of the old 4-tuple after the failover: a new incarnation, nothing moves.
+    let reborn = Conn { isn: 123_456, ..s.clone() };
+    assert_eq!(h.s(&reborn.syn_ack(), 11), vec![Ev::Rel(reborn.syn_ack(), Via::Passthrough)]);
+    assert_eq!(h.s(&reborn.data(0, b"x"), 12), vec![Ev::Rel(reborn.data(0, b"x"), Via::Passthrough)]);
+}
+
+#[test]
+fn test_failover_to_the_secondary_forwards_what_it_sent_ahead_of_the_primary() {
+    let pair = ProxyPair::new();
+    let (p, s) = (&pair.primary, &pair.secondary);
+    let mut h = pair.opened();
+    h.p(&p.data(0, b"abc"), 3);
+    // The secondary ran ahead: "abcdef" while the primary sent "abc" and then died.
+    let ev = h.s(&s.data(0, b"abcdef"), 4);
+    assert_eq!(H::released(&ev), vec![(p.data(0, b"abc").as_slice(), Via::Match)]);
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(5));
+    let ev = h.drain();
+    let released: Vec<_> = H::released(&ev);
+    assert_eq!(released.len(), 1, "{ev:?}");
+    let Class::Tcp(_, seg) = wire::parse(released[0].0) else { panic!("tcp") };
+    assert_eq!(seg.seq, p.seq(0), "moved into the primary's space");
+    assert_eq!(wire::payload(released[0].0, &seg), Some(&b"abcdef"[..]));
+    assert!(crate::fixtures::tcp_checksum_valid(released[0].0));
+    assert_eq!(h.shard.counters().held_secondary_frames, 0);
+}

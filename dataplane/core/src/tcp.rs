@@ -72,14 +72,26 @@ struct SynInfo {
     isn: u32,
     ack_flag: bool,
     ack: u32,
+    /// The SYN's TSval, if it carried the timestamp option (proxy mode learns the clock
+    /// offset from the pair, SPEC §3).
+    tsval: Option<u32>,
+    /// Whether it offered window scaling (RFC 7323: scaling holds only if both SYNs do).
+    window_scale: bool,
 }
 
 impl SynInfo {
-    fn of(seg: &TcpSegment) -> Self {
-        SynInfo { isn: seg.seq, ack_flag: seg.ack_flag, ack: seg.ack }
+    fn of(seg: &TcpSegment, bytes: &[u8]) -> Self {
+        let fields = crate::proxy::TcpFields::find(bytes, seg);
+        SynInfo {
+            isn: seg.seq,
+            ack_flag: seg.ack_flag,
+            ack: seg.ack,
+            tsval: fields.and_then(|f| f.timestamps(bytes)).map(|(v, _)| v),
+            window_scale: fields.is_some_and(|f| f.window_scale.is_some()),
+        }
     }
     /// SPEC §5.1: the counterpart has the same flags and the same ACK; ISNs differ freely.
-    fn counterpart_of(&self, other: &SynInfo) -> bool {
+    fn counterpart_of(&self, other: &TcpSegment) -> bool {
         self.ack_flag == other.ack_flag && (!self.ack_flag || self.ack == other.ack)
     }
 }
@@ -95,7 +107,7 @@ pub(crate) struct HeldPrimary<F> {
 
 pub(crate) struct HeldSecondary<F> {
     pub(crate) frame: F,
-    seg: TcpSegment,
+    pub(crate) seg: TcpSegment,
     pub(crate) arrived: Timestamp,
     pub(crate) len: u32,
 }
@@ -114,6 +126,43 @@ enum Cover {
     Nothing,
 }
 
+/// What proxy mode learns from the client's own frames of a connection (SPEC §3, §5.1): how
+/// much the client lets the guests send ahead, which bounds what a side may normally hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClientView {
+    /// The client's SYN (or SYN-ACK) was seen: `window_scale` is known.
+    syn_seen: bool,
+    /// The shift its SYN offered (0 without the option).
+    window_scale: u8,
+    /// Largest window field of its later segments, unscaled.
+    window_max: u16,
+}
+
+/// Window scale assumed for a client whose SYN was not seen (opened before we started):
+/// the largest RFC 7323 allows, so an unknown window is never under-estimated; the memory
+/// budget (mbuf pool) still bounds what is held.
+const UNKNOWN_WINDOW_SCALE: u8 = 14;
+
+/// Slack over the client's window before a queue counts as overflowing: frame headers,
+/// retransmitted copies held next to their originals, and a window that just shrank.
+fn window_slack(window: u64) -> u64 {
+    window / 4 + (64 << 10)
+}
+
+/// The diagnostic of a `queue-overflow` request.
+fn overflow_detail(side: Side, frames: usize, bytes: u64, window: Option<u64>, cfg: &Config) -> String {
+    let max = cfg.max_queue_size;
+    match window {
+        Some(w) => format!(
+            "{} queue {frames} frames / {bytes} bytes: over max_queue_size {max} and the client's window \
+             {w} bytes + {} slack",
+            side.as_str(),
+            window_slack(w)
+        ),
+        None => format!("{} queue {frames} frames: over max_queue_size {max}", side.as_str()),
+    }
+}
+
 /// Comparison state of one TCP connection (guest → client direction).
 pub(crate) struct TcpConn<F> {
     pub(crate) primary: VecDeque<HeldPrimary<F>>,
@@ -130,8 +179,17 @@ pub(crate) struct TcpConn<F> {
     /// Every position before this is verified equal on both sides (SPEC §5.1).
     compared: Option<u32>,
     /// Added to secondary sequence numbers to reach the primary's space: 0 in compare mode,
-    /// learned from the SYN pair in proxy mode, 0 again after a checkpoint.
+    /// learned from the SYN pair in proxy mode, 0 again after a checkpoint that replaced the
+    /// secondary's state (kept by standalone completions and failovers).
     offset: Option<u32>,
+    /// Added to the secondary's TSval to reach the primary's clock; learned with `offset`
+    /// (0 when either SYN had no timestamps) and valid whenever `offset` is.
+    ts_offset: u32,
+    /// Wire bytes of the held frames, per side (queue bounds follow the client's window).
+    p_bytes: u64,
+    s_bytes: u64,
+    /// The client's side of the connection (proxy mode only).
+    pub(crate) client: ClientView,
     p_syn: Option<SynInfo>,
     s_syn: Option<SynInfo>,
     p_ack_max: Option<u32>,
@@ -165,6 +223,10 @@ impl<F: Frame> TcpConn<F> {
                 Mode::Compare => Some(0),
                 Mode::Proxy => None,
             },
+            ts_offset: 0,
+            p_bytes: 0,
+            s_bytes: 0,
+            client: ClientView::default(),
             p_syn: None,
             s_syn: None,
             p_ack_max: None,
@@ -205,6 +267,58 @@ impl<F: Frame> TcpConn<F> {
         }
     }
 
+    /// A fresh incarnation of this connection that keeps what the client told (its SYN may
+    /// have come before the guests' SYN that starts the incarnation).
+    pub(crate) fn reincarnate(&mut self, mode: Mode) {
+        let client = self.client;
+        *self = TcpConn::new(mode);
+        self.client = client;
+    }
+
+    /// Proxy mode: a client frame of this connection (`seg` parsed from `bytes`) went by.
+    pub(crate) fn observe_client(&mut self, seg: &TcpSegment, bytes: &[u8]) {
+        let Some(f) = crate::proxy::TcpFields::find(bytes, seg) else { return };
+        if seg.syn {
+            self.client.syn_seen = true;
+            self.client.window_scale = f.window_scale.unwrap_or(0).min(UNKNOWN_WINDOW_SCALE);
+        } else {
+            // RFC 7323 §2.2: the window field of a SYN is never scaled; later ones are.
+            self.client.window_max = self.client.window_max.max(f.window);
+        }
+    }
+
+    /// The client's receive window in bytes, once a client segment showed it (never in
+    /// compare mode, where the dataplane does not see the client: the bound there is
+    /// `max_queue_size` frames, as in QEMU).
+    pub(crate) fn client_window(&self) -> Option<u64> {
+        if self.client.window_max == 0 {
+            return None;
+        }
+        let shift = if !self.client.syn_seen {
+            UNKNOWN_WINDOW_SCALE
+        } else if self.p_syn.is_some_and(|s| !s.window_scale) {
+            0
+        } else {
+            self.client.window_scale
+        };
+        Some(u64::from(self.client.window_max) << shift)
+    }
+
+    /// Whether one side's queue holds more than TCP lets it run ahead (SPEC §5.1): over
+    /// `max_queue_size` frames *and*, where the client's window is known, over that window
+    /// (with slack) in bytes.
+    fn over_window(&self, frames: usize, bytes: u64, cfg: &Config) -> bool {
+        frames > cfg.max_queue_size && self.client_window().is_none_or(|w| bytes > w + window_slack(w))
+    }
+
+    /// The primary queue is past what memory allows for one connection (SPEC §6: only then
+    /// is primary output dropped): the hard frame limit *and* four times the window bound.
+    fn at_hard_limit(&self, cfg: &Config) -> bool {
+        self.primary.len() >= cfg.hard_queue_limit
+            && self.client_window().is_none_or(|w| self.p_bytes > 4 * (w + window_slack(w)))
+    }
+
+    #[allow(clippy::type_complexity)]
     pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
         (
             self.base,
@@ -218,7 +332,7 @@ impl<F: Frame> TcpConn<F> {
     pub(crate) fn on_primary(&mut self, frame: F, seg: TcpSegment, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
         if seg.syn {
             if self.p_syn.is_none() {
-                self.p_syn = Some(SynInfo::of(&seg));
+                self.p_syn = Some(SynInfo::of(&seg, frame.bytes()));
                 if self.compared.is_none() {
                     let start = seg.seq.wrapping_add(1);
                     self.base = Some(start);
@@ -253,7 +367,7 @@ impl<F: Frame> TcpConn<F> {
         }
         let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
         let len = frame.bytes().len() as u32;
-        if self.primary.len() >= cfg.hard_queue_limit {
+        if self.at_hard_limit(cfg) {
             // SPEC §6: only a truly exhausted queue drops primary output, and it is counted;
             // the overflow request below was made long before.
             out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
@@ -262,6 +376,7 @@ impl<F: Frame> TcpConn<F> {
             out.drop_new(Side::Primary, frame, DropReason::QueueHardLimit);
         } else {
             out.hold(Side::Primary, len);
+            self.p_bytes += u64::from(len);
             if self.primary.is_empty() {
                 self.p_in_order = true;
                 self.p_tail_end = None;
@@ -275,10 +390,10 @@ impl<F: Frame> TcpConn<F> {
                 self.p_tail_end = Some(seg.end());
             }
             self.primary.push_back(HeldPrimary { frame, seg, arrived: out.now, retransmission, len });
-            if self.primary.len() > cfg.max_queue_size {
-                let n = self.primary.len();
+            if self.over_window(self.primary.len(), self.p_bytes, cfg) {
+                let (n, bytes, window) = (self.primary.len(), self.p_bytes, self.client_window());
                 out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
-                    format!("primary queue {n} > max_queue_size {}", cfg.max_queue_size)
+                    overflow_detail(Side::Primary, n, bytes, window, cfg)
                 });
             }
         }
@@ -297,7 +412,7 @@ impl<F: Frame> TcpConn<F> {
             self.s_ack_max = Some(seq_max(self.s_ack_max, seg.ack));
         }
         if seg.syn && self.s_syn.is_none() {
-            self.s_syn = Some(SynInfo::of(&seg));
+            self.s_syn = Some(SynInfo::of(&seg, frame.bytes()));
             self.learn_offset();
         }
         if seg.rst {
@@ -311,10 +426,10 @@ impl<F: Frame> TcpConn<F> {
             // Nothing left to compare (SYN, pure ACK, RST, or data below `compared`, which
             // SPEC §5.1 says is consumed silently); its flags/ACK were recorded above.
             out.consume_new(frame);
-        } else if self.secondary.len() >= cfg.max_queue_size {
-            let n = self.secondary.len();
+        } else if self.over_window(self.secondary.len() + 1, self.s_bytes + frame.bytes().len() as u64, cfg) {
+            let (n, bytes, window) = (self.secondary.len(), self.s_bytes, self.client_window());
             out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
-                format!("secondary queue {n} at max_queue_size {}", cfg.max_queue_size)
+                overflow_detail(Side::Secondary, n, bytes, window, cfg)
             });
             // Dropping secondary output is safe (it is never transmitted); the checkpoint
             // just requested resynchronises the secondary.
@@ -322,24 +437,57 @@ impl<F: Frame> TcpConn<F> {
         } else {
             let len = frame.bytes().len() as u32;
             out.hold(Side::Secondary, len);
+            self.s_bytes += u64::from(len);
             self.secondary.push_back(HeldSecondary { frame, seg, arrived: out.now, len });
         }
         self.progress(out, key);
     }
 
-    /// What to add to a secondary sequence number to reach the primary's space: 0 in compare
-    /// mode and after a checkpoint, learned from the SYN pair in proxy mode (`None` until both
-    /// SYNs were seen).
-    pub(crate) fn secondary_offset(&self) -> Option<u32> {
-        self.offset
+    /// Takes the held secondary segments (oldest first) out of the comparison: a failover
+    /// decides what becomes of them.
+    pub(crate) fn take_secondary(&mut self) -> VecDeque<HeldSecondary<F>> {
+        self.s_bytes = 0;
+        std::mem::take(&mut self.secondary)
+    }
+
+    /// `(sequence offset, TSval offset)` from the secondary's space to the primary's, once
+    /// known.
+    pub(crate) fn offsets(&self) -> Option<(u32, u32)> {
+        self.offset.map(|o| (o, self.ts_offset))
     }
 
     fn learn_offset(&mut self) {
         if self.offset.is_none() {
             if let (Some(p), Some(s)) = (self.p_syn, self.s_syn) {
                 self.offset = Some(p.isn.wrapping_sub(s.isn));
+                self.ts_offset = match (p.tsval, s.tsval) {
+                    (Some(p), Some(s)) => p.wrapping_sub(s),
+                    _ => 0,
+                };
             }
         }
+    }
+
+    /// After a failover to the secondary (SPEC §6): a secondary segment of this connection is
+    /// about to be forwarded; returns the offsets that move it into the space the client
+    /// knows. A connection the client learned from the primary (the primary's SYN was seen)
+    /// learns its offset from the secondary's SYN even now; a connection that starts after
+    /// the failover (or a new incarnation) is the secondary's own: offset 0.
+    pub(crate) fn forward_offsets(&mut self, seg: &TcpSegment, bytes: &[u8], mode: Mode) -> (u32, u32) {
+        if seg.syn {
+            let fresh = self.s_syn.is_some_and(|s| s.isn != seg.seq) || (self.p_syn.is_none() && self.s_syn.is_none());
+            if fresh && self.offset.is_some() {
+                // A new incarnation (port reuse) or a connection the primary never opened.
+                self.reincarnate(mode);
+                self.offset = Some(0);
+            }
+            if self.s_syn.is_none() {
+                self.s_syn = Some(SynInfo::of(seg, bytes));
+                self.learn_offset();
+            }
+        }
+        self.offset.get_or_insert(0);
+        (self.offset.unwrap_or(0), self.ts_offset)
     }
 
     fn progress(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
@@ -494,11 +642,8 @@ impl<F: Frame> TcpConn<F> {
 
     fn hold_reason(&self, h: &HeldPrimary<F>) -> Option<HoldReason> {
         let blocked = if self.diverged { HoldReason::Diverged } else { HoldReason::AwaitingSecondaryData };
-        if h.seg.syn {
-            let p = SynInfo::of(&h.seg);
-            if !self.s_syn.is_some_and(|s| s.counterpart_of(&p)) {
-                return Some(if self.diverged { blocked } else { HoldReason::AwaitingSynCounterpart });
-            }
+        if h.seg.syn && !self.s_syn.is_some_and(|s| s.counterpart_of(&h.seg)) {
+            return Some(if self.diverged { blocked } else { HoldReason::AwaitingSynCounterpart });
         }
         if h.seg.rst && !self.rst_done {
             return Some(if self.diverged { blocked } else { HoldReason::AwaitingRst });
@@ -522,6 +667,7 @@ impl<F: Frame> TcpConn<F> {
                 break;
             };
             let via = if h.retransmission { Via::Retransmission } else { Via::Match };
+            self.p_bytes = self.p_bytes.saturating_sub(u64::from(h.len));
             out.release_held(h.frame, via, h.arrived, h.len);
         }
     }
@@ -535,6 +681,7 @@ impl<F: Frame> TcpConn<F> {
             let done = self.secondary.get(i).is_some_and(|h| seq_le(h.seg.end().wrapping_add(off), c));
             if done {
                 if let Some(h) = self.secondary.remove(i) {
+                    self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));
                     out.release_secondary_held(h.frame, h.len, DropReason::Consumed);
                 }
             } else {
@@ -607,23 +754,49 @@ impl<F: Frame> TcpConn<F> {
 
     /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
     /// secondary's, and make the secondary's state the primary's.
-    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>) {
+    ///
+    /// `resync` says whether the secondary guest really became a copy of the primary (a
+    /// frame's `COLO_CHECKPOINT`): then its sequence space and clock are the primary's and the
+    /// offsets become 0. Otherwise (a standalone completion, a failover) no guest changed:
+    /// the offsets stay, and held secondary segments that reach past the new `compared` stay
+    /// held to be compared with what the primary sends next — dropping them would leave the
+    /// primary's next bytes without a counterpart (the client acknowledges them, so the
+    /// secondary never sends them again) and turn one divergence into a storm.
+    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, resync: bool) {
         while let Some(h) = self.primary.pop_front() {
             out.release_held(h.frame, Via::Flush, h.arrived, h.len);
         }
-        while let Some(h) = self.secondary.pop_front() {
-            out.release_secondary_held(h.frame, h.len, DropReason::Flushed);
-        }
+        self.p_bytes = 0;
         if let Some(high) = self.p_high {
             self.compared = Some(high);
             if self.base.is_none() {
                 self.base = Some(high);
             }
         }
+        let keep_from = match (resync, self.compared, self.offset) {
+            (false, Some(c), Some(off)) => Some((c, off)),
+            _ => None,
+        };
+        let mut i = 0;
+        while i < self.secondary.len() {
+            let ahead = keep_from.is_some_and(|(c, off)| {
+                self.secondary.get(i).is_some_and(|h| seq_lt(c, h.seg.end().wrapping_add(off)))
+            });
+            if ahead {
+                i += 1;
+            } else if let Some(h) = self.secondary.remove(i) {
+                self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));
+                out.release_secondary_held(h.frame, h.len, DropReason::Flushed);
+            }
+        }
         self.s_ack_max = self.p_ack_max;
-        self.offset = Some(0);
-        self.s_syn = self.p_syn;
-        self.s_rst_raw = self.p_rst;
+        if resync || self.offset.is_none() {
+            self.offset = Some(0);
+            self.ts_offset = 0;
+            self.s_syn = self.p_syn;
+        }
+        let off = self.offset.unwrap_or(0);
+        self.s_rst_raw = self.p_rst.map(|r| r.wrapping_sub(off));
         self.fin_done |= self.p_fin.is_some();
         self.rst_done |= self.p_rst.is_some();
         self.diverged = false;

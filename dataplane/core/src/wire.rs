@@ -21,6 +21,8 @@ use etherparse::{LinkExtSlice, NetSlice, SlicedPacket, TransportSlice};
 pub mod proto {
     /// ICMP for IPv4.
     pub const ICMP: u8 = 1;
+    /// IGMP.
+    pub const IGMP: u8 = 2;
     /// TCP.
     pub const TCP: u8 = 6;
     /// UDP.
@@ -396,11 +398,32 @@ pub fn parse(bytes: &[u8]) -> Class {
                 },
             )
         }
+        Some(TransportSlice::Icmpv6(_)) if is_link_local_control(key.proto, payload.payload) => {
+            Class::NonIp(ETHERTYPE_IPV6)
+        }
         Some(TransportSlice::Udp(_)) | Some(TransportSlice::Icmpv4(_)) | Some(TransportSlice::Icmpv6(_)) => {
             (key.src_port, key.dst_port) = l4_ports(key.proto, payload.payload);
             Class::Datagram(key, ip_payload)
         }
+        Some(TransportSlice::Igmp(_)) | None if is_link_local_control(key.proto, payload.payload) => {
+            Class::NonIp(ETHERTYPE_IPV4)
+        }
         Some(TransportSlice::Igmp(_)) | None => Class::OtherIp(key, ip_payload),
+    }
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Link-local control traffic sent on randomised timers (SPEC §4): IPv6 neighbour discovery
+/// (router/neighbour solicitation and advertisement, redirect: ICMPv6 133–137), MLD
+/// (ICMPv6 130–132, MLDv2 report 143) and IGMP. Two identical guests send it at independent
+/// moments, so it follows the non-IP policy instead of being compared as datagrams.
+fn is_link_local_control(ip_proto: u8, l4: &[u8]) -> bool {
+    match ip_proto {
+        proto::IGMP => true,
+        proto::ICMPV6 => matches!(l4.first(), Some(130..=137 | 143)),
+        _ => false,
     }
 }
 
@@ -450,6 +473,28 @@ mod tests {
         b'h', b'e', b'l', b'l', b'o', // padding
         0, 0, 0, 0, 0,
     ];
+
+    #[test]
+    fn test_neighbour_discovery_mld_and_igmp_follow_the_non_ip_policy() {
+        use crate::fixtures::IpFrame;
+        let v6 = |icmp_type: u8| {
+            IpFrame {
+                src: "fe80::1".parse().unwrap(),
+                dst: "ff02::1".parse().unwrap(),
+                proto: proto::ICMPV6,
+                payload: vec![icmp_type, 0, 0, 0, 0, 0, 0, 0],
+                ..IpFrame::default()
+            }
+            .build()
+        };
+        for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
+            assert_eq!(parse(&v6(t)), Class::NonIp(0x86dd), "ICMPv6 type {t}");
+        }
+        // An echo request is a datagram as before.
+        assert!(matches!(parse(&v6(128)), Class::Datagram(..)));
+        let igmp = IpFrame { proto: proto::IGMP, payload: vec![0x16, 0, 0, 0, 224, 0, 0, 22], ..IpFrame::default() };
+        assert_eq!(parse(&igmp.build()), Class::NonIp(0x0800));
+    }
 
     #[test]
     fn test_parse_tcp_ignores_padding() {

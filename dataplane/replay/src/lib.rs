@@ -38,6 +38,9 @@ impl Frame for ReplayFrame {
     fn bytes(&self) -> &[u8] {
         &self.data
     }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
 }
 
 /// Replay settings (the CLI flags).

@@ -396,6 +396,9 @@ struct ControlLoop {
     /// `flows` requests waiting for every shard's answer.
     pending_flows: Vec<PendingFlows>,
     next_request: u64,
+    /// Whether a completion means the secondary guest became a copy of the primary (a COLO
+    /// frame's checkpoint) or nothing changed in the guests (standalone mode).
+    resync_on_completion: bool,
 }
 
 /// A `flows` admin request being gathered from the shards.
@@ -549,6 +552,7 @@ impl ControlLoop {
             local_io: local_io.map(|io| (io, RxBurst::new())),
             pending_flows: Vec::new(),
             next_request: 1,
+            resync_on_completion: mode == CheckpointMode::Frame,
         })
     }
 
@@ -842,7 +846,7 @@ impl ControlLoop {
                 }
                 Output::FlushShards { epoch } => {
                     for q in &mut self.backlog {
-                        q.push_back(ShardCommand::Flush { epoch });
+                        q.push_back(ShardCommand::Flush { epoch, resync: self.resync_on_completion });
                     }
                 }
                 Output::Failover(target) => {
@@ -912,6 +916,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
             "secondary_consumed": c.secondary_consumed,
             "secondary_flushed": c.secondary_flushed,
             "secondary_forwarded": c.secondary_forwarded,
+            "failover_rewritten": c.failover_rewritten,
             "primary_dropped": dropped(Side::Primary),
             "secondary_dropped": dropped(Side::Secondary),
             "held_primary_frames": c.held_primary_frames,

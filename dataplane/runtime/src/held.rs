@@ -16,4 +16,7 @@ impl Frame for HeldFrame {
     fn bytes(&self) -> &[u8] {
         self.0.data()
     }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0.data_mut()
+    }
 }

@@ -11,6 +11,10 @@ pub enum ShardCommand {
     Flush {
         /// The epoch being completed.
         epoch: u64,
+        /// The secondary guest's state was replaced by the primary's (a frame's
+        /// `COLO_CHECKPOINT`): proxy-mode offsets reset to 0. False for standalone mode's
+        /// completions, which change no guest (SPEC §3).
+        resync: bool,
     },
     /// Stop comparing; forward this side's frames from now on.
     Failover(Side),

@@ -124,7 +124,8 @@ const MIRROR_PENDING_MAX: usize = 1024;
 
 impl Mirror {
     /// Mirrors one client frame.
-    fn client_frame(&mut self, shard: &Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf) {
+    fn client_frame(&mut self, shard: &mut Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf, now: colo_core::Timestamp) {
+        shard.observe_client(m.data(), now);
         let stats = &self.stats;
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match Mbuf::from_slice(pool, m.data()) {
@@ -222,7 +223,7 @@ impl ShardContext {
                 }
             }
             let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
-            work += self.take_client();
+            work += self.take_client(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.handle_timeout(now);
             }
@@ -230,8 +231,12 @@ impl ShardContext {
             while let Some(cmd) = self.commands.pop() {
                 work += 1;
                 match cmd {
-                    ShardCommand::Flush { epoch } => {
-                        self.shard.checkpoint_done(now);
+                    ShardCommand::Flush { epoch, resync } => {
+                        if resync {
+                            self.shard.checkpoint_done(now);
+                        } else {
+                            self.shard.standalone_completion(now);
+                        }
                         self.apply_actions();
                         // Publish before acknowledging: whoever sees the epoch complete then
                         // sees counters that include the flush.
@@ -325,14 +330,14 @@ impl ShardContext {
     }
 
     /// Mirrors up to a burst of client frames (proxy mode).
-    fn take_client(&mut self) -> usize {
+    fn take_client(&mut self, now: colo_core::Timestamp) -> usize {
         let (ShardInput::Rings { client: Some(ring), .. }, Some(mirror)) = (&mut self.input, &mut self.mirror) else {
             return 0;
         };
         let mut n = 0;
         while n < BURST_SIZE {
             let Ok(m) = ring.pop() else { break };
-            mirror.client_frame(&self.shard, &self.pool, m);
+            mirror.client_frame(&mut self.shard, &self.pool, m, now);
             n += 1;
         }
         n

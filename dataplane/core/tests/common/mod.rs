@@ -16,6 +16,9 @@ impl Frame for Indexed {
     fn bytes(&self) -> &[u8] {
         &self.data
     }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
 }
 
 #[derive(Default, Debug)]
