@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod counters;
 mod datagram;
 pub mod fixtures;
+mod pairing;
 pub mod proxy;
 mod reasm;
 pub mod rss;

@@ -37,6 +37,31 @@ fn checksum_update32(checksum: u16, old: u32, new: u32) -> u16 {
     !(sum as u16)
 }
 
+/// The same for a 16-bit field.
+fn checksum_update16(checksum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sets the source (`source` true) or destination port of the TCP segment `seg` inside
+/// `frame`, keeping its checksum valid (proxy mode's port pairing, see [`crate::pairing`]).
+/// Returns false (and changes nothing) if the header is not where `seg` says.
+pub(crate) fn set_port(frame: &mut [u8], seg: &TcpSegment, source: bool, port: u16) -> bool {
+    let h = seg.header_offset as usize;
+    let at = if source { h } else { h + 2 };
+    if h + 18 > frame.len() {
+        return false;
+    }
+    let old = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let checksum = u16::from_be_bytes([frame[h + 16], frame[h + 17]]);
+    frame[at..at + 2].copy_from_slice(&port.to_be_bytes());
+    frame[h + 16..h + 18].copy_from_slice(&checksum_update16(checksum, old, port).to_be_bytes());
+    true
+}
+
 fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
@@ -270,6 +295,17 @@ mod tests {
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
         let fields = TcpFields::find(&f, &seg).expect("fields");
         assert_eq!((fields.window_scale, fields.window), (Some(7), 64_240));
+    }
+
+    #[test]
+    fn ports_change_with_a_valid_checksum() {
+        let mut f = TcpFrame { payload: b"abc".to_vec(), ..TcpFrame::default() }.build();
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+        assert!(set_port(&mut f, &seg, true, 51_234));
+        assert!(set_port(&mut f, &seg, false, 443));
+        let Class::Tcp(key, _) = parse(&f) else { panic!("tcp") };
+        assert_eq!((key.src_port, key.dst_port), (51_234, 443));
+        assert!(tcp_checksum_ok(&f));
     }
 
     #[test]

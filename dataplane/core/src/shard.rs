@@ -443,6 +443,8 @@ pub struct Shard<F> {
     /// Reusable fragment lists.
     pool: Vec<Vec<Piece<F>>>,
     failed_over: Option<Side>,
+    /// Proxy mode: secondary source ports paired with the primary's (guest-opened TCP).
+    pairs: crate::pairing::PortPairs<F>,
     /// Set when an eviction scan found nothing: further inserts fail fast instead of
     /// rescanning a full table per packet, until something can have changed (a timer run,
     /// a flush, a removal).
@@ -464,6 +466,7 @@ impl<F: Frame> Shard<F> {
             reasm: Reassembly::new(),
             pool: Vec::new(),
             failed_over: None,
+            pairs: crate::pairing::PortPairs::default(),
             evict_blocked: false,
             cfg: config,
         }
@@ -643,6 +646,111 @@ impl<F: Frame> Shard<F> {
     }
 
     fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+        let (mut frame, mut key) = (frame, key);
+        let mut paired = None;
+        if self.cfg.mode == crate::Mode::Proxy {
+            let guest_syn = seg.syn && !seg.ack_flag;
+            match side {
+                Side::Secondary => match self.pair_secondary(frame, key, &seg, now) {
+                    Some((f, k)) => (frame, key) = (f, k),
+                    None => return,
+                },
+                Side::Primary if guest_syn && self.tcp_conn(&key).is_none_or(|c| !c.has_primary_syn()) => {
+                    paired = self.pairs.primary_syn(&key);
+                }
+                Side::Primary => {}
+            }
+        }
+        self.handle_tcp_conn(side, frame, key, seg, now);
+        if let Some(parked) = paired {
+            self.unpark(parked, key.src_port, now);
+        }
+    }
+
+    /// The connection state of a TCP key, if present.
+    fn tcp_conn(&self, key: &FlowKey) -> Option<&TcpConn<F>> {
+        let slot = *self.map.get(&(*key, Kind::Tcp))?;
+        match &self.slots.get(slot as usize)?.flow.as_ref()?.conn {
+            Conn::Tcp(c) => Some(c),
+            Conn::Datagram(_) => None,
+        }
+    }
+
+    fn tcp_conn_mut(&mut self, key: &FlowKey) -> Option<&mut TcpConn<F>> {
+        let slot = *self.map.get(&(*key, Kind::Tcp))?;
+        match &mut self.slots.get_mut(slot as usize)?.flow.as_mut()?.conn {
+            Conn::Tcp(c) => Some(c),
+            Conn::Datagram(_) => None,
+        }
+    }
+
+    /// Proxy mode's port pairing for a secondary segment (see [`crate::pairing`]): moves it
+    /// onto the primary's port where its connection has an alias, pairs a guest-opened SYN
+    /// with a waiting primary SYN, or parks it until the primary's SYN comes (`None`).
+    fn pair_secondary(
+        &mut self,
+        mut frame: F,
+        mut key: FlowKey,
+        seg: &TcpSegment,
+        now: Timestamp,
+    ) -> Option<(F, FlowKey)> {
+        while let Some(old) = self.pairs.expired(now, self.cfg.compare_timeout) {
+            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            out.release_secondary_held(old.frame, old.len, DropReason::Consumed);
+        }
+        let port = match self.pairs.primary_port(&key) {
+            Some(port) => port,
+            None if !seg.syn || seg.ack_flag => return Some((frame, key)),
+            None if self.map.contains_key(&(key, Kind::Tcp)) => {
+                self.pairs.same_port(&key);
+                return Some((frame, key));
+            }
+            None => match self.pairs.secondary_syn(&key) {
+                Some(port) => {
+                    let own = key.src_port;
+                    if let Some(conn) = self.tcp_conn_mut(&FlowKey { src_port: port, ..key }) {
+                        conn.secondary_port = Some(own);
+                    }
+                    port
+                }
+                None => {
+                    let len = frame.bytes().len() as u32;
+                    let mut out =
+                        Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                    out.hold(Side::Secondary, len);
+                    let parked = crate::pairing::Parked { key, seg: *seg, frame, arrived: now, len };
+                    if let Some(old) = self.pairs.park(parked) {
+                        out.release_secondary_held(old.frame, old.len, DropReason::Consumed);
+                    }
+                    return None;
+                }
+            },
+        };
+        // The header was parsed from these very bytes, so the port is where `seg` says.
+        let moved = crate::proxy::set_port(frame.bytes_mut(), seg, true, port);
+        debug_assert!(moved, "a parsed TCP header must be writable");
+        key.src_port = port;
+        Some((frame, key))
+    }
+
+    /// A parked secondary SYN met its primary SYN (whose connection uses `primary_port`):
+    /// compare it there.
+    fn unpark(&mut self, parked: crate::pairing::Parked<F>, primary_port: u16, now: Timestamp) {
+        let crate::pairing::Parked { key, seg, mut frame, len, .. } = parked;
+        let c = &mut self.counters;
+        c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
+        c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
+        if key.src_port != primary_port {
+            if let Some(conn) = self.tcp_conn_mut(&FlowKey { src_port: primary_port, ..key }) {
+                conn.secondary_port = Some(key.src_port);
+            }
+            let moved = crate::proxy::set_port(frame.bytes_mut(), &seg, true, primary_port);
+            debug_assert!(moved, "a parsed TCP header must be writable");
+        }
+        self.handle_tcp_conn(Side::Secondary, frame, FlowKey { src_port: primary_port, ..key }, seg, now);
+    }
+
+    fn handle_tcp_conn(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
         let slot = self.flow_slot(key, Kind::Tcp, now);
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
@@ -791,6 +899,9 @@ impl<F: Frame> Shard<F> {
         self.evict_blocked = false;
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if let Some(f) = s.flow.take() {
+                if let Conn::Tcp(c) = &f.conn {
+                    self.pairs.forget(&f.key, c.secondary_port);
+                }
                 self.map.remove(&(f.key, f.kind));
                 s.generation = s.generation.wrapping_add(1);
                 self.free.push(slot);
@@ -948,6 +1059,12 @@ impl<F: Frame> Shard<F> {
             }
         }
         self.reasm.flush(&mut out, &self.cfg, &mut self.timers);
+        // A real checkpoint gives the secondary the primary's ports; either way its parked
+        // SYNs are flushed (its kernel retransmits a SYN it still wants answered).
+        let parked = if resync { self.pairs.reset() } else { self.pairs.take_parked() };
+        for p in parked {
+            out.release_secondary_held(p.frame, p.len, DropReason::Flushed);
+        }
         while let Some((frame, arrived, len)) = self.unflowed.pop_front() {
             out.release_held(frame, Via::Flush, arrived, len);
         }
@@ -1005,7 +1122,14 @@ impl<F: Frame> Shard<F> {
     /// into the space its client knows (sequence number and TSval; SPEC §6). Returns false if
     /// the frame could not be rewritten although its connection needs it.
     fn forward_secondary(&mut self, frame: &mut F, now: Timestamp) -> bool {
-        let Class::Tcp(key, seg) = wire::parse(frame.bytes()) else { return true };
+        let Class::Tcp(mut key, seg) = wire::parse(frame.bytes()) else { return true };
+        if let Some(port) = self.pairs.primary_port(&key) {
+            // A guest-opened connection the client knows under the primary's port.
+            if !crate::proxy::set_port(frame.bytes_mut(), &seg, true, port) {
+                return false;
+            }
+            key.src_port = port;
+        }
         let Some(&slot) = self.map.get(&(key, Kind::Tcp)) else { return true };
         let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return true };
         flow.last_activity = now;
@@ -1078,14 +1202,19 @@ impl<F: Frame> Shard<F> {
         let Some(Conn::Tcp(conn)) = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref()).map(|f| &f.conn) else {
             return ClientRewrite::Unchanged;
         };
-        match conn.offsets() {
+        let shifted = match conn.offsets() {
             // After a failover to the secondary a connection may start without any primary:
             // the secondary's own space is the client's.
             None if self.failed_over.is_some() => ClientRewrite::Unchanged,
-            None => ClientRewrite::OffsetUnknown,
+            None => return ClientRewrite::OffsetUnknown,
             Some((0, 0)) => ClientRewrite::Unchanged,
             Some((seq, ts)) if crate::proxy::shift_client(frame, &seg, seq, ts) => ClientRewrite::Rewritten,
             Some(_) => ClientRewrite::Unchanged,
+        };
+        // A guest-opened connection whose secondary chose another source port.
+        match conn.secondary_port {
+            Some(port) if crate::proxy::set_port(frame, &seg, false, port) => ClientRewrite::Rewritten,
+            _ => shifted,
         }
     }
 

@@ -1307,3 +1307,86 @@ fn test_failover_to_the_secondary_forwards_what_it_sent_ahead_of_the_primary() {
     assert!(crate::fixtures::tcp_checksum_valid(released[0].0));
     assert_eq!(h.shard.counters().held_secondary_frames, 0);
 }
+
+/// A guest-opened connection from guest port `port` (ISN `isn`) to the client's port 9090.
+fn guest_opened(port: u16, isn: u32) -> Conn {
+    Conn { isn, ack: 0, template: TcpFrame { sport: port, dport: 9090, ..TcpFrame::default() } }
+}
+
+fn guest_syn(c: &Conn) -> Vec<u8> {
+    TcpFrame { seq: c.isn, ack: 0, flags: flags::SYN, ..c.template.clone() }.build()
+}
+
+/// The client's frame to guest port `port` acknowledging `ack`.
+fn client_to(port: u16, ack: u32, flags: u8) -> Vec<u8> {
+    TcpFrame {
+        src: std::net::Ipv4Addr::new(10, 0, 0, 1),
+        dst: std::net::Ipv4Addr::new(10, 0, 0, 2),
+        sport: 9090,
+        dport: port,
+        seq: 300,
+        ack,
+        flags,
+        ..TcpFrame::default()
+    }
+    .build()
+}
+
+fn ports_of(f: &[u8]) -> (u16, u16) {
+    let Class::Tcp(key, _) = wire::parse(f) else { panic!("tcp") };
+    (key.src_port, key.dst_port)
+}
+
+#[test]
+fn test_guest_opened_connections_pair_the_secondary_port_with_the_primary_port() {
+    for secondary_first in [false, true] {
+        let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+        let (p, s) = (guest_opened(40_000, 1000), guest_opened(50_000, 7000));
+        let released = if secondary_first {
+            assert_eq!(h.s(&guest_syn(&s), 1), vec![], "parked until the primary's SYN");
+            h.p(&guest_syn(&p), 2)
+        } else {
+            assert_eq!(h.p(&guest_syn(&p), 1), vec![], "held until the secondary's SYN");
+            h.s(&guest_syn(&s), 2)
+        };
+        assert_eq!(H::released(&released), vec![(guest_syn(&p).as_slice(), Via::Match)], "first {secondary_first}");
+        // The client answers the primary's port; the secondary's copy goes to its own port, in
+        // its own sequence space.
+        let mut f = client_to(40_000, 1001, flags::SYN | flags::ACK);
+        assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+        assert_eq!(ports_of(&f), (9090, 50_000));
+        assert_eq!(ack_and_tsecr(&f).0, 7001);
+        assert!(crate::fixtures::tcp_checksum_valid(&f));
+        // Data on the two ports compares as one connection.
+        let (p, s) = (Conn { ack: 301, ..p }, Conn { ack: 301, ..s });
+        assert_eq!(h.p(&p.data(0, b"hello"), 3), vec![]);
+        let ev = h.s(&s.data(0, b"hello"), 4);
+        assert_eq!(H::released(&ev), vec![(p.data(0, b"hello").as_slice(), Via::Match)]);
+        assert_eq!(h.tick(60_000), vec![]);
+        assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 0);
+        assert_eq!(h.shard.flow_count(), 1, "one connection, not two");
+    }
+}
+
+#[test]
+fn test_same_ports_need_no_pairing_and_a_real_checkpoint_forgets_aliases() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    let (p, s) = (guest_opened(40_000, 1000), guest_opened(40_000, 7000));
+    h.p(&guest_syn(&p), 1);
+    h.s(&guest_syn(&s), 2);
+    let mut f = client_to(40_000, 1001, flags::SYN | flags::ACK);
+    h.shard.rewrite_client_for_secondary(&mut f);
+    assert_eq!(ports_of(&f), (9090, 40_000));
+    // A second connection pairs 40001 with 50001; a checkpoint then makes the secondary the
+    // primary's copy (its sockets use the primary's ports): the alias goes.
+    let (p2, s2) = (guest_opened(40_001, 2000), guest_opened(50_001, 9000));
+    h.p(&guest_syn(&p2), 3);
+    h.s(&guest_syn(&s2), 4);
+    let mut f = client_to(40_001, 2001, flags::SYN | flags::ACK);
+    h.shard.rewrite_client_for_secondary(&mut f);
+    assert_eq!(ports_of(&f), (9090, 50_001));
+    h.done(5);
+    let mut f = client_to(40_001, 2001, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Unchanged);
+    assert_eq!(ports_of(&f), (9090, 40_001));
+}

@@ -190,6 +190,9 @@ pub(crate) struct TcpConn<F> {
     s_bytes: u64,
     /// The client's side of the connection (proxy mode only).
     pub(crate) client: ClientView,
+    /// Proxy mode, guest-opened: the secondary's source port when its kernel chose another
+    /// than the primary's (see [`crate::pairing`]); client frames to it carry this port.
+    pub(crate) secondary_port: Option<u16>,
     p_syn: Option<SynInfo>,
     s_syn: Option<SynInfo>,
     p_ack_max: Option<u32>,
@@ -227,6 +230,7 @@ impl<F: Frame> TcpConn<F> {
             p_bytes: 0,
             s_bytes: 0,
             client: ClientView::default(),
+            secondary_port: None,
             p_syn: None,
             s_syn: None,
             p_ack_max: None,
@@ -242,6 +246,11 @@ impl<F: Frame> TcpConn<F> {
             timed_out: false,
             closed_at: None,
         }
+    }
+
+    /// Whether the primary's SYN of this incarnation was seen.
+    pub(crate) fn has_primary_syn(&self) -> bool {
+        self.p_syn.is_some()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -790,10 +799,11 @@ impl<F: Frame> TcpConn<F> {
             }
         }
         self.s_ack_max = self.p_ack_max;
-        if resync || self.offset.is_none() {
+        if resync {
             self.offset = Some(0);
             self.ts_offset = 0;
             self.s_syn = self.p_syn;
+            self.secondary_port = None;
         }
         let off = self.offset.unwrap_or(0);
         self.s_rst_raw = self.p_rst.map(|r| r.wrapping_sub(off));
