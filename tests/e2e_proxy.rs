@@ -332,14 +332,17 @@ fn failover_to_the_secondary_keeps_a_download_alive_and_new_connections_work() {
         sh(&format!("ip netns exec {} ip link set eth0 down", topo.ns("pr"))).unwrap();
         // ... and the operator (or the COLO frame) fails over to the secondary.
         proxy.ctl(&["failover", "secondary"]);
+        let t = Instant::now();
         let (got, intact, _) = client.join().unwrap();
+        eprintln!("download finished {:?} after the failover", t.elapsed());
         assert!(got == size && intact, "download after failover: {got} of {size} bytes, intact {intact}");
     });
     let s = proxy.stats();
     assert!(s["total"]["failover_rewritten"].as_u64() > Some(1000), "{}", s["total"]);
     // New connections after the failover, served by the secondary alone.
-    rate(&topo, "rtt", 100);
-    rate(&topo, "short", 20);
+    let t = Instant::now();
+    let (rtts, shorts) = (rate(&topo, "rtt", 100), rate(&topo, "short", 20));
+    eprintln!("after the failover: {rtts} round trips/s, {shorts} connections/s ({:?})", t.elapsed());
     let (got, intact, _) = download(&topo, 8080, 8 * MB);
     assert!(got == 8 * MB && intact);
     let (stats, log) = proxy.stop();

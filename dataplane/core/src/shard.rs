@@ -477,6 +477,11 @@ impl<F: Frame> Shard<F> {
         &self.cfg
     }
 
+    /// The side whose frames are forwarded since a failover, if one happened.
+    pub fn failed_over(&self) -> Option<Side> {
+        self.failed_over
+    }
+
     /// Changes `compare_timeout` (and `linger`, kept at twice it, and the reassembly timeout
     /// when it follows it) for what is held from now on; deadlines already set keep their time
     /// (the admin socket's `set`, SPEC §7).

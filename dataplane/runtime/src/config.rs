@@ -89,7 +89,11 @@ pub struct Args {
     /// How long a held packet may wait for its counterpart before a checkpoint is requested.
     #[arg(long)]
     pub compare_timeout_ms: Option<u64>,
-    /// Per-connection queue length that triggers a queue-overflow checkpoint.
+    /// Per-connection, per-side queue length (frames) past which a TCP queue may overflow.
+    /// In proxy mode a side may also hold up to the client's advertised receive window (plus a
+    /// quarter and 64 KiB) before `queue-overflow`: one guest legitimately runs a window ahead
+    /// of the other. In compare mode the client is not seen, so this alone is the bound
+    /// (default 1024).
     #[arg(long)]
     pub max_queue_size: Option<usize>,
     /// frame: a COLO frame completes checkpoints; standalone: they complete at once (no fault tolerance).
@@ -107,7 +111,11 @@ pub struct Args {
     /// Write the final statistics as JSON here at exit.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
-    /// Mbufs in the packet pool (default: sized for the comparison window of every shard).
+    /// Mbufs in the packet pool. Held frames stay in their mbufs, so the pool must cover the
+    /// descriptors and rings plus what the shards hold: in proxy mode up to one client
+    /// receive window per busy connection (a 6 MB window of 1448-byte segments is about
+    /// 4,300 frames; Linux autotunes windows up to tcp_rmem's maximum). The default covers
+    /// 16,384 held frames per shard; below 1/8 free a shard requests `resource-pressure`.
     #[arg(long)]
     pub mbufs: Option<u32>,
     /// Non-IP and malformed frames: passthrough (release the primary's at once) or compare.

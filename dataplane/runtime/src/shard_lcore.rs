@@ -123,27 +123,44 @@ pub struct MirrorStats {
 const MIRROR_PENDING_MAX: usize = 1024;
 
 impl Mirror {
-    /// Mirrors one client frame.
+    /// Mirrors one client frame. After a failover only the surviving guest gets it: the
+    /// failed one is gone (its port may not even take frames), and copies for it would only
+    /// pile up.
     fn client_frame(&mut self, shard: &mut Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf, now: colo_core::Timestamp) {
         shard.observe_client(m.data(), now);
         let stats = &self.stats;
         stats.client_in.fetch_add(1, Ordering::Relaxed);
-        match Mbuf::from_slice(pool, m.data()) {
-            Ok(copy) => {
-                if self.pending.is_empty() {
-                    self.send_secondary(shard, copy);
-                } else if self.pending.len() < MIRROR_PENDING_MAX {
-                    self.pending.push_back(copy);
-                } else {
-                    stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+        match shard.failed_over() {
+            Some(Side::Secondary) => {
+                self.to_secondary_in_order(shard, m);
+                return;
             }
+            Some(Side::Primary) => {
+                stats.to_primary.fetch_add(1, Ordering::Relaxed);
+                self.to_primary.push(m);
+                return;
+            }
+            None => {}
+        }
+        match Mbuf::from_slice(pool, m.data()) {
+            Ok(copy) => self.to_secondary_in_order(shard, copy),
             Err(_) => {
                 stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.stats.to_primary.fetch_add(1, Ordering::Relaxed);
         self.to_primary.push(m);
+    }
+
+    /// Sends a secondary copy behind any that wait for their offset.
+    fn to_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf) {
+        if self.pending.is_empty() {
+            self.send_secondary(shard, copy);
+        } else if self.pending.len() < MIRROR_PENDING_MAX {
+            self.pending.push_back(copy);
+        } else {
+            self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Rewrites and sends `copy`, or parks it (keeping order) while its offset is unknown.
