@@ -132,7 +132,7 @@ impl Mirror {
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match shard.failed_over() {
             Some(Side::Secondary) => {
-                self.to_secondary_in_order(shard, m);
+                self.send_secondary_in_order(shard, m);
                 return;
             }
             Some(Side::Primary) => {
@@ -143,7 +143,7 @@ impl Mirror {
             None => {}
         }
         match Mbuf::from_slice(pool, m.data()) {
-            Ok(copy) => self.to_secondary_in_order(shard, copy),
+            Ok(copy) => self.send_secondary_in_order(shard, copy),
             Err(_) => {
                 stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -153,7 +153,7 @@ impl Mirror {
     }
 
     /// Sends a secondary copy behind any that wait for their offset.
-    fn to_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf) {
+    fn send_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf) {
         if self.pending.is_empty() {
             self.send_secondary(shard, copy);
         } else if self.pending.len() < MIRROR_PENDING_MAX {
