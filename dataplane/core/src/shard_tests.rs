@@ -1390,3 +1390,22 @@ fn test_same_ports_need_no_pairing_and_a_real_checkpoint_forgets_aliases() {
     assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Unchanged);
     assert_eq!(ports_of(&f), (9090, 40_001));
 }
+
+#[test]
+fn test_standalone_completion_of_a_timeout_does_not_time_out_again_at_once() {
+    let pair = ProxyPair::new();
+    let (p, s) = (&pair.primary, &pair.secondary);
+    let mut h = pair.opened();
+    // A hole on the secondary's side: its segment at 0 was lost, the one at 3 is held.
+    h.p(&p.data(0, b"abc"), 10);
+    h.s(&s.data(3, b"def"), 10);
+    assert_eq!(H::ckpts(&h.tick(3_010)), vec!["timeout-primary"]);
+    h.shard.standalone_completion(Timestamp::from_millis(3_011));
+    h.drain();
+    // The kept secondary segment starts a fresh window: no request right after the
+    // completion, and it still matches the primary's next bytes.
+    assert_eq!(h.tick(3_012), vec![]);
+    let ev = h.p(&p.data(3, b"def"), 3_013);
+    assert_eq!(H::released(&ev), vec![(p.data(3, b"def").as_slice(), Via::Match)]);
+    assert_eq!(h.tick(60_000), vec![]);
+}

@@ -792,6 +792,11 @@ impl<F: Frame> TcpConn<F> {
                 self.secondary.get(i).is_some_and(|h| seq_lt(c, h.seg.end().wrapping_add(off)))
             });
             if ahead {
+                // A fresh compare window from this completion on: its old arrival would time
+                // out again at once, and every completion would ask for the next.
+                if let Some(h) = self.secondary.get_mut(i) {
+                    h.arrived = out.now;
+                }
                 i += 1;
             } else if let Some(h) = self.secondary.remove(i) {
                 self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));

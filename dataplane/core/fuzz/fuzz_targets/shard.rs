@@ -7,10 +7,11 @@
 //!   c % 8 == 0..=4 → primary frame (0..=2) / secondary frame (3..=4)
 //!   c % 8 == 5     → advance time by (c >> 3) ms
 //!   c % 8 == 6     → handle_timeout
-//!   c % 8 == 7     → checkpoint_done
+//!   c % 8 == 7     → checkpoint_done (standalone_completion when c >> 3 is odd)
+//! An odd first byte selects proxy mode (offsets, port pairing, kept state).
 #![no_main]
 
-use colo_core::{Config, Shard, Side, Timestamp};
+use colo_core::{Config, Mode, Shard, Side, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         max_queue_size: 8,
         hard_queue_limit: 16,
         max_flows: 4,
+        mode: if data.first().is_some_and(|b| b % 2 == 1) { Mode::Proxy } else { Mode::Compare },
         ..Config::default().with_compare_timeout(core::time::Duration::from_millis(5))
     };
     let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
@@ -37,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => now += u64::from(c >> 3),
             6 => shard.handle_timeout(t),
+            _ if (c >> 3) % 2 == 1 => shard.standalone_completion(t),
             _ => shard.checkpoint_done(t),
         }
         while shard.poll_action().is_some() {}
@@ -45,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
             panic!("{e}");
         }
         assert!(shard.flow_count() <= 4);
-        assert!(counters.held_secondary_frames <= 4 * 8);
+        // Queues per flow, plus guest-opened SYNs parked for pairing (proxy mode).
+        assert!(counters.held_secondary_frames <= 4 * 8 + 256);
         assert!(counters.held_primary_frames <= 4 * 16 + 8);
         assert!(shard.timer_entries() <= 16 * 4 + 1100);
     }
