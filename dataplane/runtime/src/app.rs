@@ -249,6 +249,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             pool: pool.clone(),
             shards: cfg.shards,
             mirror,
+            backoff: crate::IdleBackoff::new(cfg.idle_sleep),
         });
     }
     let drain = |queue: dpdk::TxQueue, rings| TxDrain { queue, batch: TxBatch::new(), rings, next: 0 };
@@ -275,6 +276,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shared: shared.clone(),
         shards: cfg.shards,
         gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR),
+        backoff: crate::IdleBackoff::new(cfg.idle_sleep),
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
     let client_rx = match (proxy, &client) {
@@ -569,17 +571,14 @@ impl ControlLoop {
             None => std::thread::sleep(d),
             Some((io, burst)) => {
                 let until = Instant::now() + d;
-                let mut quiet = 0u32;
                 while Instant::now() < until {
-                    if io.shared.stop_rx.load(Ordering::Relaxed) {
+                    let worked = if io.shared.stop_rx.load(Ordering::Relaxed) {
                         // RX is closed: only TX is left to drain.
-                        io.drain_tx();
-                    } else if io.poll(burst) == 0 {
-                        quiet += 1;
-                        if quiet > 64 {
-                            std::thread::yield_now();
-                        }
-                    }
+                        io.drain_tx() > 0
+                    } else {
+                        io.poll(burst) > 0
+                    };
+                    io.backoff.round(worked);
                 }
             }
         }

@@ -111,6 +111,12 @@ pub struct Args {
     /// Write the final statistics as JSON here at exit.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
+    /// Idle back-off (off by default: lcores busy-poll, as DPDK applications do): a polling
+    /// lcore that found nothing for 64 rounds sleeps this many microseconds between polls,
+    /// so guests sharing its CPUs get them. Costs up to that much latency after a quiet spell
+    /// (plus the kernel's timer slack); 20–100 suits machines with fewer CPUs than lcores.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub idle_sleep_us: Option<u64>,
     /// Mbufs in the packet pool. Held frames stay in their mbufs, so the pool must cover the
     /// descriptors and rings plus what the shards hold: in proxy mode up to one client
     /// receive window per busy connection (a 6 MB window of 1448-byte segments is about
@@ -154,6 +160,7 @@ pub struct FileConfig {
     on_frame_loss: Option<FrameLossArg>,
     exit_when_idle_ms: Option<u64>,
     stats_json: Option<PathBuf>,
+    idle_sleep_us: Option<u64>,
     mbufs: Option<u32>,
     non_ip_policy: Option<NonIpPolicyArg>,
     socket_mode: Option<String>,
@@ -194,6 +201,8 @@ pub struct RunConfig {
     pub exit_when_idle: Option<Duration>,
     /// stats_json.
     pub stats_json: Option<PathBuf>,
+    /// Idle back-off of the polling lcores (`None`: busy-poll).
+    pub idle_sleep: Option<Duration>,
     /// Pool size override.
     pub mbufs: Option<u32>,
     /// Non-IP and malformed frames.
@@ -240,6 +249,7 @@ impl RunConfig {
             on_frame_loss: args.on_frame_loss.or(file.on_frame_loss).unwrap_or(FrameLossArg::FailoverPrimary),
             exit_when_idle: args.exit_when_idle_ms.or(file.exit_when_idle_ms).map(Duration::from_millis),
             stats_json: args.stats_json.or(file.stats_json),
+            idle_sleep: args.idle_sleep_us.or(file.idle_sleep_us).filter(|&us| us > 0).map(Duration::from_micros),
             mbufs: args.mbufs.or(file.mbufs),
             non_ip_policy: args.non_ip_policy.or(file.non_ip_policy).unwrap_or(NonIpPolicyArg::Passthrough),
             socket_mode: match args.socket_mode.or(file.socket_mode) {
@@ -265,6 +275,9 @@ impl RunConfig {
         }
         if self.max_queue_size == 0 || self.max_queue_size > 1 << 24 {
             return Err(format!("--max-queue-size must be between 1 and {}, not {}", 1 << 24, self.max_queue_size));
+        }
+        if self.idle_sleep.is_some_and(|d| d > Duration::from_millis(10)) {
+            return Err("--idle-sleep-us must be at most 10000 (a longer sleep would hold frames for longer)".into());
         }
         if self.exit_when_idle.is_some_and(|d| d.is_zero()) {
             return Err("--exit-when-idle-ms must be above 0".into());
@@ -388,6 +401,16 @@ mod tests {
         assert_eq!(c.socket_mode, 0o660);
         let e = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--socket-mode", "rw"]).unwrap_err();
         assert!(e.contains("octal"), "{e}");
+    }
+
+    #[test]
+    fn idle_sleep_is_off_by_default_and_bounded() {
+        let base = ["--primary", "p", "--secondary", "s", "--output", "o"];
+        assert_eq!(parse(&base).unwrap().idle_sleep, None);
+        let with = |us: &str| parse(&[&base[..], &["--idle-sleep-us", us]].concat());
+        assert_eq!(with("50").unwrap().idle_sleep, Some(Duration::from_micros(50)));
+        assert_eq!(with("0").unwrap().idle_sleep, None, "0 means busy-poll");
+        assert!(with("20000").unwrap_err().contains("--idle-sleep-us"));
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct IoContext {
     pub shards: usize,
     /// Pauses RX while the packet pool runs low.
     pub gate: RxGate,
+    /// How to wait when there is nothing to move.
+    pub backoff: crate::IdleBackoff,
 }
 
 /// RX back-pressure on a low packet pool (SPEC §6, §8): below a reserve of free mbufs, frames
@@ -156,17 +158,9 @@ impl IoContext {
     /// stopped and nothing is left to send.
     pub fn run(mut self) {
         let mut burst = RxBurst::new();
-        let mut idle_rounds = 0u32;
         while !self.shared.stop_rx.load(Ordering::Acquire) {
-            if self.poll(&mut burst) == 0 {
-                idle_rounds = idle_rounds.saturating_add(1);
-                if idle_rounds > 1024 {
-                    // Nothing for a while: give the other lcores sharing this CPU a turn.
-                    std::thread::yield_now();
-                }
-            } else {
-                idle_rounds = 0;
-            }
+            let worked = self.poll(&mut burst) > 0;
+            self.backoff.round(worked);
         }
         drop(burst);
         self.stop_rx();

@@ -35,6 +35,41 @@ pub struct Shared {
     pub tx_abandoned_at_shutdown: AtomicU64,
 }
 
+/// How a polling lcore waits when it finds nothing to do (`--idle-sleep-us`): spin, give its
+/// CPU away now and then (`yield`), or — opted in, in the spirit of OVS-DPDK's
+/// `pmd-sleep-max` — sleep between polls after a quiet spell, so guests sharing a small
+/// machine's CPUs are not starved by busy polling.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdleBackoff {
+    sleep: Option<std::time::Duration>,
+    quiet_rounds: u32,
+}
+
+impl IdleBackoff {
+    /// Quiet rounds before sleeping (with a sleep set) or yielding (without).
+    const SLEEP_AFTER: u32 = 64;
+    const YIELD_AFTER: u32 = 64;
+
+    /// A back-off that sleeps `sleep` between quiet polls, or only spins and yields (`None`).
+    pub fn new(sleep: Option<std::time::Duration>) -> Self {
+        IdleBackoff { sleep, quiet_rounds: 0 }
+    }
+
+    /// Called once per polling round with whether the round moved anything.
+    pub fn round(&mut self, worked: bool) {
+        if worked {
+            self.quiet_rounds = 0;
+            return;
+        }
+        self.quiet_rounds = self.quiet_rounds.saturating_add(1);
+        match self.sleep {
+            Some(d) if self.quiet_rounds > Self::SLEEP_AFTER => std::thread::sleep(d),
+            _ if self.quiet_rounds > Self::YIELD_AFTER => std::thread::yield_now(),
+            _ => std::hint::spin_loop(),
+        }
+    }
+}
+
 /// How long shutdown waits for the output device to take the last released frames.
 pub const SHUTDOWN_TX_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 

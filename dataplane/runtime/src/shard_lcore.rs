@@ -87,6 +87,8 @@ pub struct ShardContext {
     pub shards: usize,
     /// Proxy mode: mirroring client frames to both guests.
     pub mirror: Option<Mirror>,
+    /// How to wait when there is nothing to do.
+    pub backoff: crate::IdleBackoff,
 }
 
 /// Proxy mode's client side of a shard (SPEC §3): every client frame goes to the primary as
@@ -305,9 +307,9 @@ impl ShardContext {
             if stopping && self.input.is_drained() {
                 break;
             }
-            if work == 0 {
-                std::hint::spin_loop();
-            }
+            // Timers and TX backlogs still need the loop; a back-off sleep delays them by at
+            // most the configured sleep.
+            self.backoff.round(work > 0 || self.out.tx.pending() > 0);
         }
         // Shut down as on a checkpoint completion (SPEC §8): release everything held.
         let now = self.clock.now();
