@@ -155,7 +155,9 @@ impl Default for Config {
             compare_timeout,
             max_queue_size: 1024,
             hard_queue_limit: 4 * 1024,
-            conn_idle_timeout: Duration::from_secs(300),
+            // SPEC §5.1: longer than Linux's keepalive time (7200 s), so a quiet connection
+            // (and proxy mode's offsets for it) outlives the probes that keep it open.
+            conn_idle_timeout: Duration::from_secs(7800),
             linger: 2 * compare_timeout,
             max_flows: 65_536,
             non_ip_policy: NonIpPolicy::Passthrough,

@@ -66,9 +66,16 @@ impl<F> PortPairs<F> {
 
     /// A primary SYN (no ACK) opened `key`: it waits for a secondary SYN. Returns the parked
     /// secondary SYN it pairs with, if one came first (from another port).
-    pub(crate) fn primary_syn(&mut self, key: &FlowKey) -> Option<Parked<F>> {
+    pub(crate) fn primary_syn(
+        &mut self,
+        key: &FlowKey,
+        now: Timestamp,
+        timeout: core::time::Duration,
+    ) -> Option<Parked<F>> {
         let dest = destination(key);
-        if let Some(i) = self.parked.iter().position(|p| destination(&p.key) == dest) {
+        // A parked SYN older than `timeout` belongs to a connection the primary never opened.
+        let fresh = |p: &Parked<F>| now < p.arrived.saturating_add(timeout);
+        if let Some(i) = self.parked.iter().position(|p| destination(&p.key) == dest && fresh(p)) {
             let parked = self.parked.remove(i)?;
             if parked.key.src_port != key.src_port {
                 self.alias.insert(parked.key, key.src_port);
@@ -109,11 +116,24 @@ impl<F> PortPairs<F> {
         }
     }
 
-    /// Parks a secondary SYN; returns the frame it had to give up to stay bounded, if any.
+    /// Parks a secondary SYN; returns the frame it replaces (a retransmission of the same
+    /// SYN takes its place, so one connection never pairs twice) or had to give up to stay
+    /// bounded, if any.
     pub(crate) fn park(&mut self, parked: Parked<F>) -> Option<Parked<F>> {
+        if let Some(same) = self.parked.iter_mut().find(|p| p.key == parked.key) {
+            return Some(std::mem::replace(same, parked));
+        }
         let evicted = if self.parked.len() >= PARKED_MAX { self.parked.pop_front() } else { None };
         self.parked.push_back(parked);
         evicted
+    }
+
+    /// The secondary opened a new connection from `secondary`: an alias its port had belongs
+    /// to an old connection.
+    pub(crate) fn unalias(&mut self, secondary: &FlowKey) {
+        if !self.alias.is_empty() {
+            self.alias.remove(secondary);
+        }
     }
 
     /// The oldest parked SYN if it waited `timeout` by `now` (its primary never opened that

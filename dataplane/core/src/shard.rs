@@ -660,8 +660,13 @@ impl<F: Frame> Shard<F> {
                     Some((f, k)) => (frame, key) = (f, k),
                     None => return,
                 },
-                Side::Primary if guest_syn && self.tcp_conn(&key).is_none_or(|c| !c.has_primary_syn()) => {
-                    paired = self.pairs.primary_syn(&key);
+                Side::Primary
+                    if guest_syn
+                        && self
+                            .tcp_conn(&key)
+                            .is_none_or(|c| !c.has_primary_syn() || c.is_new_incarnation(Side::Primary, &seg)) =>
+                {
+                    paired = self.pairs.primary_syn(&key, now, self.cfg.compare_timeout);
                 }
                 Side::Primary => {}
             }
@@ -703,18 +708,34 @@ impl<F: Frame> Shard<F> {
             let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
             out.release_secondary_held(old.frame, old.len, DropReason::Consumed);
         }
-        let port = match self.pairs.primary_port(&key) {
-            Some(port) => port,
-            None if !seg.syn || seg.ack_flag => return Some((frame, key)),
-            None if self.map.contains_key(&(key, Kind::Tcp)) => {
-                self.pairs.same_port(&key);
-                return Some((frame, key));
+        let aliased = self.pairs.primary_port(&key);
+        let port = if !seg.syn || seg.ack_flag {
+            // Not a guest-opened SYN: follow the alias, if any.
+            match aliased {
+                Some(port) => port,
+                None => return Some((frame, key)),
             }
-            None => match self.pairs.secondary_syn(&key) {
+        } else if self.tcp_conn(&key).is_some_and(|c| c.awaits_secondary_syn() || c.is_secondary_syn(seg.seq)) {
+            // The primary's SYN on the same port waits for this one (or this repeats it).
+            self.pairs.same_port(&key);
+            return Some((frame, key));
+        } else if let Some(port) = aliased.filter(|&p| {
+            self.tcp_conn(&FlowKey { src_port: p, ..key })
+                .is_some_and(|c| c.is_secondary_syn(seg.seq) || c.awaits_secondary_syn())
+        }) {
+            // A retransmission of an already paired SYN.
+            port
+        } else {
+            // A new connection of the secondary: any alias of its port belongs to an old one.
+            self.pairs.unalias(&key);
+            match self.pairs.secondary_syn(&key) {
                 Some(port) => {
                     let own = key.src_port;
                     if let Some(conn) = self.tcp_conn_mut(&FlowKey { src_port: port, ..key }) {
-                        conn.secondary_port = Some(own);
+                        conn.secondary_port = (port != own).then_some(own);
+                    }
+                    if port == own {
+                        return Some((frame, key));
                     }
                     port
                 }
@@ -729,7 +750,7 @@ impl<F: Frame> Shard<F> {
                     }
                     return None;
                 }
-            },
+            }
         };
         // The header was parsed from these very bytes, so the port is where `seg` says.
         let moved = crate::proxy::set_port(frame.bytes_mut(), seg, true, port);
@@ -764,6 +785,8 @@ impl<F: Frame> Shard<F> {
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else { return };
         if conn.is_new_incarnation(side, &seg) {
+            // The old incarnation's port alias (a paired guest-opened connection) goes too.
+            self.pairs.forget(&flow.key, conn.secondary_port);
             conn.reincarnate(self.cfg.mode);
         }
         match side {
@@ -1183,11 +1206,16 @@ impl<F: Frame> Shard<F> {
             }
             None => return,
         };
-        if let Some(Conn::Tcp(conn)) =
-            self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()).map(|f| &mut f.conn)
-        {
-            conn.observe_client(&seg, frame);
+        if let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) {
+            // The client's activity keeps a connection (and its offsets) alive: after a
+            // failover, or while the guests are quiet, it may be the only sign of life.
+            flow.last_activity = now;
+            if let Conn::Tcp(conn) = &mut flow.conn {
+                conn.observe_client(&seg, frame);
+            }
         }
+        // A flow made here (a client's SYN nobody answers) must expire like any other.
+        self.reschedule(slot);
     }
 
     /// Proxy mode (SPEC §3): rewrites, in place, a client frame about to be mirrored to the
@@ -1198,25 +1226,23 @@ impl<F: Frame> Shard<F> {
     pub fn rewrite_client_for_secondary(&self, frame: &mut [u8]) -> crate::ClientRewrite {
         use crate::ClientRewrite;
         let Class::Tcp(key, seg) = wire::parse(frame) else { return ClientRewrite::NotTcpAck };
-        if !seg.ack_flag {
-            // A client's SYN: no ACK, and a TSecr of 0.
-            return ClientRewrite::NotTcpAck;
-        }
         // The comparator keys a connection by its guest → client direction.
-        let Some(&slot) = self.map.get(&(key.reversed(), Kind::Tcp)) else { return ClientRewrite::Unchanged };
-        let Some(Conn::Tcp(conn)) = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref()).map(|f| &f.conn) else {
-            return ClientRewrite::Unchanged;
+        let Some(conn) = self.tcp_conn(&key.reversed()) else {
+            return if seg.ack_flag { ClientRewrite::Unchanged } else { ClientRewrite::NotTcpAck };
         };
         let shifted = match conn.offsets() {
-            // After a failover to the secondary a connection may start without any primary:
-            // the secondary's own space is the client's.
-            None if self.failed_over.is_some() => ClientRewrite::Unchanged,
+            // A client's SYN (or a RST without ACK): nothing acknowledges the guest's space.
+            _ if !seg.ack_flag => ClientRewrite::NotTcpAck,
+            // After a failover to the secondary, a connection the client never saw from the
+            // primary is the secondary's own.
+            None if self.failed_over.is_some() && !conn.offset_pending() => ClientRewrite::Unchanged,
             None => return ClientRewrite::OffsetUnknown,
             Some((0, 0)) => ClientRewrite::Unchanged,
             Some((seq, ts)) if crate::proxy::shift_client(frame, &seg, seq, ts) => ClientRewrite::Rewritten,
             Some(_) => ClientRewrite::Unchanged,
         };
-        // A guest-opened connection whose secondary chose another source port.
+        // A guest-opened connection whose secondary chose another source port (every frame,
+        // a RST without ACK too).
         match conn.secondary_port {
             Some(port) if crate::proxy::set_port(frame, &seg, false, port) => ClientRewrite::Rewritten,
             _ => shifted,

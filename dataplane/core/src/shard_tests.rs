@@ -409,9 +409,12 @@ fn test_idle_flow_removed() {
     h.p(&a, 0);
     h.s(&a, 0);
     assert_eq!(h.shard.flow_count(), 1);
-    h.tick(299_999);
+    // SPEC §5.1: 7800 s by default, beyond Linux's 7200 s keepalive time.
+    h.tick(7_200_000);
     assert_eq!(h.shard.flow_count(), 1);
-    h.tick(300_000);
+    h.tick(7_799_999);
+    assert_eq!(h.shard.flow_count(), 1);
+    h.tick(7_800_000);
     assert_eq!(h.shard.flow_count(), 0);
     assert_eq!(h.shard.counters().flows, 0);
 }
@@ -1408,4 +1411,89 @@ fn test_standalone_completion_of_a_timeout_does_not_time_out_again_at_once() {
     let ev = h.p(&p.data(3, b"def"), 3_013);
     assert_eq!(H::released(&ev), vec![(p.data(3, b"def").as_slice(), Via::Match)]);
     assert_eq!(h.tick(60_000), vec![]);
+}
+
+#[test]
+fn test_standalone_completion_keeps_secondary_data_once_and_never_after_the_primary_fin() {
+    let pair = ProxyPair::new();
+    let (p, s) = (&pair.primary, &pair.secondary);
+    // The secondary's stream goes on where the primary's ended with a FIN: nothing would
+    // ever consume its tail, so the completion drops it.
+    let mut h = pair.opened();
+    h.p(&p.data(0, b"ab"), 3);
+    h.p(&p.fin(2), 3);
+    assert_eq!(H::ckpts(&h.s(&s.data(0, b"abcd"), 4)), vec!["tcp-fin-mismatch"]);
+    h.shard.standalone_completion(Timestamp::from_millis(5));
+    h.drain();
+    assert_eq!(h.shard.counters().held_secondary_frames, 0);
+    // Data the primary never sends is kept by one completion, dropped by the next.
+    let mut h = pair.opened();
+    h.p(&p.data(0, b"ab"), 3);
+    assert_eq!(H::ckpts(&h.s(&s.data(0, b"aXcdef"), 4)), vec!["tcp-payload-mismatch"]);
+    h.shard.standalone_completion(Timestamp::from_millis(5));
+    h.drain();
+    assert_eq!(h.shard.counters().held_secondary_frames, 1);
+    assert_eq!(H::ckpts(&h.tick(3_005)), vec!["timeout-secondary"]);
+    h.shard.standalone_completion(Timestamp::from_millis(3_006));
+    h.drain();
+    assert_eq!(h.shard.counters().held_secondary_frames, 0);
+    assert_eq!(h.tick(60_000), vec![]);
+}
+
+#[test]
+fn test_a_retransmitted_parked_syn_pairs_once() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    let s = guest_opened(50_000, 7000);
+    h.s(&guest_syn(&s), 1);
+    assert_eq!(h.s(&guest_syn(&s), 2), vec![CONSUMED], "the retransmission replaces the parked copy");
+    let p = guest_opened(40_000, 1000);
+    assert_eq!(H::released(&h.p(&guest_syn(&p), 3)), vec![(guest_syn(&p).as_slice(), Via::Match)]);
+    // A second primary connection to the same destination finds no secondary SYN waiting.
+    let p2 = guest_opened(40_002, 3000);
+    assert_eq!(h.p(&guest_syn(&p2), 4), vec![], "held: its secondary SYN has not come");
+    let mut f = client_to(40_002, 3001, flags::SYN | flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::OffsetUnknown);
+}
+
+#[test]
+fn test_a_client_rst_without_ack_reaches_the_secondary_port() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.p(&guest_syn(&guest_opened(40_000, 1000)), 1);
+    h.s(&guest_syn(&guest_opened(50_000, 7000)), 2);
+    let mut f = client_to(40_000, 0, flags::RST);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ports_of(&f), (9090, 50_000));
+    assert!(crate::fixtures::tcp_checksum_valid(&f));
+}
+
+#[test]
+fn test_a_flow_opened_by_an_unanswered_client_syn_expires() {
+    let cfg = Config { mode: Mode::Proxy, conn_idle_timeout: Duration::from_secs(10), ..Config::default() };
+    let mut h = H::with(cfg);
+    h.shard.observe_client(&ProxyPair::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+    assert_eq!(h.shard.flow_count(), 1);
+    h.tick(10_001);
+    assert_eq!(h.shard.flow_count(), 0);
+}
+
+#[test]
+fn test_after_a_failover_client_frames_wait_for_the_secondary_syn_ack_of_a_half_open_connection() {
+    let pair = ProxyPair::new();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.shard.observe_client(&ProxyPair::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+    h.p(&pair.primary.syn_ack(), 1);
+    // The primary dies before the secondary answered: its SYN-ACK leaves with the flush.
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(2));
+    assert_eq!(H::released(&h.drain()), vec![(pair.primary.syn_ack().as_slice(), Via::Flush)]);
+    let mut f = ProxyPair::client(1001, ProxyPair::P_TS, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::OffsetUnknown);
+    // The secondary's SYN-ACK (which the client must not see: it already has the primary's)
+    // teaches the offsets; it is forwarded in the primary's space.
+    let ev = h.s(&pair.secondary.syn_ack(), 3);
+    let [Ev::Rel(out, Via::Passthrough)] = ev.as_slice() else { panic!("{ev:?}") };
+    let Class::Tcp(_, seg) = wire::parse(out) else { panic!("tcp") };
+    assert_eq!(seg.seq, pair.primary.isn);
+    let mut f = ProxyPair::client(1001, ProxyPair::P_TS, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7001, Some(ProxyPair::S_TS)));
 }

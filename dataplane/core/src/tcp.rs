@@ -110,6 +110,8 @@ pub(crate) struct HeldSecondary<F> {
     pub(crate) seg: TcpSegment,
     pub(crate) arrived: Timestamp,
     pub(crate) len: u32,
+    /// Already kept by one standalone completion: the next one drops it.
+    kept: bool,
 }
 
 /// What occupies a stream position on one side.
@@ -253,6 +255,16 @@ impl<F: Frame> TcpConn<F> {
         self.p_syn.is_some()
     }
 
+    /// Whether this connection's primary SYN waits for the secondary's (none seen yet).
+    pub(crate) fn awaits_secondary_syn(&self) -> bool {
+        self.p_syn.is_some() && self.s_syn.is_none()
+    }
+
+    /// Whether a secondary SYN with sequence number `isn` repeats the one already seen.
+    pub(crate) fn is_secondary_syn(&self, isn: u32) -> bool {
+        self.s_syn.is_some_and(|s| s.isn == isn)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.primary.is_empty() && self.secondary.is_empty()
     }
@@ -303,10 +315,10 @@ impl<F: Frame> TcpConn<F> {
         if self.client.window_max == 0 {
             return None;
         }
-        let shift = if !self.client.syn_seen {
-            UNKNOWN_WINDOW_SCALE
-        } else if self.p_syn.is_some_and(|s| !s.window_scale) {
+        let shift = if self.p_syn.is_some_and(|s| !s.window_scale) {
             0
+        } else if !self.client.syn_seen {
+            UNKNOWN_WINDOW_SCALE
         } else {
             self.client.window_scale
         };
@@ -447,7 +459,7 @@ impl<F: Frame> TcpConn<F> {
             let len = frame.bytes().len() as u32;
             out.hold(Side::Secondary, len);
             self.s_bytes += u64::from(len);
-            self.secondary.push_back(HeldSecondary { frame, seg, arrived: out.now, len });
+            self.secondary.push_back(HeldSecondary { frame, seg, arrived: out.now, len, kept: false });
         }
         self.progress(out, key);
     }
@@ -483,6 +495,12 @@ impl<F: Frame> TcpConn<F> {
     /// learns its offset from the secondary's SYN even now; a connection that starts after
     /// the failover (or a new incarnation) is the secondary's own: offset 0.
     pub(crate) fn forward_offsets(&mut self, seg: &TcpSegment, bytes: &[u8], mode: Mode) -> (u32, u32) {
+        if seg.syn && self.secondary_port.is_some() {
+            // The secondary's socket of this connection uses another port (a paired
+            // guest-opened connection): this SYN is a new connection of the secondary that
+            // happens to use the primary's port. The live connection is left alone.
+            return (0, 0);
+        }
         if seg.syn {
             let fresh = self.s_syn.is_some_and(|s| s.isn != seg.seq) || (self.p_syn.is_none() && self.s_syn.is_none());
             if fresh && self.offset.is_some() {
@@ -495,8 +513,19 @@ impl<F: Frame> TcpConn<F> {
                 self.learn_offset();
             }
         }
-        self.offset.get_or_insert(0);
-        (self.offset.unwrap_or(0), self.ts_offset)
+        if self.offset.is_none() && self.p_syn.is_none() {
+            // The client never saw this connection from the primary: the secondary's own
+            // space is the client's.
+            self.offset = Some(0);
+        }
+        self.offsets().unwrap_or((0, 0))
+    }
+
+    /// Whether client frames of this connection must wait before they can be mirrored to
+    /// the secondary: its offset is unknown while the client already knows the primary's
+    /// SYN (the secondary's SYN has not come yet).
+    pub(crate) fn offset_pending(&self) -> bool {
+        self.offset.is_none() && self.p_syn.is_some()
     }
 
     fn progress(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
@@ -782,20 +811,24 @@ impl<F: Frame> TcpConn<F> {
                 self.base = Some(high);
             }
         }
+        // Only while the primary's stream goes on: after its FIN or RST nothing would ever
+        // consume what the secondary sent beyond it.
         let keep_from = match (resync, self.compared, self.offset) {
-            (false, Some(c), Some(off)) => Some((c, off)),
+            (false, Some(c), Some(off)) if self.p_fin.is_none() && self.p_rst.is_none() => Some((c, off)),
             _ => None,
         };
         let mut i = 0;
         while i < self.secondary.len() {
             let ahead = keep_from.is_some_and(|(c, off)| {
-                self.secondary.get(i).is_some_and(|h| seq_lt(c, h.seg.end().wrapping_add(off)))
+                self.secondary.get(i).is_some_and(|h| !h.kept && seq_lt(c, h.seg.end().wrapping_add(off)))
             });
             if ahead {
-                // A fresh compare window from this completion on: its old arrival would time
-                // out again at once, and every completion would ask for the next.
+                // A fresh compare window from this completion on (its old arrival would time
+                // out again at once), and kept once only: if the primary never sends those
+                // positions, the next completion drops it instead of keeping it forever.
                 if let Some(h) = self.secondary.get_mut(i) {
                     h.arrived = out.now;
+                    h.kept = true;
                 }
                 i += 1;
             } else if let Some(h) = self.secondary.remove(i) {

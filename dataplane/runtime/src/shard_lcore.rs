@@ -99,8 +99,9 @@ pub struct Mirror {
     pub to_primary: Transmitter,
     /// Toward the secondary guest's port.
     pub to_secondary: Transmitter,
-    /// Secondary copies waiting for their connection's offset (and everything after them).
-    pub pending: VecDeque<Mbuf>,
+    /// Secondary copies waiting for their connection's offset, each connection's in order;
+    /// other connections' copies pass them.
+    pub pending: VecDeque<WaitingCopy>,
     /// Counters, read by the control thread.
     pub stats: Arc<MirrorStats>,
 }
@@ -116,9 +117,18 @@ pub struct MirrorStats {
     pub to_secondary: std::sync::atomic::AtomicU64,
     /// Secondary copies whose ACK was rewritten.
     pub rewritten: std::sync::atomic::AtomicU64,
-    /// Secondary copies dropped: no mbuf for the copy, the waiting queue full, or shutdown
-    /// before their offset was known (the client's TCP retransmits).
+    /// Secondary copies dropped: no mbuf for the copy, the waiting queue full, an offset
+    /// still unknown after `compare_timeout`, or shutdown before it was known (the client's
+    /// TCP retransmits).
     pub secondary_dropped: std::sync::atomic::AtomicU64,
+}
+
+/// A client frame's copy for the secondary whose connection's offset is not known yet.
+pub struct WaitingCopy {
+    copy: Mbuf,
+    /// The connection (guest → client key), so later copies of it keep their order.
+    conn: colo_core::FlowKey,
+    since: colo_core::Timestamp,
 }
 
 /// Secondary copies that may wait for an offset, per shard.
@@ -134,7 +144,7 @@ impl Mirror {
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match shard.failed_over() {
             Some(Side::Secondary) => {
-                self.send_secondary_in_order(shard, m);
+                self.send_secondary_in_order(shard, m, now);
                 return;
             }
             Some(Side::Primary) => {
@@ -145,7 +155,7 @@ impl Mirror {
             None => {}
         }
         match Mbuf::from_slice(pool, m.data()) {
-            Ok(copy) => self.send_secondary_in_order(shard, copy),
+            Ok(copy) => self.send_secondary_in_order(shard, copy, now),
             Err(_) => {
                 stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -154,40 +164,74 @@ impl Mirror {
         self.to_primary.push(m);
     }
 
-    /// Sends a secondary copy behind any that wait for their offset.
-    fn send_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf) {
-        if self.pending.is_empty() {
-            self.send_secondary(shard, copy);
-        } else if self.pending.len() < MIRROR_PENDING_MAX {
-            self.pending.push_back(copy);
+    /// Sends a secondary copy, or queues it behind its connection's waiting copies.
+    fn send_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf, now: colo_core::Timestamp) {
+        let conn = match colo_core::wire::parse(copy.data()) {
+            colo_core::wire::Class::Tcp(key, _) => Some(key.reversed()),
+            _ => None,
+        };
+        let behind = conn.is_some_and(|c| self.pending.iter().any(|w| w.conn == c));
+        if !behind {
+            if let Some(copy) = self.send_secondary(shard, copy) {
+                self.wait(copy, conn, now);
+            }
         } else {
-            self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+            self.wait(copy, conn, now);
         }
     }
 
-    /// Rewrites and sends `copy`, or parks it (keeping order) while its offset is unknown.
-    fn send_secondary(&mut self, shard: &Shard<HeldFrame>, mut copy: Mbuf) -> bool {
-        match shard.rewrite_client_for_secondary(copy.data_mut()) {
-            colo_core::ClientRewrite::OffsetUnknown => {
-                self.pending.push_front(copy);
-                false
+    fn wait(&mut self, copy: Mbuf, conn: Option<colo_core::FlowKey>, since: colo_core::Timestamp) {
+        match conn {
+            Some(conn) if self.pending.len() < MIRROR_PENDING_MAX => {
+                self.pending.push_back(WaitingCopy { copy, conn, since });
             }
+            _ => {
+                self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Rewrites and sends `copy`; gives it back if its connection's offset is unknown.
+    fn send_secondary(&mut self, shard: &Shard<HeldFrame>, mut copy: Mbuf) -> Option<Mbuf> {
+        match shard.rewrite_client_for_secondary(copy.data_mut()) {
+            colo_core::ClientRewrite::OffsetUnknown => Some(copy),
             r => {
                 if r == colo_core::ClientRewrite::Rewritten {
                     self.stats.rewritten.fetch_add(1, Ordering::Relaxed);
                 }
                 self.stats.to_secondary.fetch_add(1, Ordering::Relaxed);
                 self.to_secondary.push(copy);
-                true
+                None
             }
         }
     }
 
-    /// Sends waiting copies whose offset became known (after secondary SYNs or a flush).
-    fn retry(&mut self, shard: &Shard<HeldFrame>) {
-        while let Some(copy) = self.pending.pop_front() {
-            if !self.send_secondary(shard, copy) {
-                break;
+    /// Sends waiting copies whose offset became known (after secondary SYNs or a flush), each
+    /// connection's in order. A copy that waited `compare_timeout` is dropped and counted:
+    /// the secondary never answered that connection's SYN, and its copies must not wait
+    /// forever (the client's TCP retransmits what matters).
+    fn retry(&mut self, shard: &Shard<HeldFrame>, now: colo_core::Timestamp) {
+        let give_up = shard.config().compare_timeout;
+        // One pass over the queue, rotating it: what stays is pushed back in its order, so
+        // the last `kept` entries are the ones kept in this pass.
+        let mut kept = 0;
+        for _ in 0..self.pending.len() {
+            let Some(w) = self.pending.pop_front() else { break };
+            // A connection's copy never passes an earlier one of the same connection.
+            if self.pending.iter().rev().take(kept).any(|o| o.conn == w.conn) {
+                self.pending.push_back(w);
+                kept += 1;
+                continue;
+            }
+            let WaitingCopy { copy, conn, since } = w;
+            if let Some(copy) = self.send_secondary(shard, copy) {
+                if since.saturating_add(give_up) <= now {
+                    drop(copy);
+                    self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.pending.push_back(WaitingCopy { copy, conn, since });
+                kept += 1;
             }
         }
     }
@@ -298,7 +342,7 @@ impl ShardContext {
             self.out.tx.flush();
             if let Some(mirror) = &mut self.mirror {
                 // Secondary SYNs (or a flush) handled above may have made offsets known.
-                mirror.retry(&self.shard);
+                mirror.retry(&self.shard, now);
                 mirror.flush();
             }
             self.retry_events();
@@ -318,7 +362,7 @@ impl ShardContext {
         let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
         if let Some(mirror) = &mut self.mirror {
             // After the flush every offset is 0: the waiting copies can go.
-            mirror.retry(&self.shard);
+            mirror.retry(&self.shard, now);
             let stranded = mirror.pending.len() as u64;
             mirror.pending.clear();
             mirror.stats.secondary_dropped.fetch_add(stranded, Ordering::Relaxed);
