@@ -182,6 +182,9 @@ pub struct Coordinator {
     outputs: VecDeque<Output>,
     stats: CoordinatorStats,
     log_limit: LogLimit,
+    /// Unknown frame messages are logged under their own limit (a frame sending garbage in a
+    /// loop must not fill the disk).
+    unknown_limit: LogLimit,
     /// The latest `now` seen (the time of outputs made inside a call).
     last_now: Duration,
 }
@@ -203,6 +206,7 @@ impl Coordinator {
             outputs: VecDeque::new(),
             stats: CoordinatorStats::default(),
             log_limit: LogLimit::default(),
+            unknown_limit: LogLimit::default(),
             last_now: now,
         }
     }
@@ -378,7 +382,14 @@ impl Coordinator {
             }
             FrameMessage::Unknown(text) => {
                 self.stats.unknown_messages += 1;
-                tracing::warn!(message = %text, "ignoring unknown message from the COLO frame");
+                if self.unknown_limit.allow(now) {
+                    let suppressed = self.unknown_limit.take_suppressed();
+                    // At most the first 64 characters: the message is the peer's.
+                    let shown: String = text.chars().take(64).collect();
+                    tracing::warn!(message = %shown, suppressed, "ignoring unknown message from the COLO frame");
+                } else {
+                    self.stats.log_lines_suppressed += 1;
+                }
             }
         }
     }
@@ -447,7 +458,9 @@ impl Coordinator {
             (true, Some(at)) => at,
             _ => since.max(self.frame_lost_at),
         };
-        Some(started + self.cfg.frame_timeout * (self.overdue + 1))
+        // Checked: a deadline past what a Duration holds is "never", not a panic.
+        let wait = self.cfg.frame_timeout.checked_mul(self.overdue.saturating_add(1)).unwrap_or(Duration::MAX);
+        Some(started.checked_add(wait).unwrap_or(Duration::MAX))
     }
 
     /// Never waits silently (SPEC §7): every `frame_timeout` a needed checkpoint stays
@@ -465,9 +478,10 @@ impl Coordinator {
         if now < deadline || self.init_grace_until.is_some() {
             return;
         }
-        self.overdue += 1;
+        self.overdue = self.overdue.saturating_add(1);
         let Phase::Requested { sent, .. } = self.phase else { return };
-        let waited_ms = (self.cfg.frame_timeout * self.overdue).as_millis() as u64;
+        let waited = self.cfg.frame_timeout.checked_mul(self.overdue).unwrap_or(Duration::MAX);
+        let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
         let give_up =
             self.cfg.on_frame_loss == FrameLossPolicy::FailoverPrimary && (!sent || self.overdue >= UNANSWERED_PERIODS);
         if give_up {
@@ -696,5 +710,11 @@ mod tests {
         c.on_frame_message(FrameMessage::Unknown("HELLO".into()), ms(1));
         assert!(drain(&mut c).is_empty());
         assert_eq!(c.stats().unknown_messages, 1);
+        // A flood of them logs at most LOG_LINES_PER_SECOND lines a second; the rest are counted.
+        for _ in 0..1000 {
+            c.on_frame_message(FrameMessage::Unknown("GARBAGE".into()), Duration::from_millis(10));
+        }
+        assert_eq!(c.stats().unknown_messages, 1001);
+        assert!(c.stats().log_lines_suppressed >= 1000 - u64::from(LOG_LINES_PER_SECOND));
     }
 }

@@ -135,7 +135,14 @@ pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<Uni
                 format!("{} exists and is not a socket; refusing to replace it", path.display()),
             ));
         }
-        // A stale socket from an earlier run.
+        // A socket someone still answers on belongs to a running process (a second instance
+        // started with the same paths): never take it over. One nobody answers is stale.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running process (another colo-dataplane?)", path.display()),
+            ));
+        }
         std::fs::remove_file(path)?;
     }
     let parent = match path.parent() {

@@ -176,7 +176,7 @@ impl Config {
     /// reassembly timeout equal to it.
     pub fn with_compare_timeout(mut self, timeout: Duration) -> Self {
         self.compare_timeout = timeout;
-        self.linger = 2 * timeout;
+        self.linger = timeout.saturating_mul(2);
         self.reassembly_timeout = timeout;
         self
     }

@@ -491,7 +491,7 @@ impl<F: Frame> Shard<F> {
             self.cfg.reassembly_timeout = timeout;
         }
         self.cfg.compare_timeout = timeout;
-        self.cfg.linger = 2 * timeout;
+        self.cfg.linger = timeout.saturating_mul(2);
     }
 
     /// Changes `max_queue_size`; the hard limit stays at least four times it.

@@ -769,23 +769,25 @@ impl ControlLoop {
         shutdown
     }
 
-    /// `set KEY=VALUE` on the admin socket.
+    /// `set KEY=VALUE` on the admin socket: the same ranges as the command line.
     fn apply_setting(&mut self, key: &str, value: &str) -> serde_json::Value {
-        let number = value.trim().parse::<u64>().ok().filter(|&n| n > 0);
-        let command = match (key, number) {
-            ("compare_timeout_ms", Some(ms)) => Some(ShardCommand::SetCompareTimeout(Duration::from_millis(ms))),
-            ("max_queue_size", Some(n)) if n <= 1 << 24 => Some(ShardCommand::SetMaxQueueSize(n as usize)),
-            ("frame_timeout_ms", Some(ms)) => {
-                self.coordinator.set_frame_timeout(Duration::from_millis(ms));
+        use crate::config::Setting;
+        let Some(setting) = Setting::from_key(key) else {
+            let keys: Vec<&str> = Setting::ALL.iter().map(|s| s.key()).collect();
+            return serde_json::json!({"ok": false, "error": format!(
+                "unknown setting {key:?}; settable: {}", keys.join(", ")
+            )});
+        };
+        let n = match setting.parse(value) {
+            Ok(n) => n,
+            Err(e) => return serde_json::json!({"ok": false, "error": e}),
+        };
+        let command = match setting {
+            Setting::CompareTimeoutMs => Some(ShardCommand::SetCompareTimeout(Duration::from_millis(n))),
+            Setting::MaxQueueSize => Some(ShardCommand::SetMaxQueueSize(n as usize)),
+            Setting::FrameTimeoutMs => {
+                self.coordinator.set_frame_timeout(Duration::from_millis(n));
                 None
-            }
-            ("compare_timeout_ms" | "max_queue_size" | "frame_timeout_ms", _) => {
-                return serde_json::json!({"ok": false, "error": format!("{key} needs a whole number above 0 (max_queue_size at most 16777216), not {value:?}")})
-            }
-            _ => {
-                return serde_json::json!({"ok": false, "error": format!(
-                    "unknown setting {key:?}; settable: compare_timeout_ms, max_queue_size, frame_timeout_ms"
-                )})
             }
         };
         if let Some(cmd) = command {
@@ -794,7 +796,7 @@ impl ControlLoop {
             }
         }
         tracing::info!(key, value, "setting changed on the admin socket");
-        serde_json::json!({"ok": true, "key": key, "value": value})
+        serde_json::json!({"ok": true, "key": key, "value": n})
     }
 
     fn pump_events(&mut self, final_counters: &mut [Option<Counters>]) {

@@ -225,8 +225,12 @@ impl RunConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| format!("bad config file {}: {}", path.display(), e.message()))?
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    // One line: where, then what (the parser's message may span lines).
+                    let line = e.span().map_or(0, |s| text.get(..s.start).unwrap_or(&text).matches('\n').count() + 1);
+                    let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                    format!("bad config file {} line {line}: {what}", path.display())
+                })?
             }
             None => FileConfig::default(),
         };
@@ -270,12 +274,10 @@ impl RunConfig {
         if self.shards == 0 || self.shards > 64 {
             return Err(format!("--shards must be between 1 and 64, not {}", self.shards));
         }
-        if self.compare_timeout.is_zero() {
-            return Err("--compare-timeout-ms must be above 0".into());
-        }
-        if self.max_queue_size == 0 || self.max_queue_size > 1 << 24 {
-            return Err(format!("--max-queue-size must be between 1 and {}, not {}", 1 << 24, self.max_queue_size));
-        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Setting::CompareTimeoutMs.check(ms(self.compare_timeout))?;
+        Setting::MaxQueueSize.check(self.max_queue_size as u64)?;
+        Setting::FrameTimeoutMs.check(ms(self.frame_timeout))?;
         if self.idle_sleep.is_some_and(|d| d > Duration::from_millis(10)) {
             return Err("--idle-sleep-us must be at most 10000 (a longer sleep would hold frames for longer)".into());
         }
@@ -284,9 +286,6 @@ impl RunConfig {
         }
         if self.mbufs.is_some_and(|n| n < 512) {
             return Err("--mbufs must be at least 512".into());
-        }
-        if self.frame_timeout.is_zero() {
-            return Err("--frame-timeout-ms must be above 0".into());
         }
         let mut named = vec![("primary", &self.primary), ("secondary", &self.secondary), ("output", &self.output)];
         if let Some(c) = &self.client {
@@ -341,6 +340,72 @@ pub fn split_args(argv: &[String]) -> (Vec<String>, Vec<String>) {
             (vec![prog.clone()], vec![prog, "--help".into()])
         }
         None => (argv.to_vec(), vec![prog]),
+    }
+}
+
+/// The options that can also change while running (`colo-ctl set KEY=VALUE`), with the one
+/// range both the command line and the admin socket accept: a hostile or careless value is
+/// refused with a clear error, never turned into an overflow later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `compare_timeout_ms`: 1 ms to 1 hour.
+    CompareTimeoutMs,
+    /// `max_queue_size`: 1 to 2^24 frames.
+    MaxQueueSize,
+    /// `frame_timeout_ms`: 100 ms to 1 hour (shorter would log a held checkpoint every few
+    /// milliseconds and fail over on any scheduling hiccup).
+    FrameTimeoutMs,
+}
+
+impl Setting {
+    /// Every setting, in the order `set` lists them.
+    pub const ALL: [Setting; 3] = [Setting::CompareTimeoutMs, Setting::MaxQueueSize, Setting::FrameTimeoutMs];
+
+    /// The key (`set KEY=VALUE`, TOML) of the setting.
+    pub fn key(self) -> &'static str {
+        match self {
+            Setting::CompareTimeoutMs => "compare_timeout_ms",
+            Setting::MaxQueueSize => "max_queue_size",
+            Setting::FrameTimeoutMs => "frame_timeout_ms",
+        }
+    }
+
+    /// The accepted values.
+    pub fn range(self) -> std::ops::RangeInclusive<u64> {
+        match self {
+            Setting::CompareTimeoutMs => 1..=3_600_000,
+            Setting::MaxQueueSize => 1..=1 << 24,
+            Setting::FrameTimeoutMs => 100..=3_600_000,
+        }
+    }
+
+    /// The setting named `key`.
+    pub fn from_key(key: &str) -> Option<Setting> {
+        Setting::ALL.into_iter().find(|s| s.key() == key)
+    }
+
+    /// `value` if it is in range, else a one-line error naming the option and its range.
+    pub fn check(self, value: u64) -> Result<u64, String> {
+        let range = self.range();
+        if range.contains(&value) {
+            return Ok(value);
+        }
+        Err(format!(
+            "--{} (set {}) must be between {} and {}, not {value}",
+            self.key().replace('_', "-"),
+            self.key(),
+            range.start(),
+            range.end()
+        ))
+    }
+
+    /// Parses and checks a `set` value.
+    pub fn parse(self, value: &str) -> Result<u64, String> {
+        let n = value.trim().parse::<u64>().map_err(|_| {
+            let r = self.range();
+            format!("{} needs a whole number between {} and {}, not {value:?}", self.key(), r.start(), r.end())
+        })?;
+        self.check(n)
     }
 }
 
@@ -401,6 +466,27 @@ mod tests {
         assert_eq!(c.socket_mode, 0o660);
         let e = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--socket-mode", "rw"]).unwrap_err();
         assert!(e.contains("octal"), "{e}");
+    }
+
+    #[test]
+    fn settings_have_one_range_for_the_command_line_and_the_admin_socket() {
+        let base = ["--primary", "p", "--secondary", "s", "--output", "o"];
+        let with = |k: &str, v: &str| parse(&[&base[..], &[k, v]].concat());
+        for (flag, bad) in [
+            ("--compare-timeout-ms", "0"),
+            ("--compare-timeout-ms", "18446744073709551615"),
+            ("--frame-timeout-ms", "1"),
+            ("--frame-timeout-ms", "18446744073709551615"),
+            ("--max-queue-size", "16777217"),
+        ] {
+            let e = with(flag, bad).unwrap_err();
+            assert!(e.contains(flag) && e.contains("between"), "{flag} {bad}: {e}");
+        }
+        assert!(with("--frame-timeout-ms", "100").is_ok());
+        assert_eq!(Setting::FrameTimeoutMs.parse("18446744073709551615").unwrap_err().lines().count(), 1);
+        assert!(Setting::FrameTimeoutMs.parse("-1").unwrap_err().contains("whole number"));
+        assert_eq!(Setting::CompareTimeoutMs.parse(" 250 "), Ok(250));
+        assert_eq!(Setting::from_key("max_queue_size"), Some(Setting::MaxQueueSize));
     }
 
     #[test]

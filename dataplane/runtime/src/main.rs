@@ -45,6 +45,14 @@ fn real_main() -> i32 {
             return 2;
         }
     };
+    // Fail fast (before the EAL takes ports): an unusable output path found only at exit would
+    // cost the whole run's statistics.
+    if let Some(path) = &cfg.stats_json {
+        if let Err(e) = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path) {
+            eprintln!("colo-dataplane: cannot write --stats-json {}: {e}", path.display());
+            return 2;
+        }
+    }
     if let Err(e) = app::check_hugepages(&eal_args) {
         eprintln!("colo-dataplane: {e}");
         return 1;

@@ -1,0 +1,116 @@
+//! `colo-dataplane` under careless or hostile use of its control plane (SPEC §11): values out
+//! of range on the admin socket, a second instance started with the same socket paths, an
+//! unusable `--stats-json` path, a broken configuration file. Each must be a clear refusal,
+//! never a panic, a takeover or an error found only at exit.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use colo_core::fixtures::Conn;
+use colo_suite::{dataplane_command, scratch_dir, workspace_bin, write_pcap, ChildGuard};
+
+fn colo_ctl(admin: &Path, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(workspace_bin("colo-ctl")).arg("--socket").arg(admin).args(args).output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A dataplane on endless pcap input (identical sides), admin socket `dir/admin.sock`.
+fn start(dir: &Path) -> ChildGuard {
+    let c = Conn::default();
+    let frames: Vec<Vec<u8>> = (0..50u32).map(|k| c.data(k * 10, &[k as u8; 10])).collect();
+    write_pcap(&dir.join("primary.pcap"), &frames);
+    write_pcap(&dir.join("secondary.pcap"), &frames);
+    let mut cmd = dataplane_command(dir, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--admin"]).arg(dir.join("admin.sock"));
+    cmd.arg("--stats-json").arg(dir.join("stats.json"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = ChildGuard::new(cmd.spawn().unwrap());
+    wait_for(&dir.join("admin.sock"));
+    child
+}
+
+#[test]
+fn out_of_range_settings_are_refused_and_the_dataplane_keeps_running() {
+    let dir = scratch_dir("hostile-set");
+    let dp = start(&dir);
+    let admin = dir.join("admin.sock");
+    for (kv, what) in [
+        ("frame_timeout_ms=18446744073709551615", "between 100 and 3600000"),
+        ("frame_timeout_ms=1", "between 100 and 3600000"),
+        ("compare_timeout_ms=0", "between 1 and 3600000"),
+        ("compare_timeout_ms=99999999999999", "between 1 and 3600000"),
+        ("max_queue_size=99999999999", "between 1 and 16777216"),
+        ("max_queue_size=-3", "whole number"),
+        ("no_such_key=1", "unknown setting"),
+    ] {
+        let (_, v, err) = colo_ctl(&admin, &["set", kv]);
+        let said = format!("{v} {err}");
+        assert!(said.contains(what), "set {kv}: {said}");
+    }
+    // In range: accepted.
+    let (ok, v, err) = colo_ctl(&admin, &["set", "frame_timeout_ms=250"]);
+    assert!(ok && v["ok"] == true, "{v} {err}");
+    // Still alive and answering, then a clean exit.
+    let (ok, v, _) = colo_ctl(&admin, &["stats", "--json"]);
+    assert!(ok && v["ok"] == true, "{v}");
+    colo_ctl(&admin, &["shutdown"]);
+    let out = dp.wait_with_output();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_second_instance_with_the_same_socket_is_refused_and_the_first_keeps_it() {
+    let dir = scratch_dir("hostile-second");
+    let first = start(&dir);
+    let other = scratch_dir("hostile-second-b");
+    let c = Conn::default();
+    write_pcap(&other.join("primary.pcap"), &[c.data(0, b"x")]);
+    write_pcap(&other.join("secondary.pcap"), &[c.data(0, b"x")]);
+    let mut cmd = dataplane_command(&other, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.args(["--checkpoint-mode", "standalone", "--admin"]).arg(dir.join("admin.sock"));
+    let run = colo_suite::collect_run(&other, cmd);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("in use by a running process"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    // The first instance still owns and answers its socket.
+    let (ok, v, _) = colo_ctl(&dir.join("admin.sock"), &["stats", "--json"]);
+    assert!(ok && v["ok"] == true, "{v}");
+    colo_ctl(&dir.join("admin.sock"), &["shutdown"]);
+    assert_eq!(first.wait_with_output().status.code(), Some(0));
+}
+
+#[test]
+fn an_unusable_stats_json_path_and_a_broken_config_fail_at_once_in_one_line() {
+    let dir = scratch_dir("hostile-paths");
+    let dp = workspace_bin("colo-dataplane");
+    let t = Instant::now();
+    let out = Command::new(&dp)
+        .args(["--no-huge", "--", "--primary", "p", "--secondary", "s", "--output", "o", "--stats-json"])
+        .arg(dir.join("no-such-dir/stats.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot write --stats-json"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused before any run");
+
+    std::fs::write(dir.join("bad.toml"), "shards = 2\nmode = \"proxy\"\nprimary = [unclosed\n").unwrap();
+    let out = Command::new(&dp).args(["--no-huge", "--", "--config"]).arg(dir.join("bad.toml")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad config file") && err.contains("line 3"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
