@@ -114,3 +114,62 @@ fn an_unusable_stats_json_path_and_a_broken_config_fail_at_once_in_one_line() {
     assert!(err.contains("bad config file") && err.contains("line 3"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+fn frame_msg(text: &str) -> Vec<u8> {
+    let mut v = (text.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+fn read_frame_msg(s: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+#[test]
+fn a_second_tcp_peer_cannot_take_the_frame_link_over_and_release_held_output() {
+    use std::io::Write;
+    let dir = scratch_dir("hostile-takeover");
+    let c = Conn::default();
+    write_pcap(&dir.join("primary.pcap"), &[c.data(0, b"abcdef")]);
+    write_pcap(&dir.join("secondary.pcap"), &[c.data(0, b"abXdef")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = dataplane_command(&dir, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.args(["--frame", &format!("tcp:127.0.0.1:{port}"), "--admin"]).arg(dir.join("admin.sock"));
+    cmd.arg("--stats-json").arg(dir.join("stats.json"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let dp = ChildGuard::new(cmd.spawn().unwrap());
+    wait_for(&dir.join("admin.sock"));
+    let mut frame = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    frame.write_all(&frame_msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
+    assert_eq!(read_frame_msg(&mut frame).as_deref(), Some("COLO_COMPARE_GET_XEN_INIT"));
+    assert_eq!(read_frame_msg(&mut frame).as_deref(), Some("DO_CHECKPOINT"), "the divergence asks");
+    // Another local user connects and claims the checkpoint is done.
+    let mut intruder = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = intruder.write_all(&frame_msg("COLO_USERSPACE_PROXY_INIT"));
+    let _ = intruder.write_all(&frame_msg("COLO_CHECKPOINT"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, v, _) = colo_ctl(&dir.join("admin.sock"), &["stats", "--json"]);
+    assert_eq!(v["coordinator"]["checkpoints_completed"], 0, "{v}");
+    assert_eq!(v["total"]["held_primary_frames"], 1, "the unverified frame is still held: {}", v["total"]);
+    // The real frame completes it.
+    frame.write_all(&frame_msg("COLO_CHECKPOINT")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v, _) = colo_ctl(&dir.join("admin.sock"), &["stats", "--json"]);
+        if v["coordinator"]["checkpoints_completed"] == 1 {
+            assert_eq!(v["total"]["held_primary_frames"], 0, "{}", v["total"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the real frame's checkpoint never completed: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    colo_ctl(&dir.join("admin.sock"), &["shutdown"]);
+    assert_eq!(dp.wait_with_output().status.code(), Some(0));
+}

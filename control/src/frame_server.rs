@@ -1,12 +1,16 @@
 //! The frame socket (SPEC §7): we listen on `unix:PATH` (mode 0600 by default) or
-//! `tcp:HOST:PORT`; one frame is served at a time and a reconnecting frame is accepted.
+//! `tcp:HOST:PORT`; one frame is served at a time and a reconnecting frame is accepted. A
+//! live frame that has spoken (`COLO_USERSPACE_PROXY_INIT` or `COLO_CHECKPOINT`) is never
+//! replaced by another connection — its `COLO_CHECKPOINT` releases held output, so a second
+//! peer must not take it over — and peers can be restricted to a uid (Unix, `SO_PEERCRED`)
+//! or an address (TCP).
 //!
 //! Non-blocking and polled by the control thread; it turns bytes into [`ServerEvent`]s and
 //! never decides anything itself (the coordinator does). Oversized messages close the
 //! connection cleanly; the listener keeps running.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -67,6 +71,16 @@ impl Default for SocketPermissions {
     }
 }
 
+/// Who may be the frame (SPEC §11); `None` fields allow anyone the socket lets in (a Unix
+/// socket's mode already limits who can connect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerFilter {
+    /// Unix sockets: the peer process's uid (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// TCP: the peer's address.
+    pub addr: Option<IpAddr>,
+}
+
 /// What happened on the frame socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
@@ -111,9 +125,25 @@ impl Conn {
 pub struct FrameServer {
     listener: Listener,
     conn: Option<Conn>,
+    /// The current connection has sent a frame message: it is the frame.
+    spoken: bool,
     decoder: Decoder,
     outbox: Vec<u8>,
+    filter: PeerFilter,
+    /// Connections refused (peer not allowed, or a live frame already connected).
+    refused: u64,
     last_accept_warning: Option<std::time::Instant>,
+    last_refusal_warning: Option<std::time::Instant>,
+}
+
+/// Whether a rate-limited warning may be logged now (once a second), updating `last`.
+fn warn_now(last: &mut Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+        *last = Some(now);
+        return true;
+    }
+    false
 }
 
 /// Largest amount of unsent output kept for a slow frame before it is disconnected.
@@ -181,7 +211,49 @@ impl FrameServer {
                 Listener::Tcp(l)
             }
         };
-        Ok(FrameServer { listener, conn: None, decoder: Decoder::new(), outbox: Vec::new(), last_accept_warning: None })
+        Ok(FrameServer {
+            listener,
+            conn: None,
+            spoken: false,
+            decoder: Decoder::new(),
+            outbox: Vec::new(),
+            filter: PeerFilter::default(),
+            refused: 0,
+            last_accept_warning: None,
+            last_refusal_warning: None,
+        })
+    }
+
+    /// Admits only peers `filter` allows from now on.
+    pub fn restrict(&mut self, filter: PeerFilter) {
+        self.filter = filter;
+    }
+
+    /// Connections refused so far (peer not allowed, or a live frame already connected).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Why `conn` may not be the frame, if it may not.
+    fn admit(&self, conn: &Conn) -> Option<String> {
+        match conn {
+            Conn::Unix(s) => {
+                let want = self.filter.uid?;
+                match rustix::net::sockopt::socket_peercred(s) {
+                    Ok(cred) if cred.uid.as_raw() == want => None,
+                    Ok(cred) => Some(format!("peer uid {} is not the allowed uid {want}", cred.uid.as_raw())),
+                    Err(e) => Some(format!("peer credentials unavailable ({e})")),
+                }
+            }
+            Conn::Tcp(s) => {
+                let want = self.filter.addr?;
+                match s.peer_addr() {
+                    Ok(a) if a.ip() == want => None,
+                    Ok(a) => Some(format!("peer {} is not the allowed address {want}", a.ip())),
+                    Err(e) => Some(format!("peer address unavailable ({e})")),
+                }
+            }
+        }
     }
 
     /// The bound TCP address (useful with port 0), if TCP.
@@ -208,6 +280,7 @@ impl FrameServer {
     }
 
     fn disconnect(&mut self, reason: String, events: &mut Vec<ServerEvent>) {
+        self.spoken = false;
         if self.conn.take().is_some() {
             if self.decoder.pending() > 0 {
                 tracing::warn!(bytes = self.decoder.pending(), "frame left a truncated message");
@@ -247,22 +320,33 @@ impl FrameServer {
         // What the current connection already sent counts (a COLO_CHECKPOINT must not be lost
         // to a reconnect), so it is read first.
         self.read_ready(events);
-        // A new connection replaces the current one: a frame that restarted may reconnect
-        // before its old connection is seen closed.
+        // A new connection replaces one that has not spoken yet (a frame that restarted may
+        // reconnect before its old, silent connection is seen closed); a frame that has
+        // spoken keeps the link until it closes it. Refused connections are closed at once.
         match self.accept() {
             Ok(Some(conn)) => {
-                self.disconnect("replaced by a new frame connection".into(), events);
-                self.conn = Some(conn);
-                events.push(ServerEvent::Connected);
-                self.read_ready(events);
+                let refusal = self.admit(&conn).or_else(|| {
+                    (self.conn.is_some() && self.spoken)
+                        .then(|| "a COLO frame is connected and has not closed its connection".to_string())
+                });
+                if let Some(why) = refusal {
+                    self.refused += 1;
+                    if warn_now(&mut self.last_refusal_warning) {
+                        tracing::warn!(why, refused = self.refused, "frame connection refused");
+                    }
+                    drop(conn);
+                } else {
+                    self.disconnect("replaced by a new frame connection".into(), events);
+                    self.conn = Some(conn);
+                    events.push(ServerEvent::Connected);
+                    self.read_ready(events);
+                }
             }
             Ok(None) => {}
             Err(e) => {
                 // A persistent failure (EMFILE) would repeat every poll: once a second is enough.
-                let now = std::time::Instant::now();
-                if self.last_accept_warning.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+                if warn_now(&mut self.last_accept_warning) {
                     tracing::warn!(error = %e, "accept on the frame socket failed");
-                    self.last_accept_warning = Some(now);
                 }
             }
         }
@@ -279,7 +363,12 @@ impl FrameServer {
                     self.decoder.push(&buf[..n]);
                     loop {
                         match self.decoder.next_message() {
-                            Ok(Some(m)) => events.push(ServerEvent::Message(m)),
+                            Ok(Some(m)) => {
+                                if matches!(m, FrameMessage::ProxyInit | FrameMessage::CheckpointDone) {
+                                    self.spoken = true;
+                                }
+                                events.push(ServerEvent::Message(m));
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::warn!(error = %e, "bad input from the COLO frame");

@@ -139,3 +139,69 @@ fn a_regular_file_at_the_socket_path_is_not_replaced() {
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"important");
 }
+
+/// Whether the server closed `s`: EOF, or a reset (it closed with our bytes unread).
+fn closed_by_server(s: &mut impl Read) -> bool {
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn a_frame_that_has_spoken_is_never_replaced_and_a_silent_one_is() {
+    let ep: Endpoint = "tcp:127.0.0.1:0".parse().unwrap();
+    let mut server = FrameServer::bind(&ep, SocketPermissions::default()).unwrap();
+    let addr = server.local_tcp_addr().unwrap();
+    // A silent connection is replaced by the next (a restarted frame may come back before
+    // its old connection is seen closed).
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(poll_events(&mut server, 1), vec![ServerEvent::Connected]);
+    let mut frame = std::net::TcpStream::connect(addr).unwrap();
+    frame.write_all(&msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
+    let events = poll_events(&mut server, 3);
+    assert!(matches!(events[0], ServerEvent::Disconnected { .. }), "{events:?}");
+    assert_eq!(events[1..], [ServerEvent::Connected, ServerEvent::Message(FrameMessage::ProxyInit)]);
+    // The frame has spoken: another local peer cannot take the link over, and its
+    // COLO_CHECKPOINT (which would release held output) never arrives.
+    let mut intruder = std::net::TcpStream::connect(addr).unwrap();
+    intruder.write_all(&msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
+    intruder.write_all(&msg("COLO_CHECKPOINT")).unwrap();
+    let events = poll_events(&mut server, 1);
+    assert!(events.is_empty(), "{events:?}");
+    intruder.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(closed_by_server(&mut intruder), "the intruder is disconnected");
+    assert_eq!(server.refused(), 1);
+    // The frame's own unsolicited COLO_CHECKPOINT (a periodic checkpoint) still counts.
+    frame.write_all(&msg("COLO_CHECKPOINT")).unwrap();
+    assert_eq!(poll_events(&mut server, 1), vec![ServerEvent::Message(FrameMessage::CheckpointDone)]);
+}
+
+#[test]
+fn peers_can_be_restricted_to_a_uid_or_an_address() {
+    use colo_control::frame_server::PeerFilter;
+    // Unix: SO_PEERCRED uid. This process's uid is let in; any other is not.
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let path = sock_path("peer-uid");
+    let mut server = FrameServer::bind(&Endpoint::Unix(path.clone()), SocketPermissions::default()).unwrap();
+    server.restrict(PeerFilter { uid: Some(me.wrapping_add(1)), addr: None });
+    let mut other = UnixStream::connect(&path).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(poll_events(&mut server, 1).is_empty());
+    assert!(closed_by_server(&mut other));
+    server.restrict(PeerFilter { uid: Some(me), addr: None });
+    let _ok = UnixStream::connect(&path).unwrap();
+    assert_eq!(poll_events(&mut server, 1), vec![ServerEvent::Connected]);
+    // TCP: the peer's address.
+    let ep: Endpoint = "tcp:127.0.0.1:0".parse().unwrap();
+    let mut server = FrameServer::bind(&ep, SocketPermissions::default()).unwrap();
+    server.restrict(PeerFilter { uid: None, addr: Some("127.0.0.2".parse().unwrap()) });
+    let addr = server.local_tcp_addr().unwrap();
+    let mut other = std::net::TcpStream::connect(addr).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(poll_events(&mut server, 1).is_empty());
+    assert!(closed_by_server(&mut other));
+    assert_eq!(server.refused(), 1);
+}

@@ -490,10 +490,10 @@ impl ControlEndpoints {
                         let _ = std::fs::create_dir_all(dir);
                     }
                 }
-                Some(
-                    FrameServer::bind(&ep, cfg.socket_permissions())
-                        .map_err(|e| format!("cannot listen on --frame {}: {e}", cfg.frame_endpoint()))?,
-                )
+                let mut server = FrameServer::bind(&ep, cfg.socket_permissions())
+                    .map_err(|e| format!("cannot listen on --frame {}: {e}", cfg.frame_endpoint()))?;
+                server.restrict(cfg.frame_peer);
+                Some(server)
             }
         };
         let terminate = Arc::new(AtomicBool::new(false));

@@ -136,6 +136,13 @@ pub struct Args {
     /// Group (gid) given to the Unix frame and admin sockets.
     #[arg(long, value_name = "GID")]
     pub socket_group: Option<u32>,
+    /// Only a process of this uid may be the frame on a Unix --frame socket (SO_PEERCRED).
+    #[arg(long, value_name = "UID")]
+    pub frame_peer_uid: Option<u32>,
+    /// Only this address may be the frame on a TCP --frame socket. TCP belongs on a dedicated
+    /// link: anyone who reaches the port could otherwise connect before the real frame.
+    #[arg(long, value_name = "IP")]
+    pub frame_peer_addr: Option<std::net::IpAddr>,
     /// TOML file with any of these options.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -166,6 +173,8 @@ pub struct FileConfig {
     socket_mode: Option<String>,
     socket_owner: Option<u32>,
     socket_group: Option<u32>,
+    frame_peer_uid: Option<u32>,
+    frame_peer_addr: Option<std::net::IpAddr>,
 }
 
 /// Everything the runtime needs, checked.
@@ -213,6 +222,8 @@ pub struct RunConfig {
     pub socket_owner: Option<u32>,
     /// Unix socket group.
     pub socket_group: Option<u32>,
+    /// Who may be the frame.
+    pub frame_peer: colo_control::frame_server::PeerFilter,
 }
 
 /// Default frame socket when `--frame` is not given in frame mode.
@@ -265,6 +276,10 @@ impl RunConfig {
             },
             socket_owner: args.socket_owner.or(file.socket_owner),
             socket_group: args.socket_group.or(file.socket_group),
+            frame_peer: colo_control::frame_server::PeerFilter {
+                uid: args.frame_peer_uid.or(file.frame_peer_uid),
+                addr: args.frame_peer_addr.or(file.frame_peer_addr),
+            },
         };
         cfg.check()?;
         Ok(cfg)
