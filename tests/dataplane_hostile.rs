@@ -173,3 +173,79 @@ fn a_second_tcp_peer_cannot_take_the_frame_link_over_and_release_held_output() {
     colo_ctl(&dir.join("admin.sock"), &["shutdown"]);
     assert_eq!(dp.wait_with_output().status.code(), Some(0));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn admin_floods_and_idle_admin_clients_neither_grow_memory_nor_lock_out_the_frame_or_colo_ctl() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let dir = scratch_dir("hostile-admin");
+    let c = Conn::default();
+    let frames: Vec<Vec<u8>> = (0..50u32).map(|k| c.data(k * 10, &[k as u8; 10])).collect();
+    write_pcap(&dir.join("primary.pcap"), &frames);
+    write_pcap(&dir.join("secondary.pcap"), &frames);
+    let mut cmd = dataplane_command(&dir, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.arg("--frame").arg(format!("unix:{}", dir.join("frame.sock").display()));
+    cmd.arg("--admin").arg(dir.join("admin.sock"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let dp = ChildGuard::new(cmd.spawn().unwrap());
+    let admin = dir.join("admin.sock");
+    wait_for(&admin);
+    let (ok, _, _) = colo_ctl(&admin, &["stats", "--json"]);
+    assert!(ok);
+    let rss_before = rss_kib(dp.id());
+
+    // 16 clients each write 4,352 stats requests in one burst and never read an answer.
+    let burst: String = "{\"cmd\":\"stats\"}\n".repeat(4352);
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let mut s = UnixStream::connect(&admin).unwrap();
+            let burst = burst.clone();
+            std::thread::spawn(move || {
+                let _ = s.write_all(burst.as_bytes());
+                std::thread::sleep(Duration::from_secs(3));
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile the COLO frame connects: its handshake is answered at once.
+    let mut frame = UnixStream::connect(dir.join("frame.sock")).unwrap();
+    let t = Instant::now();
+    frame.write_all(&frame_msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
+    let mut len = [0u8; 4];
+    frame.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Read::read_exact(&mut frame, &mut len).unwrap();
+    let answered = t.elapsed();
+    assert!(answered < Duration::from_millis(100), "frame handshake took {answered:?} behind the admin flood");
+    std::thread::sleep(Duration::from_millis(700));
+    let rss_during = rss_kib(dp.id());
+    eprintln!(
+        "frame handshake answered in {answered:?}; RSS {rss_before} KiB before, {rss_during} KiB during the flood"
+    );
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_during} KiB under the admin flood"
+    );
+    for w in writers {
+        let _ = w.join();
+    }
+    // 16 connections that say nothing: colo-ctl still gets in (a quiet client makes room).
+    let idle: Vec<UnixStream> = (0..16).map(|_| UnixStream::connect(&admin).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (ok, v, err) = colo_ctl(&admin, &["stats", "--json"]);
+    assert!(ok && v["ok"] == true, "colo-ctl locked out: {v} {err}");
+    drop(idle);
+    colo_ctl(&admin, &["shutdown"]);
+    let out = dp.wait_with_output();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

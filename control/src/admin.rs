@@ -19,6 +19,17 @@ use crate::frame_server::{bind_unix, SocketPermissions};
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most clients served at once.
 pub const MAX_CLIENTS: usize = 16;
+/// Requests of one client being handled at a time; its next lines wait (in the socket, then
+/// in its line buffer) until those are answered, so a burst costs no more than this.
+pub const MAX_OUTSTANDING: usize = 4;
+/// Answer bytes waiting for one client before it is read no further: it must take its
+/// answers before asking more.
+pub const OUTPUT_BUDGET: usize = 256 * 1024;
+/// A client that neither completes a request nor takes an answer for this long is closed
+/// (idle or half-written connections must not lock the socket's slots).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// When every slot is taken, a client quiet for this long makes room for a new one.
+pub const EVICT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A parsed admin request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +107,15 @@ struct Client {
     outstanding: usize,
     /// Writing failed: the connection is gone.
     broken: bool,
+    /// When it last completed a request or took answer bytes (or connected).
+    last_progress: std::time::Instant,
+}
+
+impl Client {
+    /// Whether it may be handed another request now (SPEC §11: bounded per client).
+    fn may_ask(&self) -> bool {
+        self.outstanding < MAX_OUTSTANDING && self.outbuf.len() < OUTPUT_BUDGET
+    }
 }
 
 /// The listening admin socket and its clients.
@@ -122,11 +142,27 @@ impl AdminServer {
     /// Accepts, reads and writes without blocking; returns complete requests (or parse
     /// errors, already answered) in arrival order.
     pub fn poll(&mut self) -> Vec<(ClientId, AdminRequest)> {
+        let now = std::time::Instant::now();
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
-                        continue; // dropped: closes the connection
+                    if self.clients.len() >= MAX_CLIENTS {
+                        // Full: the quietest client that owes nothing and has been quiet for a
+                        // while makes room (idle connections must not lock colo-ctl out).
+                        let quiet = self
+                            .clients
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| c.outstanding == 0 && now.duration_since(c.last_progress) >= EVICT_AFTER)
+                            .min_by_key(|(_, c)| c.last_progress)
+                            .map(|(i, _)| i);
+                        match quiet {
+                            Some(i) => drop(self.clients.swap_remove(i)),
+                            None => continue, // dropped: closes the connection
+                        }
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
                     }
                     self.clients.push(Client {
                         id: self.next_id,
@@ -136,6 +172,7 @@ impl AdminServer {
                         closing: false,
                         outstanding: 0,
                         broken: false,
+                        last_progress: now,
                     });
                     self.next_id += 1;
                 }
@@ -146,8 +183,13 @@ impl AdminServer {
         let mut requests = Vec::new();
         for c in &mut self.clients {
             let mut buf = [0u8; 4096];
-            // Bounded per poll, so one client streaming bytes cannot hold up the control loop.
+            // Bounded per poll, so one client streaming bytes cannot hold up the control loop;
+            // and not at all while it has a full line waiting or its budget is used: its bytes
+            // wait in the socket (back-pressure on the client).
             for _ in 0..(MAX_LINE / buf.len() + 1) {
+                if !c.may_ask() || c.inbuf.contains(&b'\n') {
+                    break;
+                }
                 match c.stream.read(&mut buf) {
                     Ok(0) => {
                         c.closing = true;
@@ -162,12 +204,14 @@ impl AdminServer {
                     }
                 }
             }
-            while let Some(pos) = c.inbuf.iter().position(|&b| b == b'\n') {
+            while c.may_ask() {
+                let Some(pos) = c.inbuf.iter().position(|&b| b == b'\n') else { break };
                 let line: Vec<u8> = c.inbuf.drain(..=pos).collect();
                 let text = String::from_utf8_lossy(&line);
                 if text.trim().is_empty() {
                     continue;
                 }
+                c.last_progress = now;
                 match parse_request(&text) {
                     Ok(r) => {
                         c.outstanding += 1;
@@ -176,7 +220,7 @@ impl AdminServer {
                     Err(e) => push_line(&mut c.outbuf, &serde_json::json!({"ok": false, "error": e})),
                 }
             }
-            if c.inbuf.len() > MAX_LINE {
+            if c.inbuf.len() > MAX_LINE && !c.inbuf.contains(&b'\n') {
                 c.inbuf.clear();
                 push_line(&mut c.outbuf, &serde_json::json!({"ok": false, "error": "request line too long"}));
             }
@@ -195,12 +239,14 @@ impl AdminServer {
     }
 
     fn flush(&mut self) {
+        let now = std::time::Instant::now();
         for c in &mut self.clients {
             while !c.outbuf.is_empty() && !c.broken {
                 match c.stream.write(&c.outbuf) {
                     Ok(0) => c.broken = true,
                     Ok(n) => {
                         c.outbuf.drain(..n);
+                        c.last_progress = now;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -210,9 +256,12 @@ impl AdminServer {
         }
         // A client that closed its side still gets the answers to what it asked: it goes once
         // nothing is owed and nothing is left to write; a broken or flooded one goes at once.
+        // One that neither asks nor reads for IDLE_TIMEOUT (idle, half-written, or not taking
+        // its answers) goes too.
         self.clients.retain(|c| {
             let owed = c.outstanding > 0 || !c.outbuf.is_empty();
-            !(c.broken || c.outbuf.len() > 16 * MAX_LINE || (c.closing && !owed))
+            let stalled = c.outstanding == 0 && now.duration_since(c.last_progress) >= IDLE_TIMEOUT;
+            !(c.broken || stalled || (c.closing && !owed))
         });
     }
 }
