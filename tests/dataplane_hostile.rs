@@ -249,3 +249,74 @@ fn admin_floods_and_idle_admin_clients_neither_grow_memory_nor_lock_out_the_fram
     let out = dp.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_silent_secondary_and_a_fragment_flood_with_a_slow_frame_drop_no_primary_frame_while_the_pool_has_room() {
+    use colo_core::fixtures::IpFrame;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let dir = scratch_dir("hostile-budget");
+    let c = Conn::default();
+    // One TCP flow far past max_queue_size (1024) and a flood of datagrams whose first
+    // fragment never gets its rest; the secondary says nothing.
+    let mut primary: Vec<Vec<u8>> = (0..20_000u32).map(|k| c.data(k * 100, &[k as u8; 100])).collect();
+    for id in 0..30_000u32 {
+        primary.push(IpFrame { ip_id: id, ..IpFrame::udp(53, 4000, &[7u8; 200]) }.fragment(0, 96));
+    }
+    let total = primary.len() as u64;
+    write_pcap(&dir.join("primary.pcap"), &primary);
+    write_pcap(&dir.join("secondary.pcap"), &[]);
+    let mut cmd = dataplane_command(&dir, 1);
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"]);
+    cmd.arg("--frame").arg(format!("unix:{}", dir.join("frame.sock").display()));
+    cmd.arg("--admin").arg(dir.join("admin.sock")).arg("--stats-json").arg(dir.join("stats.json"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let dp = ChildGuard::new(cmd.spawn().unwrap());
+    wait_for(&dir.join("frame.sock"));
+    // A slow COLO frame: every DO_CHECKPOINT is completed 100 ms later.
+    let mut frame = UnixStream::connect(dir.join("frame.sock")).unwrap();
+    frame.write_all(&frame_msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
+    let frame_thread = std::thread::spawn(move || {
+        use std::io::Read;
+        frame.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        loop {
+            let mut len = [0u8; 4];
+            if frame.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            if frame.read_exact(&mut body).is_err() {
+                return;
+            }
+            if body == b"DO_CHECKPOINT" {
+                std::thread::sleep(Duration::from_millis(100));
+                if frame.write_all(&frame_msg("COLO_CHECKPOINT")).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let admin = dir.join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v, _) = colo_ctl(&admin, &["stats", "--json"]);
+        let released: u64 =
+            v["total"]["released"].as_object().map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
+        if released == total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "released {released} of {total}: {}", v["total"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    colo_ctl(&admin, &["shutdown"]);
+    let out = dp.wait_with_output();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = frame_thread.join();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap();
+    let t = &stats["total"];
+    assert_eq!(t["accounting"], "ok", "{t}");
+    let dropped: u64 = t["primary_dropped"].as_object().map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
+    assert_eq!(dropped, 0, "{t}");
+    assert!(stats["coordinator"]["checkpoints_completed"].as_u64() >= Some(1), "{}", stats["coordinator"]);
+}

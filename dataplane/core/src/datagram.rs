@@ -271,12 +271,15 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// A primary datagram whose frames are already counted as held.
     pub(crate) fn on_primary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
-        if self.primary.len() >= cfg.hard_queue_limit {
-            // SPEC §6: only a truly exhausted queue drops primary output, and it is counted.
-            self.request(out, CheckpointReason::QueueOverflow, key, || {
-                format!("primary datagram queue at hard limit {}", cfg.hard_queue_limit)
+        // Its frames are counted as held already: past the budget means over it now.
+        if out.over_budget(cfg, 0, 0) {
+            // SPEC §6: only exhausted memory drops primary output, and it is counted.
+            let c = &*out.counters;
+            let held = c.held_primary_frames + c.held_secondary_frames;
+            self.request(out, CheckpointReason::ResourcePressure, key, || {
+                format!("shard memory budget exhausted: {held} frames held (budget {})", cfg.held_frames_budget)
             });
-            item.drop_primary(out, DropReason::QueueHardLimit);
+            item.drop_primary(out, DropReason::MemoryBudget);
             return;
         }
         item.pos = self.p_next;
@@ -330,7 +333,13 @@ impl<F: Frame> DatagramFlow<F> {
                 k += 1;
             }
         }
-        if self.secondary.len() >= cfg.max_queue_size {
+        if out.over_budget(cfg, 0, 0) {
+            // The memory budget is kept for primary output: the secondary's datagram goes.
+            self.request(out, CheckpointReason::ResourcePressure, key, || {
+                format!("shard memory budget exhausted (budget {} frames)", cfg.held_frames_budget)
+            });
+            item.release(out, Side::Secondary, Via::Match, DropReason::MemoryBudget);
+        } else if self.secondary.len() >= cfg.max_queue_size {
             let n = self.secondary.len();
             self.request(out, CheckpointReason::QueueOverflow, key, || {
                 format!("secondary datagram queue {n} at max_queue_size {}", cfg.max_queue_size)

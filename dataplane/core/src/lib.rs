@@ -121,9 +121,13 @@ pub struct Config {
     pub compare_timeout: Duration,
     /// Per-connection, per-side queue length that triggers `queue-overflow` (SPEC §6).
     pub max_queue_size: usize,
-    /// Hard per-connection limit (frames) past which primary frames are dropped and counted;
-    /// SPEC §6 allows dropping only when memory is truly exhausted. Default 4 × `max_queue_size`.
-    pub hard_queue_limit: usize,
+    /// The shard's memory budget in held frames, both sides and every flow together (SPEC §6,
+    /// §11): a primary frame is dropped (and counted, `memory-budget`) only when holding it
+    /// would pass this — memory truly exhausted — and a secondary frame is dropped first.
+    /// Everything short of it is a checkpoint request. The runtime sets it from the mbuf pool.
+    pub held_frames_budget: usize,
+    /// The same budget in bytes of held frames.
+    pub held_bytes_budget: u64,
     /// Idle connections with empty queues are removed after this (SPEC §5.1).
     pub conn_idle_timeout: Duration,
     /// How long a closed connection absorbs retransmissions (SPEC §5.1, default 2 × timeout).
@@ -154,7 +158,8 @@ impl Default for Config {
         Config {
             compare_timeout,
             max_queue_size: 1024,
-            hard_queue_limit: 4 * 1024,
+            held_frames_budget: 16_384,
+            held_bytes_budget: 64 << 20,
             // SPEC §5.1: longer than Linux's keepalive time (7200 s), so a quiet connection
             // (and proxy mode's offsets for it) outlives the probes that keep it open.
             conn_idle_timeout: Duration::from_secs(7800),

@@ -69,8 +69,9 @@ pub enum DropReason {
     Malformed,
     /// Secondary frame beyond `max_queue_size` (a checkpoint was requested).
     QueueFull,
-    /// Primary frame beyond the hard queue limit (memory truly exhausted, SPEC §6).
-    QueueHardLimit,
+    /// Primary frame past the shard's memory budget (memory truly exhausted, SPEC §6); a
+    /// secondary frame dropped to keep that budget for the primary's.
+    MemoryBudget,
     /// Flow table full and nothing evictable (a `resource-pressure` request was made).
     FlowTableFull,
     /// Frame of the side no longer forwarded after a failover.
@@ -93,7 +94,7 @@ impl DropReason {
         DropReason::NonIp,
         DropReason::Malformed,
         DropReason::QueueFull,
-        DropReason::QueueHardLimit,
+        DropReason::MemoryBudget,
         DropReason::FlowTableFull,
         DropReason::FailedOver,
         DropReason::ReassemblyFull,
@@ -108,7 +109,7 @@ impl DropReason {
             DropReason::NonIp => "non-ip",
             DropReason::Malformed => "malformed",
             DropReason::QueueFull => "queue-full",
-            DropReason::QueueHardLimit => "queue-hard-limit",
+            DropReason::MemoryBudget => "memory-budget",
             DropReason::FlowTableFull => "flow-table-full",
             DropReason::FailedOver => "failed-over",
             DropReason::ReassemblyFull => "reassembly-full",
@@ -192,6 +193,28 @@ impl<F> Out<'_, F> {
         c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
         c.primary_dropped[reason as usize] += 1;
         self.actions.push_back(Action::Drop { side: Side::Primary, frame, reason });
+    }
+
+    /// Whether holding `frames` more frames of `bytes` would pass the shard's memory budget
+    /// (SPEC §6: the only reason to drop primary output).
+    pub(crate) fn over_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
+        let c = &*self.counters;
+        c.held_primary_frames + c.held_secondary_frames + frames > cfg.held_frames_budget as u64
+            || c.held_primary_bytes + c.held_secondary_bytes + bytes > cfg.held_bytes_budget
+    }
+
+    /// A frame hit the memory budget: one shard-wide `resource-pressure` request per flow and
+    /// epoch (its flush returns the held frames), with the figures.
+    pub(crate) fn budget_request(&mut self, requested: &mut u16, key: &FlowKey, cfg: &Config) {
+        let c = &*self.counters;
+        let (frames, bytes) =
+            (c.held_primary_frames + c.held_secondary_frames, c.held_primary_bytes + c.held_secondary_bytes);
+        self.request(requested, CheckpointReason::ResourcePressure, key, || {
+            format!(
+                "shard memory budget exhausted: {frames} frames / {bytes} bytes held (budget {} / {})",
+                cfg.held_frames_budget, cfg.held_bytes_budget
+            )
+        });
     }
 
     pub(crate) fn hold(&mut self, side: Side, len: u32) {
@@ -494,10 +517,9 @@ impl<F: Frame> Shard<F> {
         self.cfg.linger = timeout.saturating_mul(2);
     }
 
-    /// Changes `max_queue_size`; the hard limit stays at least four times it.
+    /// Changes `max_queue_size`.
     pub fn set_max_queue_size(&mut self, n: usize) {
         self.cfg.max_queue_size = n.max(1);
-        self.cfg.hard_queue_limit = self.cfg.hard_queue_limit.max(self.cfg.max_queue_size.saturating_mul(4));
     }
 
     /// Up to `limit` flows with the most held frames first (the admin socket's `flows`).
@@ -637,8 +659,10 @@ impl<F: Frame> Shard<F> {
             _ => format!("flow table full ({flows} flows)"),
         });
         let len = frame.bytes().len() as u32;
+        // A frame already counted as held is part of the budget already.
+        let room = !out.over_budget(&self.cfg, u64::from(!held), if held { 0 } else { u64::from(len) });
         match side {
-            Side::Primary if self.unflowed.len() < self.cfg.max_queue_size => {
+            Side::Primary if room => {
                 if !held {
                     out.hold(Side::Primary, len);
                 }

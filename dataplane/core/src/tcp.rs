@@ -332,13 +332,6 @@ impl<F: Frame> TcpConn<F> {
         frames > cfg.max_queue_size && self.client_window().is_none_or(|w| bytes > w + window_slack(w))
     }
 
-    /// The primary queue is past what memory allows for one connection (SPEC §6: only then
-    /// is primary output dropped): the hard frame limit *and* four times the window bound.
-    fn at_hard_limit(&self, cfg: &Config) -> bool {
-        self.primary.len() >= cfg.hard_queue_limit
-            && self.client_window().is_none_or(|w| self.p_bytes > 4 * (w + window_slack(w)))
-    }
-
     #[allow(clippy::type_complexity)]
     pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
         (
@@ -388,13 +381,11 @@ impl<F: Frame> TcpConn<F> {
         }
         let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
         let len = frame.bytes().len() as u32;
-        if self.at_hard_limit(cfg) {
-            // SPEC §6: only a truly exhausted queue drops primary output, and it is counted;
-            // the overflow request below was made long before.
-            out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
-                format!("primary queue at hard limit {}", cfg.hard_queue_limit)
-            });
-            out.drop_new(Side::Primary, frame, DropReason::QueueHardLimit);
+        if out.over_budget(cfg, 1, u64::from(len)) {
+            // SPEC §6: only exhausted memory drops primary output, and it is counted; the
+            // overflow and pressure requests were made long before.
+            out.budget_request(&mut self.requested, key, cfg);
+            out.drop_new(Side::Primary, frame, DropReason::MemoryBudget);
         } else {
             out.hold(Side::Primary, len);
             self.p_bytes += u64::from(len);
@@ -447,6 +438,11 @@ impl<F: Frame> TcpConn<F> {
             // Nothing left to compare (SYN, pure ACK, RST, or data below `compared`, which
             // SPEC §5.1 says is consumed silently); its flags/ACK were recorded above.
             out.consume_new(frame);
+        } else if out.over_budget(cfg, 1, frame.bytes().len() as u64) {
+            // The memory budget is kept for primary output: the secondary's frame goes (it is
+            // never transmitted; the pressure checkpoint resynchronises).
+            out.budget_request(&mut self.requested, key, cfg);
+            out.drop_new(Side::Secondary, frame, DropReason::MemoryBudget);
         } else if self.over_window(self.secondary.len() + 1, self.s_bytes + frame.bytes().len() as u64, cfg) {
             let (n, bytes, window) = (self.secondary.len(), self.s_bytes, self.client_window());
             out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {

@@ -108,7 +108,7 @@ proptest! {
     ) {
         let cfg = Config {
             max_queue_size: 8,
-            hard_queue_limit: 16,
+            held_frames_budget: 48,
             max_flows: 4,
             max_reassembly_datagrams: 4,
             max_reassembly_bytes: 4096,

@@ -97,12 +97,12 @@ proptest! {
     fn arbitrary_frames_never_break_the_shard(steps in proptest::collection::vec(step(), 1..120), proxy in any::<bool>()) {
         let cfg = Config {
             max_queue_size: 8,
-            hard_queue_limit: 16,
+            held_frames_budget: 48,
             max_flows: 4,
             mode: if proxy { colo_core::Mode::Proxy } else { colo_core::Mode::Compare },
             ..Config::default().with_compare_timeout(core::time::Duration::from_millis(5))
         };
-        let (max_flows, hard, maxq) = (cfg.max_flows, cfg.hard_queue_limit, cfg.max_queue_size);
+        let (max_flows, budget, maxq) = (cfg.max_flows, cfg.held_frames_budget, cfg.max_queue_size);
         let mut shard: Shard<Indexed> = Shard::new(cfg);
         let mut log = Log::default();
         let mut now = 0u64;
@@ -166,10 +166,14 @@ proptest! {
             }
             let c = shard.counters();
             prop_assert!(shard.flow_count() <= max_flows);
-            // Queue bounds: frames, unless a client window allows more (bytes); parked
+            // The shard's memory budget bounds everything held (reassembly's partials, bounded
+            // on their own, may come on top).
+            let partial_frames = 2 * colo_core::Config::default().max_fragments_per_datagram
+                * colo_core::Config::default().max_reassembly_datagrams;
+            prop_assert!((c.held_primary_frames + c.held_secondary_frames) as usize <= budget + partial_frames);
+            // Secondary queues: frames, unless a client window allows more (bytes); parked
             // guest-opened SYNs add a shard-wide bounded set.
             if !windows_seen {
-                prop_assert!(c.held_primary_frames as usize <= max_flows * hard + maxq);
                 prop_assert!(c.held_secondary_frames as usize <= max_flows * maxq + 256);
             }
             // The deadline heap stays O(flows): stale entries are compacted (SPEC §11).

@@ -33,6 +33,8 @@ const RING_SLOTS: usize = 1024;
 /// mode lets a side run up to a client window ahead: 16,384 frames of 1448 bytes is a 23 MB
 /// window, or several connections with Linux's usual few-MB windows.
 const HELD_PER_SHARD: u32 = 16_384;
+/// Data room of each mbuf: a whole standard frame plus DPDK's headroom.
+const MBUF_DATA_ROOM: u16 = 2048 + 128;
 /// RX and TX descriptors per queue.
 const DESCRIPTORS: u16 = 1024;
 
@@ -125,7 +127,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let mbufs = cfg.mbufs.unwrap_or_else(|| pool_size(cfg.shards));
     // DPDK wants the per-lcore cache well below the pool size.
     let cache = (mbufs / 16).min(256);
-    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, 2048 + 128).map_err(|e| {
+    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, MBUF_DATA_ROOM).map_err(|e| {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
 
@@ -180,7 +182,11 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let mut contexts = Vec::new();
     let shard_cfg = ShardConfig {
         max_queue_size: cfg.max_queue_size,
-        hard_queue_limit: cfg.max_queue_size.saturating_mul(4),
+        // Held frames stay in their mbufs: the pool is the memory budget. The RX gate pauses
+        // intake before the pool runs dry (frames then wait in the device, SPEC §6 "drop at
+        // RX"), so a shard drops a primary frame only if the pool is truly exhausted.
+        held_frames_budget: mbufs as usize,
+        held_bytes_budget: u64::from(mbufs) * u64::from(MBUF_DATA_ROOM),
         mode: if proxy { Mode::Proxy } else { Mode::Compare },
         non_ip_policy: match cfg.non_ip_policy {
             NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
