@@ -183,5 +183,60 @@ fn bench_million_flows(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_udp, bench_million_flows);
+/// A full flow table under a flood of new flows (SPEC §11): matched 64 B UDP pairs of 1,000
+/// established flows, alone and with one new flow per pair arriving into a table that is full
+/// (65,536 flows), so every new flow evicts an idle one. Before the clock-hand eviction each
+/// new flow scanned the whole table.
+fn bench_new_flow_flood(c: &mut Criterion) {
+    const TABLE: usize = 65_536;
+    let pair = |f: usize| {
+        let dst = std::net::Ipv4Addr::new(10, (f >> 16) as u8, (f >> 8) as u8, f as u8);
+        let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+        let p = IpFrame { dst: dst.into(), ..base.clone() };
+        let payload =
+            colo_core::fixtures::udp_payload(p.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+        let p = IpFrame { payload, ..p }.build();
+        (p.clone(), p)
+    };
+    let feed = |shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64| {
+        *t += 1;
+        shard.handle(Side::Primary, p.clone(), Timestamp::from_nanos(*t));
+        shard.handle(Side::Secondary, s.clone(), Timestamp::from_nanos(*t));
+        let mut released = 0;
+        while let Some(a) = shard.poll_action() {
+            released += usize::from(matches!(a, colo_core::Action::Release { .. }));
+        }
+        released
+    };
+    let established: Vec<_> = (0..1000).map(pair).collect();
+    let flood: Vec<_> = (1000..1000 + 4 * TABLE).map(pair).collect();
+    let cfg = Config { max_flows: TABLE, ..Config::default() };
+    let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
+    let mut t = 0u64;
+    for f in established.iter().chain(&flood[..TABLE - 1000]) {
+        assert_eq!(feed(&mut shard, f, &mut t), 1);
+    }
+    assert_eq!(shard.flow_count(), TABLE);
+    let mut g = c.benchmark_group("full_table");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("established_pair", |b| {
+        b.iter(|| {
+            i = (i + 7) % established.len();
+            black_box(feed(&mut shard, &established[i], &mut t))
+        })
+    });
+    let mut k = TABLE;
+    g.bench_function("established_pair_plus_one_new_flow", |b| {
+        b.iter(|| {
+            i = (i + 7) % established.len();
+            k = (k + 1) % flood.len();
+            black_box(feed(&mut shard, &established[i], &mut t) + feed(&mut shard, &flood[k], &mut t))
+        })
+    });
+    g.finish();
+    assert!(shard.counters().flows_evicted > 0);
+}
+
+criterion_group!(benches, bench, bench_udp, bench_million_flows, bench_new_flow_flood);
 criterion_main!(benches);

@@ -172,6 +172,9 @@ pub(crate) struct Out<'a, F> {
     pub(crate) pool: &'a mut Vec<Vec<Piece<F>>>,
 }
 
+/// Slots the eviction hand looks at per new flow when the table is full.
+const EVICT_SCAN: usize = 64;
+
 /// Fragment lists kept for reuse (bounds the pool's memory).
 const POOL_MAX: usize = 256;
 
@@ -468,6 +471,11 @@ pub struct Shard<F> {
     failed_over: Option<Side>,
     /// Proxy mode: secondary source ports paired with the primary's (guest-opened TCP).
     pairs: crate::pairing::PortPairs<F>,
+    /// The eviction clock hand (next slot to look at) and when its current sweep began.
+    hand: usize,
+    sweep_started: Timestamp,
+    /// Slots looked at since the hand last found a victim.
+    fruitless: usize,
     /// Set when an eviction scan found nothing: further inserts fail fast instead of
     /// rescanning a full table per packet, until something can have changed (a timer run,
     /// a flush, a removal).
@@ -490,6 +498,9 @@ impl<F: Frame> Shard<F> {
             pool: Vec::new(),
             failed_over: None,
             pairs: crate::pairing::PortPairs::default(),
+            hand: 0,
+            sweep_started: Timestamp(0),
+            fruitless: 0,
             evict_blocked: false,
             cfg: config,
         }
@@ -890,8 +901,12 @@ impl<F: Frame> Shard<F> {
     }
 
     fn insert(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
-        if self.map.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one()) {
-            self.evict_blocked = true;
+        if self.map.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one(now)) {
+            // Only a whole fruitless sweep says nothing can go: then inserts fail fast until
+            // something changes (a timer run, a flush, a removal).
+            if self.fruitless >= self.slots.len() {
+                self.evict_blocked = true;
+            }
             return None;
         }
         let flow = Flow {
@@ -919,36 +934,52 @@ impl<F: Frame> Shard<F> {
         Some(slot)
     }
 
-    /// SPEC §11: evict a closed flow, else the longest-idle flow, never one holding frames.
-    /// Runs only when the table is full (a scan of the table, off the steady-state path).
-    fn evict_one(&mut self) -> bool {
-        let mut closed = None;
-        let mut idle: Option<(Timestamp, u32)> = None;
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(f) = &s.flow else { continue };
+    /// SPEC §11: evict a closed or idle flow, never one holding frames, in O(1): a clock hand
+    /// looks at up to [`EVICT_SCAN`] slots from where it stopped last time and takes the first
+    /// empty flow that is closed or was not active since the hand's current sweep began
+    /// (second chance: a flow active since then is passed over once), else the least recently
+    /// active empty flow it looked at. A flood of new flows thus costs a bounded scan per
+    /// flow, not a pass over the table (which made every new flow O(table)).
+    fn evict_one(&mut self, now: Timestamp) -> bool {
+        let n = self.slots.len();
+        let mut victim = None;
+        let mut fallback: Option<(Timestamp, u32)> = None;
+        for _ in 0..EVICT_SCAN.min(n) {
+            let i = self.hand % n;
+            self.hand = (i + 1) % n;
+            if i == 0 {
+                // A new sweep: flows not active from now on are idle when the hand comes back.
+                self.sweep_started = now;
+            }
+            let Some(f) = self.slots.get(i).and_then(|s| s.flow.as_ref()) else { continue };
             if !f.conn.is_empty() {
                 continue;
             }
-            if f.conn.is_closed() {
-                closed = Some(i as u32);
+            if f.conn.is_closed() || f.last_activity < self.sweep_started {
+                victim = Some(i as u32);
                 break;
             }
-            if idle.is_none_or(|(t, _)| f.last_activity < t) {
-                idle = Some((f.last_activity, i as u32));
+            if fallback.is_none_or(|(t, _)| f.last_activity < t) {
+                fallback = Some((f.last_activity, i as u32));
             }
         }
-        match closed.or(idle.map(|(_, i)| i)) {
+        match victim.or(fallback.map(|(_, i)| i)) {
             Some(slot) => {
+                self.fruitless = 0;
                 self.remove(slot);
                 self.counters.flows_evicted += 1;
                 true
             }
-            None => false,
+            None => {
+                self.fruitless = self.fruitless.saturating_add(EVICT_SCAN.min(n));
+                false
+            }
         }
     }
 
     fn remove(&mut self, slot: u32) {
         self.evict_blocked = false;
+        self.fruitless = 0;
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if let Some(f) = s.flow.take() {
                 if let Conn::Tcp(c) = &f.conn {
@@ -1023,6 +1054,7 @@ impl<F: Frame> Shard<F> {
     /// linger and idle removal.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.evict_blocked = false;
+        self.fruitless = 0;
         while let Some((at, slot, generation, kind)) = self.timers.pop_due(now) {
             if kind == TimerKind::Reassembly {
                 if self.reasm.is_live(at, slot, generation) {
@@ -1101,6 +1133,7 @@ impl<F: Frame> Shard<F> {
 
     fn flush(&mut self, now: Timestamp, resync: bool) {
         self.evict_blocked = false;
+        self.fruitless = 0;
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         // Slot order, not hash order: deterministic output for replay and tests. Flows
         // before partial datagrams before parked frames: each flow's own order is kept
