@@ -474,6 +474,8 @@ pub struct Shard<F> {
     /// The eviction clock hand (next slot to look at) and when its current sweep began.
     hand: usize,
     sweep_started: Timestamp,
+    /// Flows not active since this instant (the previous sweep's start) are idle.
+    idle_before: Timestamp,
     /// Slots looked at since the hand last found a victim.
     fruitless: usize,
     /// Set when an eviction scan found nothing: further inserts fail fast instead of
@@ -500,6 +502,7 @@ impl<F: Frame> Shard<F> {
             pairs: crate::pairing::PortPairs::default(),
             hand: 0,
             sweep_started: Timestamp(0),
+            idle_before: Timestamp(0),
             fruitless: 0,
             evict_blocked: false,
             cfg: config,
@@ -936,8 +939,8 @@ impl<F: Frame> Shard<F> {
 
     /// SPEC §11: evict a closed or idle flow, never one holding frames, in O(1): a clock hand
     /// looks at up to [`EVICT_SCAN`] slots from where it stopped last time and takes the first
-    /// empty flow that is closed or was not active since the hand's current sweep began
-    /// (second chance: a flow active since then is passed over once), else the least recently
+    /// empty flow that is closed or was not active since the hand's previous sweep began
+    /// (second chance: a flow active since then is passed over), else the least recently
     /// active empty flow it looked at. A flood of new flows thus costs a bounded scan per
     /// flow, not a pass over the table (which made every new flow O(table)).
     fn evict_one(&mut self, now: Timestamp) -> bool {
@@ -948,14 +951,15 @@ impl<F: Frame> Shard<F> {
             let i = self.hand % n;
             self.hand = (i + 1) % n;
             if i == 0 {
-                // A new sweep: flows not active from now on are idle when the hand comes back.
+                // A new sweep: flows not active since the previous one began are idle.
+                self.idle_before = self.sweep_started;
                 self.sweep_started = now;
             }
             let Some(f) = self.slots.get(i).and_then(|s| s.flow.as_ref()) else { continue };
             if !f.conn.is_empty() {
                 continue;
             }
-            if f.conn.is_closed() || f.last_activity < self.sweep_started {
+            if f.conn.is_closed() || f.last_activity < self.idle_before {
                 victim = Some(i as u32);
                 break;
             }

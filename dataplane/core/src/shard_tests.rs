@@ -1506,3 +1506,26 @@ fn test_after_a_failover_client_frames_wait_for_the_secondary_syn_ack_of_a_half_
     assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
     assert_eq!(ack_and_tsecr(&f), (7001, Some(ProxyPair::S_TS)));
 }
+
+#[test]
+fn test_a_full_table_evicts_the_least_recently_active_empty_flow() {
+    let mut h = H::with(Config { max_flows: 3, ..Config::default() });
+    let flow = |port: u16| Conn { template: TcpFrame { dport: port, ..TcpFrame::default() }, ..Conn::default() };
+    let (a, b, c, d) = (flow(40001), flow(40002), flow(40003), flow(40004));
+    for (k, conn) in [&a, &b, &c].into_iter().enumerate() {
+        let f = conn.data(0, b"x");
+        h.p(&f, k as u64 + 1);
+        h.s(&f, k as u64 + 1);
+    }
+    // A is active again; B is now the least recently active.
+    h.p(&a.data(1, b"y"), 10);
+    h.s(&a.data(1, b"y"), 10);
+    let f = d.data(0, b"z");
+    h.p(&f, 11);
+    assert_eq!(h.shard.counters().flows_evicted, 1);
+    let key = |c: &Conn| *wire::parse(&c.data(0, b"x")).key().unwrap();
+    assert!(h.shard.flow_status(&key(&b)).is_none(), "B was evicted");
+    for kept in [&a, &c, &d] {
+        assert!(h.shard.flow_status(&key(kept)).is_some());
+    }
+}
