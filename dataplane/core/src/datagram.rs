@@ -171,6 +171,10 @@ fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
     let mut cur = b_chunk(0);
     let mut equal = true;
     let mut a_len = 0usize;
+    // SPEC §5.2: the UDP checksum (bytes 6..8 of the UDP header) is not compared: 0 and a
+    // computed checksum are both valid for the same datagram over IPv4.
+    let skip = if a.proto == crate::wire::proto::UDP { 6..8 } else { 0..0 };
+    let mut pos = 0usize;
     a.for_chunks(|mut chunk| {
         a_len += chunk.len();
         while !chunk.is_empty() {
@@ -186,10 +190,16 @@ fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
                 continue;
             }
             let n = rest.len().min(chunk.len());
-            if rest.get(..n) != chunk.get(..n) {
+            let same = if pos < skip.end && skip.start < pos + n {
+                (0..n).all(|k| skip.contains(&(pos + k)) || rest.get(k) == chunk.get(k))
+            } else {
+                rest.get(..n) == chunk.get(..n)
+            };
+            if !same {
                 equal = false;
                 return false;
             }
+            pos += n;
             boff += n;
             chunk = chunk.get(n..).unwrap_or(&[]);
         }

@@ -1529,3 +1529,76 @@ fn test_a_full_table_evicts_the_least_recently_active_empty_flow() {
         assert!(h.shard.flow_status(&key(kept)).is_some());
     }
 }
+
+#[test]
+fn test_udp_checksum_zero_on_one_side_matches_a_computed_one() {
+    let mut h = H::new();
+    let p = udp(b"same payload").build();
+    let mut s = p.clone();
+    // The secondary's stack left the (optional, IPv4) UDP checksum at 0.
+    s[14 + 20 + 6] = 0;
+    s[14 + 20 + 7] = 0;
+    assert_ne!(p, s);
+    assert_eq!(h.p(&p, 1), vec![]);
+    assert_eq!(h.s(&s, 2), vec![Ev::Rel(p.clone(), Via::Match), CONSUMED]);
+    // The payload still counts: a changed byte is not hidden by the checksum rule.
+    let mut h = H::with(Config { datagram_window: 0, ..Config::default() });
+    let mut s2 = s.clone();
+    let last = s2.len() - 1;
+    s2[last] ^= 1;
+    h.p(&p, 1);
+    assert_eq!(H::ckpts(&h.s(&s2, 2)), vec!["datagram-mismatch"]);
+}
+
+#[test]
+fn test_a_keepalive_on_a_forgotten_connection_does_not_start_the_stream() {
+    // A connection the table forgot (idle past conn_idle_timeout): both guests send a
+    // keepalive at snd_nxt − 1 (zero length), then real data at snd_nxt.
+    let mut h = H::new();
+    let c = Conn::default();
+    let keepalive = c.pure_ack(99, c.ack);
+    assert_eq!(h.p(&keepalive, 1), vec![], "held until the secondary's keepalive shows its ACK");
+    assert_eq!(h.s(&keepalive, 2), vec![CONSUMED, Ev::Rel(keepalive.clone(), Via::Match)]);
+    // The answer arrives: compared from its own position, not from the probe's.
+    assert_eq!(h.p(&c.data(100, b"answer"), 3), vec![]);
+    let ev = h.s(&c.data(100, b"answer"), 4);
+    assert_eq!(H::released(&ev), vec![(c.data(100, b"answer").as_slice(), Via::Match)]);
+    assert_eq!(h.tick(60_000), vec![]);
+}
+
+#[test]
+fn test_a_lone_rst_on_either_side_is_a_rst_mismatch_after_compare_timeout() {
+    // Compare mode: the secondary's segments are already in the primary's space.
+    let (pc, _) = conns();
+    let sc = pc.clone();
+    // The secondary alone resets: its RST is never transmitted, but the divergence is caught.
+    let mut h = H::new();
+    h.p(&pc.data(0, b"ab"), 1);
+    h.s(&sc.data(0, b"ab"), 1);
+    assert_eq!(h.s(&sc.rst(2), 10), vec![CONSUMED]);
+    assert_eq!(h.tick(3_009), vec![]);
+    assert_eq!(H::ckpts(&h.tick(3_010)), vec!["tcp-rst-mismatch"]);
+    // The primary alone resets: its RST is held, then the same reason.
+    let mut h = H::new();
+    h.p(&pc.data(0, b"ab"), 1);
+    h.s(&sc.data(0, b"ab"), 1);
+    assert_eq!(h.p(&pc.rst(2), 10), vec![]);
+    assert_eq!(H::ckpts(&h.tick(3_010)), vec!["tcp-rst-mismatch"]);
+    // Both reset: released, nothing requested.
+    let mut h = H::new();
+    h.p(&pc.data(0, b"ab"), 1);
+    h.s(&sc.data(0, b"ab"), 1);
+    h.s(&sc.rst(2), 10);
+    assert_eq!(H::released(&h.p(&pc.rst(2), 11)), vec![(pc.rst(2).as_slice(), Via::Match)]);
+    assert_eq!(h.tick(60_000), vec![]);
+}
+
+#[test]
+fn test_a_rst_against_the_primary_syn_ack_is_a_mismatch_at_once() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    assert_eq!(h.p(&pc.syn_ack(), 1), vec![]);
+    let ev = h.s(&sc.rst(0), 2);
+    assert_eq!(H::ckpts(&ev), vec!["tcp-rst-mismatch"]);
+    assert!(h.requests.last().is_some_and(|r| r.detail.contains("SYN")));
+}

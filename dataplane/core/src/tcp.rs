@@ -205,6 +205,9 @@ pub(crate) struct TcpConn<F> {
     p_rst: Option<u32>,
     /// Secondary RST sequence number, in the secondary's own space.
     s_rst_raw: Option<u32>,
+    /// When the secondary reset the connection while the primary had not: a lone secondary
+    /// RST is never transmitted, so it is timed here (SPEC §5.1) instead of held.
+    s_rst_at: Option<Timestamp>,
     fin_done: bool,
     rst_done: bool,
     diverged: bool,
@@ -241,6 +244,7 @@ impl<F: Frame> TcpConn<F> {
             p_fin: None,
             p_rst: None,
             s_rst_raw: None,
+            s_rst_at: None,
             fin_done: false,
             rst_done: false,
             diverged: false,
@@ -356,10 +360,15 @@ impl<F: Frame> TcpConn<F> {
             }
             self.p_high = Some(seq_max(self.p_high, seg.seq.wrapping_add(1)));
         } else if self.compared.is_none() {
-            // Mid-stream pickup (no SYN seen), or a lone RST answering a client's SYN: the
-            // stream starts at the primary's first position.
-            self.base = Some(seg.seq);
-            self.compared = Some(seg.seq);
+            // Mid-stream pickup (no SYN seen: opened before we started, or forgotten after
+            // `conn_idle_timeout`), or a lone RST answering a client's SYN: the stream starts
+            // at the primary's first segment that carries data, FIN or RST — never at a
+            // zero-length one: a keepalive or window probe sits at snd_nxt − 1, a position
+            // that is never sent again (SPEC §5.1), and starting there would leave a hole.
+            if seg.has_positions() || seg.rst {
+                self.base = Some(seg.seq);
+                self.compared = Some(seg.seq);
+            }
             // Proxy mode: a connection older than what we have seen was opened before the last
             // checkpoint (or the initial synchronisation), so the secondary has the primary's
             // sequence space: offset 0, as after every checkpoint.
@@ -429,6 +438,17 @@ impl<F: Frame> TcpConn<F> {
         }
         if seg.rst {
             self.s_rst_raw = Some(seg.seq);
+            if self.p_rst.is_none() && self.s_rst_at.is_none() {
+                self.s_rst_at = Some(out.now);
+            }
+            // A RST against the primary's SYN or SYN-ACK: the guests disagree on the
+            // connection itself, a miscompare at once (SPEC §5.1).
+            if self.p_syn.is_some() && self.s_syn.is_none() && !self.diverged {
+                self.diverged = true;
+                out.request(&mut self.requested, CheckpointReason::TcpRstMismatch, key, || {
+                    format!("secondary reset (seq {}) where the primary sent SYN/SYN-ACK", seg.seq)
+                });
+            }
         }
         let below = match (self.compared, self.offset) {
             (Some(c), Some(off)) => seq_le(seg.end().wrapping_add(off), c),
@@ -729,11 +749,21 @@ impl<F: Frame> TcpConn<F> {
         if self.diverged || self.timed_out {
             return None;
         }
-        crate::timer::oldest_deadline(
+        let queues = crate::timer::oldest_deadline(
             self.primary.front().map(|h| h.arrived),
             self.secondary.front().map(|h| h.arrived),
             timeout,
-        )
+        );
+        let lone_rst = self.lone_secondary_rst().map(|t| t.saturating_add(timeout));
+        match (queues, lone_rst) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the secondary reset a connection the primary has not reset (yet).
+    fn lone_secondary_rst(&self) -> Option<Timestamp> {
+        self.s_rst_at.filter(|_| self.p_rst.is_none() && !self.rst_done)
     }
 
     /// Which timeout, if any, has expired at `now` (SPEC §5.1, §6), with a diagnostic.
@@ -741,13 +771,24 @@ impl<F: Frame> TcpConn<F> {
         if self.diverged || self.timed_out {
             return None;
         }
+        if let Some(at) = self.lone_secondary_rst().filter(|t| t.saturating_add(timeout) <= now) {
+            return Some((
+                CheckpointReason::TcpRstMismatch,
+                format!(
+                    "secondary reset the connection at {at} (seq {:?}); the primary did not within \
+                     compare_timeout; compared {:?}",
+                    self.s_rst_raw, self.compared
+                ),
+            ));
+        }
         if let Some(h) = self.primary.front() {
             if h.arrived.saturating_add(timeout) <= now {
                 let why = self.hold_reason(h);
-                let reason = if why == Some(HoldReason::AwaitingAck) {
-                    CheckpointReason::AckLagTimeout
-                } else {
-                    CheckpointReason::TimeoutPrimary
+                let reason = match why {
+                    Some(HoldReason::AwaitingAck) => CheckpointReason::AckLagTimeout,
+                    // A lone primary RST (SPEC §5.1): the secondary did not reset too.
+                    Some(HoldReason::AwaitingRst) => CheckpointReason::TcpRstMismatch,
+                    _ => CheckpointReason::TimeoutPrimary,
                 };
                 return Some((
                     reason,
@@ -841,6 +882,7 @@ impl<F: Frame> TcpConn<F> {
         }
         let off = self.offset.unwrap_or(0);
         self.s_rst_raw = self.p_rst.map(|r| r.wrapping_sub(off));
+        self.s_rst_at = None;
         self.fin_done |= self.p_fin.is_some();
         self.rst_done |= self.p_rst.is_some();
         self.diverged = false;
