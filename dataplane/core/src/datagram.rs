@@ -381,27 +381,61 @@ impl<F: Frame> DatagramFlow<F> {
         }
         self.diverged = true;
         let (Some(p), Some(s)) = (self.primary.front(), self.secondary.front()) else { return };
-        let detail = mismatch_detail(p, s, w);
+        let detail = mismatch_detail(p, s, Some(w));
         let reason = self.mismatch;
         self.request(out, reason, key, || detail);
     }
 
-    /// The earliest per-datagram compare deadline (SPEC §6), if one is armed.
-    pub(crate) fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
+    /// The earliest per-datagram compare deadline (SPEC §6), if one is armed: the oldest held
+    /// datagram's `compare_timeout`, or `reorder_grace` once both sides hold unmatched ones.
+    pub(crate) fn compare_deadline(
+        &self,
+        timeout: core::time::Duration,
+        grace: core::time::Duration,
+    ) -> Option<Timestamp> {
         if self.diverged || self.timed_out {
             return None;
         }
-        crate::timer::oldest_deadline(
+        let held = crate::timer::oldest_deadline(
             self.primary.front().map(|h| h.arrived),
             self.secondary.front().map(|h| h.arrived),
             timeout,
-        )
+        );
+        match (held, self.both_unmatched_since()) {
+            (Some(a), Some(b)) => Some(a.min(b.saturating_add(grace))),
+            (a, _) => a,
+        }
+    }
+
+    /// When both sides began to hold unmatched datagrams (the later of the two oldest
+    /// unmatched ones), if they do (SPEC §5.2 (c)).
+    fn both_unmatched_since(&self) -> Option<Timestamp> {
+        if self.unmatched_primary == 0 {
+            return None;
+        }
+        // Held secondary datagrams are all unmatched (a match consumes them at once).
+        let s = self.secondary.front()?.arrived;
+        let p = self.primary.iter().find(|p| !p.matched)?.arrived;
+        Some(p.max(s))
     }
 
     /// Which timeout, if any, has expired at `now`, with a diagnostic.
-    pub(crate) fn expired(&self, now: Timestamp, timeout: core::time::Duration) -> Option<(CheckpointReason, String)> {
+    pub(crate) fn expired(
+        &self,
+        now: Timestamp,
+        timeout: core::time::Duration,
+        grace: core::time::Duration,
+    ) -> Option<(CheckpointReason, String)> {
         if self.diverged || self.timed_out {
             return None;
+        }
+        if let Some(since) = self.both_unmatched_since().filter(|t| t.saturating_add(grace) <= now) {
+            let (Some(p), Some(s)) = (self.primary.iter().find(|p| !p.matched), self.secondary.front()) else {
+                return None;
+            };
+            let mut detail = mismatch_detail(p, s, None);
+            detail.insert_str(0, &format!("both sides hold unmatched datagrams since {since}: "));
+            return Some((self.mismatch, detail));
         }
         if let Some(p) = self.primary.front().filter(|p| p.arrived.saturating_add(timeout) <= now) {
             return Some((
@@ -455,12 +489,16 @@ impl<F: Frame> DatagramFlow<F> {
 
 /// SPEC §10 diagnostic: positions, lengths, and a hex window (±32 bytes) of both sides
 /// around the first differing byte.
-fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: u64) -> String {
+fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: Option<u64>) -> String {
     let (a, b) = (p.gather(), s.gather());
     let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let within = match window {
+        Some(w) => format!("within the window ({w})"),
+        None => "within reorder_grace".to_string(),
+    };
     let mut d = format!(
-        "primary datagram #{} ({} bytes, proto {}) matches no secondary datagram within the window \
-         ({window}); oldest unmatched secondary #{} ({} bytes, proto {}); first difference at byte {first};",
+        "primary datagram #{} ({} bytes, proto {}) matches no secondary datagram {within}; oldest \
+         unmatched secondary #{} ({} bytes, proto {}); first difference at byte {first};",
         p.pos, p.total, p.proto, s.pos, s.total, s.proto
     );
     let at = u32::try_from(first).unwrap_or(u32::MAX);

@@ -141,6 +141,10 @@ pub struct Config {
     /// Datagram reorder window (SPEC §5.2, default 16): primary datagram *i* may match
     /// secondary datagram *j* of the same flow only when |i − j| ≤ this. 0 = strict FIFO.
     pub datagram_window: usize,
+    /// How long both sides may hold unmatched datagrams of one flow before that is a
+    /// `datagram-mismatch` (SPEC §5.2, default 5 ms): a single differing reply (a DNS answer)
+    /// is caught in milliseconds, not at `compare_timeout`.
+    pub reorder_grace: Duration,
     /// Fragments one datagram may have before it is poisoned (SPEC §4; default 64).
     pub max_fragments_per_datagram: usize,
     /// Partial datagrams per side and shard (SPEC §4; default 1024).
@@ -168,6 +172,7 @@ impl Default for Config {
             non_ip_policy: NonIpPolicy::Passthrough,
             mode: Mode::Compare,
             datagram_window: 16,
+            reorder_grace: Duration::from_millis(5),
             max_fragments_per_datagram: 64,
             max_reassembly_datagrams: 1024,
             max_reassembly_bytes: 4 << 20,

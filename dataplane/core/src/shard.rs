@@ -399,10 +399,10 @@ impl<F: Frame> Conn<F> {
             Conn::Datagram(_) => None,
         }
     }
-    fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
+    fn compare_deadline(&self, cfg: &Config) -> Option<Timestamp> {
         match self {
-            Conn::Tcp(c) => c.compare_deadline(timeout),
-            Conn::Datagram(d) => d.compare_deadline(timeout),
+            Conn::Tcp(c) => c.compare_deadline(cfg.compare_timeout),
+            Conn::Datagram(d) => d.compare_deadline(cfg.compare_timeout, cfg.reorder_grace),
         }
     }
     fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp, resync: bool) {
@@ -1035,7 +1035,7 @@ impl<F: Frame> Shard<F> {
             Some(f) if d <= f => Timestamp(f.0.saturating_add(1)),
             _ => d,
         };
-        if let Some(d) = flow.conn.compare_deadline(self.cfg.compare_timeout) {
+        if let Some(d) = flow.conn.compare_deadline(&self.cfg) {
             let d = clamp(d);
             if flow.compare_at.is_none_or(|t| d < t) {
                 flow.compare_at = Some(d);
@@ -1101,7 +1101,7 @@ impl<F: Frame> Shard<F> {
                     }
                 }
                 Conn::Datagram(d) => {
-                    if let Some((reason, detail)) = d.expired(now, self.cfg.compare_timeout) {
+                    if let Some((reason, detail)) = d.expired(now, self.cfg.compare_timeout, self.cfg.reorder_grace) {
                         d.timed_out = true;
                         d.request(&mut out, reason, &flow.key, || detail);
                     }

@@ -1602,3 +1602,22 @@ fn test_a_rst_against_the_primary_syn_ack_is_a_mismatch_at_once() {
     assert_eq!(H::ckpts(&ev), vec!["tcp-rst-mismatch"]);
     assert!(h.requests.last().is_some_and(|r| r.detail.contains("SYN")));
 }
+
+#[test]
+fn test_a_single_differing_reply_is_caught_after_reorder_grace_not_compare_timeout() {
+    // A DNS answer: the two guests send different replies and nothing after.
+    let mut h = H::new();
+    assert_eq!(h.p(&udp(b"answer 10.0.0.7").build(), 100), vec![]);
+    assert_eq!(h.s(&udp(b"answer 10.0.0.8").build(), 101), vec![]);
+    assert_eq!(h.tick(105), vec![], "the secondary's answer has waited 4 ms only");
+    assert_eq!(H::ckpts(&h.tick(106)), vec!["datagram-mismatch"]);
+    assert!(h.requests.last().is_some_and(|r| r.detail.contains("first difference at byte")));
+    // Reordering that resolves within the grace is no mismatch.
+    let mut h = H::new();
+    h.p(&udp(b"one").build(), 100);
+    h.s(&udp(b"two").build(), 101);
+    h.p(&udp(b"two").build(), 102);
+    h.s(&udp(b"one").build(), 103);
+    assert_eq!(h.tick(60_000), vec![]);
+    assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 0);
+}
