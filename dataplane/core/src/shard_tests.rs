@@ -1621,3 +1621,31 @@ fn test_a_single_differing_reply_is_caught_after_reorder_grace_not_compare_timeo
     assert_eq!(h.tick(60_000), vec![]);
     assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 0);
 }
+
+#[test]
+fn test_port_reuse_is_a_new_incarnation_whichever_syn_ack_comes_first() {
+    for secondary_first in [false, true] {
+        let mut h = H::new();
+        let (p, s) = conns();
+        // The old connection: data compared, never closed (the client rebooted).
+        h.p(&p.syn_ack(), 1);
+        h.s(&s.syn_ack(), 1);
+        h.p(&p.data(0, b"old"), 2);
+        h.s(&p.data(0, b"old"), 2);
+        assert_eq!(h.shard.counters().held_primary_frames, 0);
+        // The client reconnects from the same port: new ISNs on both guests.
+        let (p2, s2) = (Conn { isn: 50_000, ack: 9001, ..p.clone() }, Conn { isn: 90_000, ack: 9001, ..s.clone() });
+        let released = if secondary_first {
+            assert_eq!(h.s(&s2.syn_ack(), 10), vec![CONSUMED]);
+            h.p(&p2.syn_ack(), 11)
+        } else {
+            assert_eq!(h.p(&p2.syn_ack(), 10), vec![]);
+            h.s(&s2.syn_ack(), 11)
+        };
+        assert_eq!(H::released(&released), vec![(p2.syn_ack().as_slice(), Via::Match)], "first {secondary_first}");
+        h.p(&p2.data(0, b"new"), 12);
+        let ev = h.s(&p2.data(0, b"new"), 13);
+        assert_eq!(H::released(&ev), vec![(p2.data(0, b"new").as_slice(), Via::Match)]);
+        assert_eq!(h.tick(60_000), vec![]);
+    }
+}

@@ -278,17 +278,23 @@ impl<F: Frame> TcpConn<F> {
         self.fin_done || self.rst_done
     }
 
-    /// A SYN with a new ISN on an empty connection starts a new incarnation (port reuse).
-    /// Only the primary's SYN can tell on an open connection: the secondary's ISN always
-    /// differs from the primary's, so a secondary SYN counts only once the old connection
-    /// closed.
+    /// A SYN with a new ISN on an empty connection starts a new incarnation (port reuse: a
+    /// client that rebooted reconnects from the same port — challenge ACK, RST, SYN again —
+    /// while the old connection never closed), whichever side shows it first (SPEC §5.1).
+    /// Each side's SYN is judged against that side's own earlier SYN (the two guests' ISNs
+    /// always differ); a side that sent no SYN yet starts one only if the connection closed
+    /// or its stream already began (a SYN never comes mid-stream).
     pub(crate) fn is_new_incarnation(&self, side: Side, seg: &TcpSegment) -> bool {
         if !seg.syn || !self.is_empty() {
             return false;
         }
-        match side {
-            Side::Primary => self.p_syn.map_or(self.is_closed(), |s| s.isn != seg.seq),
-            Side::Secondary => self.is_closed() && self.s_syn.is_none_or(|s| s.isn != seg.seq),
+        let own = match side {
+            Side::Primary => self.p_syn,
+            Side::Secondary => self.s_syn,
+        };
+        match own {
+            Some(s) => s.isn != seg.seq,
+            None => self.is_closed() || self.compared.is_some_and(|c| self.base != Some(c) || self.p_high.is_some()),
         }
     }
 
