@@ -95,6 +95,27 @@ impl<F: Frame> Item<F> {
         }
     }
 
+    /// A digest of the compared bytes (the UDP checksum left out, as in the comparison), to
+    /// recognise a secondary datagram equal to one a flush released.
+    fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u8(self.proto);
+        h.write_u32(self.total);
+        let skip = if self.proto == crate::wire::proto::UDP { 6..8 } else { 0..0 };
+        let mut pos = 0usize;
+        self.for_chunks(|c| {
+            for (k, b) in c.iter().enumerate() {
+                if !skip.contains(&(pos + k)) {
+                    h.write_u8(*b);
+                }
+            }
+            pos += c.len();
+            true
+        });
+        h.finish()
+    }
+
     /// The compared bytes as one buffer (diagnostics only: allocates).
     pub(crate) fn gather(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.total as usize);
@@ -229,7 +250,14 @@ pub(crate) struct DatagramFlow<F> {
     pub(crate) timed_out: bool,
     /// Name in requests instead of the key (`non-ip`).
     name: Option<&'static str>,
+    /// Digests of the unmatched primary datagrams the last flush released (at most the
+    /// reorder window's worth): a lagging secondary's copies of them, sent before the
+    /// checkpoint but arriving after, are absorbed instead of compared as new output (SPEC §6).
+    absorb: VecDeque<u64>,
 }
+
+/// Flushed datagrams remembered per flow for absorbing a lagging secondary's copies.
+const ABSORB_MAX: usize = 16;
 
 impl<F: Frame> DatagramFlow<F> {
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {
@@ -244,6 +272,7 @@ impl<F: Frame> DatagramFlow<F> {
             requested: 0,
             timed_out: false,
             name: None,
+            absorb: VecDeque::new(),
         }
     }
 
@@ -341,6 +370,17 @@ impl<F: Frame> DatagramFlow<F> {
                     return;
                 }
                 k += 1;
+            }
+        }
+        if !self.absorb.is_empty() {
+            let digest = item.digest();
+            if let Some(i) = self.absorb.iter().position(|&d| d == digest) {
+                // The secondary's copy of a datagram the last flush released: it lagged
+                // behind the checkpoint. Absorbed, and it takes no position.
+                self.absorb.remove(i);
+                self.s_next -= 1;
+                item.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
+                return;
             }
         }
         if out.over_budget(cfg, 0, 0) {
@@ -471,7 +511,14 @@ impl<F: Frame> DatagramFlow<F> {
     /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
     /// secondary's; both sides restart at the same position.
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>) {
+        self.absorb.clear();
         while let Some(p) = self.primary.pop_front() {
+            if !p.matched {
+                if self.absorb.len() >= ABSORB_MAX {
+                    self.absorb.pop_front();
+                }
+                self.absorb.push_back(p.digest());
+            }
             p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);
         }
         while let Some(s) = self.secondary.pop_front() {

@@ -1649,3 +1649,21 @@ fn test_port_reuse_is_a_new_incarnation_whichever_syn_ack_comes_first() {
         assert_eq!(h.tick(60_000), vec![]);
     }
 }
+
+#[test]
+fn test_a_lagging_secondary_datagram_released_by_the_flush_is_absorbed() {
+    let mut h = H::new();
+    // The primary answered twice; the checkpoint (for whatever reason) flushes both before the
+    // lagging secondary's answers arrive.
+    h.p(&udp(b"r1").build(), 1);
+    h.p(&udp(b"r2").build(), 2);
+    assert_eq!(rels(&h.done(3)).len(), 2);
+    // The secondary's copies, sent before the checkpoint, arrive after it: absorbed.
+    assert_eq!(h.s(&udp(b"r1").build(), 4), vec![CONSUMED]);
+    assert_eq!(h.s(&udp(b"r2").build(), 5), vec![CONSUMED]);
+    // New traffic lines up on both sides as before: no follow-on checkpoint.
+    h.p(&udp(b"r3").build(), 6);
+    assert_eq!(rels(&h.s(&udp(b"r3").build(), 7)), vec![(udp(b"r3").build(), Via::Match)]);
+    assert_eq!(h.tick(60_000), vec![]);
+    assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 0);
+}
