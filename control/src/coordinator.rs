@@ -185,6 +185,8 @@ pub struct Coordinator {
     /// Unknown frame messages are logged under their own limit (a frame sending garbage in a
     /// loop must not fill the disk).
     unknown_limit: LogLimit,
+    /// Frame connects and disconnects.
+    churn_limit: LogLimit,
     /// The latest `now` seen (the time of outputs made inside a call).
     last_now: Duration,
 }
@@ -207,6 +209,7 @@ impl Coordinator {
             stats: CoordinatorStats::default(),
             log_limit: LogLimit::default(),
             unknown_limit: LogLimit::default(),
+            churn_limit: LogLimit::default(),
             last_now: now,
         }
     }
@@ -346,13 +349,23 @@ impl Coordinator {
         self.frame_connected = true;
         self.init_grace_until = Some(now + INIT_GRACE);
         self.stats.frame_connects += 1;
-        tracing::info!("COLO frame connected");
+        // Connection churn is logged under a rate limit: a peer reconnecting in a loop must
+        // not fill the disk.
+        if self.churn_limit.allow(now) {
+            tracing::info!(suppressed = self.churn_limit.take_suppressed(), "COLO frame connected");
+        } else {
+            self.stats.log_lines_suppressed += 1;
+        }
     }
 
-    /// The frame disconnected.
-    pub fn on_frame_disconnected(&mut self, now: Duration) {
+    /// The frame disconnected, for `reason`.
+    pub fn on_frame_disconnected(&mut self, now: Duration, reason: &str) {
         if self.frame_connected {
-            tracing::warn!("COLO frame disconnected");
+            if self.churn_limit.allow(now) {
+                tracing::warn!(reason, suppressed = self.churn_limit.take_suppressed(), "COLO frame disconnected");
+            } else {
+                self.stats.log_lines_suppressed += 1;
+            }
         }
         self.frame_connected = false;
         self.init_grace_until = None;
@@ -624,7 +637,7 @@ mod tests {
         let mut c = connected(1);
         c.on_request(req(0, "tcp-payload-mismatch"), ms(1));
         drain(&mut c);
-        c.on_frame_disconnected(ms(2));
+        c.on_frame_disconnected(ms(2), "test");
         c.on_frame_connected(ms(3));
         c.handle_timeout(ms(3) + INIT_GRACE);
         assert_eq!(drain(&mut c), vec![Output::SendToFrame(DO_CHECKPOINT)]);

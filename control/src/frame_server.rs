@@ -282,9 +282,11 @@ impl FrameServer {
     fn disconnect(&mut self, reason: String, events: &mut Vec<ServerEvent>) {
         self.spoken = false;
         if self.conn.take().is_some() {
-            if self.decoder.pending() > 0 {
-                tracing::warn!(bytes = self.decoder.pending(), "frame left a truncated message");
-            }
+            // Logged once, with the reason, by whoever handles the event (rate-limited there).
+            let reason = match self.decoder.pending() {
+                0 => reason,
+                n => format!("{reason}; it left a truncated message ({n} bytes)"),
+            };
             self.decoder = Decoder::new();
             self.outbox.clear();
             events.push(ServerEvent::Disconnected { reason });
@@ -370,10 +372,7 @@ impl FrameServer {
                                 events.push(ServerEvent::Message(m));
                             }
                             Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "bad input from the COLO frame");
-                                return self.disconnect(e.to_string(), events);
-                            }
+                            Err(e) => return self.disconnect(format!("bad input from the COLO frame: {e}"), events),
                         }
                     }
                 }

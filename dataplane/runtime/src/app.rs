@@ -606,10 +606,7 @@ impl ControlLoop {
                 for ev in server_events.drain(..) {
                     match ev {
                         ServerEvent::Connected => self.coordinator.on_frame_connected(now),
-                        ServerEvent::Disconnected { reason } => {
-                            tracing::warn!(%reason, "frame connection closed");
-                            self.coordinator.on_frame_disconnected(now)
-                        }
+                        ServerEvent::Disconnected { reason } => self.coordinator.on_frame_disconnected(now, &reason),
                         ServerEvent::Message(m) => self.coordinator.on_frame_message(m, now),
                     }
                 }
