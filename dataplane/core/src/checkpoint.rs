@@ -36,8 +36,10 @@ pub enum CheckpointReason {
 }
 
 impl CheckpointReason {
+    /// Number of reasons (sizes the counters).
+    pub const COUNT: usize = 11;
     /// Every reason, in counter order.
-    pub const ALL: [CheckpointReason; 11] = [
+    pub const ALL: [CheckpointReason; Self::COUNT] = [
         CheckpointReason::TcpPayloadMismatch,
         CheckpointReason::TcpFinMismatch,
         CheckpointReason::TcpRstMismatch,

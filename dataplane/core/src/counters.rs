@@ -81,7 +81,7 @@ pub struct Counters {
     /// Secondary frames dropped (other than consumed/flushed), by [`DropReason`].
     pub secondary_dropped: [u64; DropReason::COUNT],
     /// Malformed frames by [`MalformedReason`] (both sides).
-    pub malformed: [u64; 8],
+    pub malformed: [u64; MalformedReason::COUNT],
     /// Non-IP and malformed frames (both sides) compared under `NonIpPolicy::Compare`.
     pub non_ip_compared: u64,
     /// Datagrams reassembled from fragments (both sides).
@@ -104,7 +104,7 @@ pub struct Counters {
     /// Flows evicted to make room (closed or idle, never with held frames).
     pub flows_evicted: u64,
     /// Checkpoint requests by reason (`CheckpointReason::ALL` order).
-    pub checkpoint_requests: [u64; 11],
+    pub checkpoint_requests: [u64; CheckpointReason::COUNT],
     /// `checkpoint_done` calls.
     pub checkpoints_completed: u64,
     /// Hold time of released primary frames.

@@ -82,11 +82,14 @@ pub enum DropReason {
     /// Secondary fragment of a datagram that cannot be reassembled (conflicting overlap,
     /// bad length, too many fragments, reassembly timeout).
     ReassemblyFailed,
+    /// A branch the shard's own invariants rule out was taken (a bug): the frame is counted
+    /// here, never lost silently (SPEC §10); debug builds and the fuzzers stop on it.
+    Internal,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Consumed,
@@ -99,6 +102,7 @@ impl DropReason {
         DropReason::FailedOver,
         DropReason::ReassemblyFull,
         DropReason::ReassemblyFailed,
+        DropReason::Internal,
     ];
 
     /// Stable name for counters and reports.
@@ -114,6 +118,7 @@ impl DropReason {
             DropReason::FailedOver => "failed-over",
             DropReason::ReassemblyFull => "reassembly-full",
             DropReason::ReassemblyFailed => "reassembly-failed",
+            DropReason::Internal => "internal-error",
         }
     }
 }
@@ -821,7 +826,11 @@ impl<F: Frame> Shard<F> {
             return self.overflow(side, frame, false, DropReason::FlowTableFull, &key, now);
         };
         flow.last_activity = now;
-        let Conn::Tcp(conn) = &mut flow.conn else { return };
+        let Conn::Tcp(conn) = &mut flow.conn else {
+            // The table keys TCP flows apart from datagram flows: unreachable.
+            debug_assert!(false, "a TCP key mapped to a datagram flow");
+            return out.drop_new(side, frame, DropReason::Internal);
+        };
         if conn.is_new_incarnation(side, &seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
             self.pairs.forget(&flow.key, conn.secondary_port);
@@ -865,12 +874,27 @@ impl<F: Frame> Shard<F> {
     /// Gives a whole datagram (frames already counted as held) to its flow.
     fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
-        let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return };
-        flow.last_activity = now;
-        let Conn::Datagram(d) = &mut flow.conn else { return };
+        let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
+        let Some((key, d)) = flow.and_then(|f| {
+            f.last_activity = now;
+            match &mut f.conn {
+                Conn::Datagram(d) => Some((f.key, d)),
+                Conn::Tcp(_) => None,
+            }
+        }) else {
+            // The slot came from `flow_slot` with a datagram kind just now: unreachable.
+            debug_assert!(false, "a datagram slot without its datagram flow");
+            for (frame, len) in item.into_frames() {
+                match side {
+                    Side::Primary => out.drop_held_primary(frame, len, DropReason::Internal),
+                    Side::Secondary => out.release_secondary_held(frame, len, DropReason::Internal),
+                }
+            }
+            return;
+        };
         match side {
-            Side::Primary => d.on_primary(item, &mut out, &self.cfg, &flow.key),
-            Side::Secondary => d.on_secondary(item, &mut out, &self.cfg, &flow.key),
+            Side::Primary => d.on_primary(item, &mut out, &self.cfg, &key),
+            Side::Secondary => d.on_secondary(item, &mut out, &self.cfg, &key),
         }
         self.reschedule(slot);
     }

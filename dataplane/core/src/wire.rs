@@ -117,8 +117,10 @@ pub enum MalformedReason {
 }
 
 impl MalformedReason {
+    /// Number of reasons (sizes the counters).
+    pub const COUNT: usize = 8;
     /// Every reason, in counter order.
-    pub const ALL: [MalformedReason; 8] = [
+    pub const ALL: [MalformedReason; Self::COUNT] = [
         MalformedReason::Empty,
         MalformedReason::TruncatedLink,
         MalformedReason::TruncatedIpHeader,
