@@ -171,7 +171,6 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
 
     let shared = Arc::new(Shared::default());
     let clock = TscClock::start();
-    shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
     let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
     let mut commands = Vec::new();
     let mut published = Vec::new();
@@ -201,7 +200,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
                 primary: Some(primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 secondary: Some(secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 burst: Box::new(RxBurst::new()),
-                gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR),
+                gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
             }
         } else {
             let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
@@ -281,7 +280,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         txs,
         shared: shared.clone(),
         shards: cfg.shards,
-        gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR),
+        gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
         backoff: crate::IdleBackoff::new(cfg.idle_sleep),
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
@@ -624,7 +623,7 @@ impl ControlLoop {
                 break;
             }
             if let Some(idle) = cfg.exit_when_idle {
-                let last = self.shared.last_rx_tsc.load(Ordering::Relaxed);
+                let last = self.shared.last_rx_tsc();
                 let idle_for = Duration::from_nanos(self.clock.ticks_to_nanos(dpdk::tsc().saturating_sub(last)));
                 if idle_for >= idle && !self.coordinator.checkpoint_pending() {
                     tracing::info!(idle_ms = idle.as_millis() as u64, "all RX ports idle: shutting down");

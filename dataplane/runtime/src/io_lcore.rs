@@ -130,13 +130,16 @@ pub struct RxGate {
     pool: dpdk::Mempool,
     reserve: u32,
     budget: u32,
+    /// This lcore's last-RX stamp (its own cache line).
+    stamp: Arc<crate::RxStamp>,
 }
 
 impl RxGate {
-    /// A gate on `pool` closing below `capacity / divisor` free mbufs.
-    pub fn new(pool: dpdk::Mempool, divisor: u32) -> Self {
+    /// A gate on `pool` closing below `capacity / divisor` free mbufs; received bursts are
+    /// stamped in `stamp`.
+    pub fn new(pool: dpdk::Mempool, divisor: u32, stamp: Arc<crate::RxStamp>) -> Self {
         let reserve = pool.capacity() / divisor.max(1);
-        RxGate { pool, reserve, budget: 0 }
+        RxGate { pool, reserve, budget: 0, stamp }
     }
 
     /// Whether RX may take a burst now.
@@ -150,6 +153,9 @@ impl RxGate {
     /// RX took `n` frames (one mbuf each).
     pub fn took(&mut self, n: usize) {
         self.budget = self.budget.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+        if n > 0 {
+            self.stamp.0.store(dpdk::tsc(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -203,9 +209,6 @@ impl IoContext {
             let source = *source;
             let n = queue.rx_burst(burst);
             self.gate.took(n);
-            if n > 0 {
-                self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
-            }
             work += n;
             for m in burst.by_ref() {
                 let shard = shard_of(m.data(), self.shards);

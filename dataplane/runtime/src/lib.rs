@@ -7,7 +7,7 @@
 //! runs the comparator ([`shard_lcore`]). Shards transmit on their own output queue when the
 //! device has one per shard, else through a ring drained by the I/O lcore ([`tx`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 pub mod app;
 pub mod clock;
@@ -28,11 +28,35 @@ pub struct Shared {
     pub rx_running: AtomicUsize,
     /// Shards that have flushed and left their loop.
     pub shards_stopped: AtomicUsize,
-    /// TSC of the last received burst (for `--exit-when-idle-ms`).
-    pub last_rx_tsc: AtomicU64,
+    /// Each receiving lcore's TSC of its last received burst (for `--exit-when-idle-ms`): one
+    /// cache line per lcore, written only by it; registered at start-up, read by the control
+    /// thread (no line is written by several lcores on the packet path).
+    pub rx_stamps: std::sync::Mutex<Vec<std::sync::Arc<RxStamp>>>,
     /// Released frames the output device still had not taken [`SHUTDOWN_TX_GRACE`] into the
     /// shutdown: freed and counted instead of hanging the exit.
     pub tx_abandoned_at_shutdown: AtomicU64,
+}
+
+/// One receiving lcore's last-RX TSC, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct RxStamp(pub AtomicU64);
+
+impl Shared {
+    /// A stamp for a new receiving lcore, starting now.
+    pub fn rx_stamp(&self) -> std::sync::Arc<RxStamp> {
+        let stamp = std::sync::Arc::new(RxStamp(AtomicU64::new(dpdk::tsc())));
+        if let Ok(mut v) = self.rx_stamps.lock() {
+            v.push(stamp.clone());
+        }
+        stamp
+    }
+
+    /// The TSC of the latest burst any lcore received (start-up if none).
+    pub fn last_rx_tsc(&self) -> u64 {
+        let stamps = self.rx_stamps.lock().map(|v| v.iter().map(|s| s.0.load(Ordering::Relaxed)).max());
+        stamps.ok().flatten().unwrap_or(0)
+    }
 }
 
 /// How a polling lcore waits when it finds nothing to do (`--idle-sleep-us`): spin, give its

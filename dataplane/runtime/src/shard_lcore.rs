@@ -431,9 +431,6 @@ impl ShardContext {
                 }
                 n = queue.rx_burst(burst);
                 gate.took(n);
-                if n > 0 {
-                    self.shared.last_rx_tsc.store(dpdk::tsc(), Ordering::Relaxed);
-                }
                 for m in burst.by_ref() {
                     self.out.handle_one(&mut self.shard, self.id, side, m, now);
                 }
