@@ -130,6 +130,10 @@ pub struct Config {
     pub held_bytes_budget: u64,
     /// Idle connections with empty queues are removed after this (SPEC §5.1).
     pub conn_idle_timeout: Duration,
+    /// Idle datagram flows (UDP, ICMP, other IP) with empty queues are removed after this
+    /// (default 300 s; never more than `conn_idle_timeout`): they keep no state a later
+    /// datagram needs, and a busy DNS server's flows would otherwise fill the table.
+    pub datagram_idle_timeout: Duration,
     /// How long a closed connection absorbs retransmissions (SPEC §5.1, default 2 × timeout).
     pub linger: Duration,
     /// Flow-table capacity of this shard (SPEC §11).
@@ -167,6 +171,7 @@ impl Default for Config {
             // SPEC §5.1: longer than Linux's keepalive time (7200 s), so a quiet connection
             // (and proxy mode's offsets for it) outlives the probes that keep it open.
             conn_idle_timeout: Duration::from_secs(7800),
+            datagram_idle_timeout: Duration::from_secs(300),
             linger: 2 * compare_timeout,
             max_flows: 65_536,
             non_ip_policy: NonIpPolicy::Passthrough,

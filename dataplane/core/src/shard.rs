@@ -435,8 +435,17 @@ struct Flow<F> {
 }
 
 impl<F: Frame> Flow<F> {
+    /// How long this flow may stay idle (empty) before it goes: TCP connections outlive
+    /// keepalive periods; datagram flows keep no state worth that (positions restart).
+    fn idle_timeout(&self, cfg: &Config) -> core::time::Duration {
+        match self.kind {
+            Kind::Tcp => cfg.conn_idle_timeout,
+            _ => cfg.datagram_idle_timeout.min(cfg.conn_idle_timeout),
+        }
+    }
+
     fn lifetime_deadline(&self, cfg: &Config) -> Timestamp {
-        let d = self.last_activity.saturating_add(cfg.conn_idle_timeout);
+        let d = self.last_activity.saturating_add(self.idle_timeout(cfg));
         match self.conn.closed_at() {
             Some(closed) => d.min(closed.saturating_add(cfg.linger)),
             None => d,
@@ -446,7 +455,7 @@ impl<F: Frame> Flow<F> {
     fn removable(&self, cfg: &Config, now: Timestamp) -> bool {
         self.conn.is_empty()
             && (self.conn.closed_at().is_some_and(|c| c.saturating_add(cfg.linger) <= now)
-                || self.last_activity.saturating_add(cfg.conn_idle_timeout) <= now)
+                || self.last_activity.saturating_add(self.idle_timeout(cfg)) <= now)
     }
 }
 

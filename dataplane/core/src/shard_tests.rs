@@ -1667,3 +1667,16 @@ fn test_a_lagging_secondary_datagram_released_by_the_flush_is_absorbed() {
     assert_eq!(h.tick(60_000), vec![]);
     assert_eq!(h.shard.counters().checkpoint_requests.iter().sum::<u64>(), 0);
 }
+
+#[test]
+fn test_idle_datagram_flows_go_sooner_than_tcp_connections() {
+    let mut h = H::new();
+    let (pc, _) = conns();
+    h.p(&pc.data(0, b"a"), 0);
+    h.s(&pc.data(0, b"a"), 0);
+    h.p(&udp(b"q").build(), 0);
+    h.s(&udp(b"q").build(), 0);
+    assert_eq!(h.shard.flow_count(), 2);
+    h.tick(300_000);
+    assert_eq!(h.shard.flow_count(), 1, "the datagram flow went after 300 s, the connection stays");
+}
