@@ -64,6 +64,12 @@ fn out_of_range_settings_are_refused_and_the_dataplane_keeps_running() {
     // Still alive and answering, then a clean exit.
     let (ok, v, _) = colo_ctl(&admin, &["stats", "--json"]);
     assert!(ok && v["ok"] == true, "{v}");
+    // Per-lcore load (busy share, cycles per frame): the shard compared the 100 frames.
+    let lcores = v["lcores"].as_array().cloned().unwrap_or_default();
+    let shard = lcores.iter().find(|l| l["role"] == "shard 0").unwrap_or_else(|| panic!("{}", v["lcores"]));
+    assert!(shard["frames"].as_u64() >= Some(100), "{shard}");
+    assert!(shard["busy_percent"].as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)), "{shard}");
+    assert!(shard["cycles_per_frame"].as_u64() > Some(0), "{shard}");
     colo_ctl(&admin, &["shutdown"]);
     let out = dp.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

@@ -53,6 +53,8 @@ pub struct RunSummary {
     pub tx_abandoned_at_shutdown: u64,
     /// Proxy mode's mirroring counters.
     pub proxy: Option<serde_json::Value>,
+    /// Each polling lcore's busy share and cycles per frame.
+    pub lcores: Option<serde_json::Value>,
 }
 
 /// Mbufs needed: descriptors of every queue, the dispatch and TX rings, and the comparison
@@ -255,6 +257,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             shards: cfg.shards,
             mirror,
             backoff: crate::IdleBackoff::new(cfg.idle_sleep),
+            load: shared.load_meter(format!("shard {id}")),
         });
     }
     let drain = |queue: dpdk::TxQueue, rings| TxDrain { queue, batch: TxBatch::new(), rings, next: 0 };
@@ -282,6 +285,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shards: cfg.shards,
         gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
         backoff: crate::IdleBackoff::new(cfg.idle_sleep),
+        load: shared.load_meter("io".to_string()),
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
     let client_rx = match (proxy, &client) {
@@ -348,6 +352,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         }
     }
     summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
+    summary.lcores = Some(shared.load_report());
     if proxy {
         let sum = |f: fn(&crate::shard_lcore::MirrorStats) -> &std::sync::atomic::AtomicU64| {
             mirror_stats.iter().map(|m| f(m).load(Ordering::Relaxed)).sum::<u64>()
@@ -577,13 +582,15 @@ impl ControlLoop {
             Some((io, burst)) => {
                 let until = Instant::now() + d;
                 while Instant::now() < until {
-                    let worked = if io.shared.stop_rx.load(Ordering::Relaxed) {
+                    let start = dpdk::tsc();
+                    let moved = if io.shared.stop_rx.load(Ordering::Relaxed) {
                         // RX is closed: only TX is left to drain.
-                        io.drain_tx() > 0
+                        io.drain_tx()
                     } else {
-                        io.poll(burst) > 0
+                        io.poll(burst)
                     };
-                    io.backoff.round(worked);
+                    io.backoff.round(moved > 0);
+                    io.load.round(dpdk::tsc().saturating_sub(start), moved as u64);
                 }
             }
         }
@@ -722,6 +729,7 @@ impl ControlLoop {
                     v["ok"] = true.into();
                     v["epoch"] = self.coordinator.epoch().into();
                     v["checkpoint_pending"] = self.coordinator.checkpoint_pending().into();
+                    v["lcores"] = self.shared.load_report();
                     v
                 }
                 AdminRequest::CheckpointDone => {
@@ -951,6 +959,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
         },
         "tx_abandoned_at_shutdown": s.tx_abandoned_at_shutdown,
         "proxy": s.proxy,
+        "lcores": s.lcores,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
             "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,

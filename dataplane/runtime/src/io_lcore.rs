@@ -118,6 +118,8 @@ pub struct IoContext {
     pub gate: RxGate,
     /// How to wait when there is nothing to move.
     pub backoff: crate::IdleBackoff,
+    /// This lcore's busy/idle cycles.
+    pub load: Arc<crate::LcoreLoad>,
 }
 
 /// RX back-pressure on a low packet pool (SPEC §6, §8): below a reserve of free mbufs, frames
@@ -164,9 +166,13 @@ impl IoContext {
     /// stopped and nothing is left to send.
     pub fn run(mut self) {
         let mut burst = RxBurst::new();
+        let mut round_start = dpdk::tsc();
         while !self.shared.stop_rx.load(Ordering::Acquire) {
-            let worked = self.poll(&mut burst) > 0;
-            self.backoff.round(worked);
+            let moved = self.poll(&mut burst);
+            self.backoff.round(moved > 0);
+            let round_end = dpdk::tsc();
+            self.load.round(round_end.saturating_sub(round_start), moved as u64);
+            round_start = round_end;
         }
         drop(burst);
         self.stop_rx();

@@ -32,9 +32,50 @@ pub struct Shared {
     /// cache line per lcore, written only by it; registered at start-up, read by the control
     /// thread (no line is written by several lcores on the packet path).
     pub rx_stamps: std::sync::Mutex<Vec<std::sync::Arc<RxStamp>>>,
+    /// Every polling lcore's load meter with its role (registered at start-up).
+    pub loads: std::sync::Mutex<Vec<(String, std::sync::Arc<LcoreLoad>)>>,
     /// Released frames the output device still had not taken [`SHUTDOWN_TX_GRACE`] into the
     /// shutdown: freed and counted instead of hanging the exit.
     pub tx_abandoned_at_shutdown: AtomicU64,
+}
+
+/// One polling lcore's busy and idle cycles (TSC ticks) and the frames it moved, alone on its
+/// cache line and written only by it (as OVS-DPDK's `pmd-perf-show`): a round that moved
+/// anything is busy, one that found nothing (including its back-off) idle.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct LcoreLoad {
+    /// Ticks spent in rounds that moved frames.
+    pub busy: AtomicU64,
+    /// Ticks spent in rounds that found nothing.
+    pub idle: AtomicU64,
+    /// Frames moved (received, handed on, or compared).
+    pub frames: AtomicU64,
+}
+
+impl LcoreLoad {
+    /// Adds one polling round that took `ticks` and moved `frames`.
+    pub fn round(&self, ticks: u64, frames: u64) {
+        let (slot, r) = (if frames > 0 { &self.busy } else { &self.idle }, Ordering::Relaxed);
+        // Written only by its lcore: load + store, no read-modify-write bus lock.
+        slot.store(slot.load(r).wrapping_add(ticks), r);
+        if frames > 0 {
+            self.frames.store(self.frames.load(r).wrapping_add(frames), r);
+        }
+    }
+
+    /// `{role, busy_percent, cycles_per_frame, frames}` for the statistics.
+    pub fn report(&self, role: &str) -> serde_json::Value {
+        let (busy, idle, frames) =
+            (self.busy.load(Ordering::Relaxed), self.idle.load(Ordering::Relaxed), self.frames.load(Ordering::Relaxed));
+        let total = busy + idle;
+        serde_json::json!({
+            "role": role,
+            "busy_percent": if total == 0 { 0.0 } else { (busy as f64 * 1000.0 / total as f64).round() / 10.0 },
+            "cycles_per_frame": busy.checked_div(frames).unwrap_or(0),
+            "frames": frames,
+        })
+    }
 }
 
 /// One receiving lcore's last-RX TSC, alone on its cache line.
@@ -50,6 +91,21 @@ impl Shared {
             v.push(stamp.clone());
         }
         stamp
+    }
+
+    /// A load meter for a new polling lcore playing `role`.
+    pub fn load_meter(&self, role: String) -> std::sync::Arc<LcoreLoad> {
+        let load = std::sync::Arc::new(LcoreLoad::default());
+        if let Ok(mut v) = self.loads.lock() {
+            v.push((role, load.clone()));
+        }
+        load
+    }
+
+    /// Every lcore's load, for the statistics.
+    pub fn load_report(&self) -> serde_json::Value {
+        let loads = self.loads.lock().map(|v| v.iter().map(|(role, l)| l.report(role)).collect::<Vec<_>>());
+        serde_json::Value::Array(loads.unwrap_or_default())
     }
 
     /// The TSC of the latest burst any lcore received (start-up if none).

@@ -89,6 +89,8 @@ pub struct ShardContext {
     pub mirror: Option<Mirror>,
     /// How to wait when there is nothing to do.
     pub backoff: crate::IdleBackoff,
+    /// This lcore's busy/idle cycles.
+    pub load: Arc<crate::LcoreLoad>,
 }
 
 /// Proxy mode's client side of a shard (SPEC §3): every client frame goes to the primary as
@@ -263,6 +265,7 @@ impl ShardContext {
         let mut stopping = false;
         let mut next_publish = colo_core::Timestamp::default();
         let mut next_pressure_check = colo_core::Timestamp::default();
+        let mut round_start = dpdk::tsc();
         loop {
             let now = self.clock.now();
             if now >= next_publish {
@@ -354,6 +357,9 @@ impl ShardContext {
             // Timers and TX backlogs still need the loop; a back-off sleep delays them by at
             // most the configured sleep.
             self.backoff.round(work > 0 || self.out.tx.pending() > 0);
+            let round_end = dpdk::tsc();
+            self.load.round(round_end.saturating_sub(round_start), work as u64);
+            round_start = round_end;
         }
         // Shut down as on a checkpoint completion (SPEC §8): release everything held.
         let now = self.clock.now();
