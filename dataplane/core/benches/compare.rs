@@ -138,6 +138,19 @@ fn bench_udp(c: &mut Criterion) {
     g.finish();
 }
 
+/// Hands one primary/secondary pair to the shard at the next instant (including the copy of
+/// the two frames the shard takes ownership of); returns the frames released.
+fn feed(shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64) -> usize {
+    *t += 1;
+    shard.handle(Side::Primary, p.clone(), Timestamp::from_nanos(*t));
+    shard.handle(Side::Secondary, s.clone(), Timestamp::from_nanos(*t));
+    let mut released = 0;
+    while let Some(a) = shard.poll_action() {
+        released += usize::from(matches!(a, colo_core::Action::Release { .. }));
+    }
+    released
+}
+
 /// Matched 64 B UDP pairs hitting a shard that holds 1 000 000 concurrent flows (SPEC §12):
 /// the flow-table lookups miss the caches. The shard is filled once; each iteration hands one
 /// primary/secondary pair of a pseudo-randomly chosen existing flow (including the copy of
@@ -157,16 +170,6 @@ fn bench_million_flows(c: &mut Criterion) {
     let cfg = Config { max_flows: 2 * FLOWS, ..Config::default() };
     let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
     let mut t = 0u64;
-    let feed = |shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64| {
-        *t += 1;
-        shard.handle(Side::Primary, p.clone(), Timestamp::from_nanos(*t));
-        shard.handle(Side::Secondary, s.clone(), Timestamp::from_nanos(*t));
-        let mut released = 0;
-        while let Some(a) = shard.poll_action() {
-            released += usize::from(matches!(a, colo_core::Action::Release { .. }));
-        }
-        released
-    };
     for f in &frames {
         assert_eq!(feed(&mut shard, f, &mut t), 1);
     }
@@ -197,16 +200,6 @@ fn bench_new_flow_flood(c: &mut Criterion) {
             colo_core::fixtures::udp_payload(p.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
         let p = IpFrame { payload, ..p }.build();
         (p.clone(), p)
-    };
-    let feed = |shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64| {
-        *t += 1;
-        shard.handle(Side::Primary, p.clone(), Timestamp::from_nanos(*t));
-        shard.handle(Side::Secondary, s.clone(), Timestamp::from_nanos(*t));
-        let mut released = 0;
-        while let Some(a) = shard.poll_action() {
-            released += usize::from(matches!(a, colo_core::Action::Release { .. }));
-        }
-        released
     };
     let established: Vec<_> = (0..1000).map(pair).collect();
     let flood: Vec<_> = (1000..1000 + 4 * TABLE).map(pair).collect();

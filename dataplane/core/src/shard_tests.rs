@@ -1026,19 +1026,7 @@ fn test_proxy_mode_rewrites_the_client_ack_for_the_secondary_once_the_offset_is_
     let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
     let primary = Conn::default(); // ISN 1000
     let secondary = Conn { isn: 7000, ..Conn::default() };
-    let client_ack = |ack: u32| {
-        TcpFrame {
-            src: std::net::Ipv4Addr::new(10, 0, 0, 1),
-            dst: std::net::Ipv4Addr::new(10, 0, 0, 2),
-            sport: 40000,
-            dport: 80,
-            seq: 5001,
-            ack,
-            flags: flags::ACK,
-            ..TcpFrame::default()
-        }
-        .build()
-    };
+    let client_ack = |ack: u32| ProxyPair::client(ack, 0, 502, flags::ACK);
     // No connection yet: mirrored as it is.
     let mut f = client_ack(1001);
     assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), ClientRewrite::Unchanged);
