@@ -533,6 +533,74 @@ pub fn datagram_pairs() -> Vec<Pair> {
     ]
 }
 
+/// A connection the flow table forgot (idle past `conn_idle_timeout`): both guests send a
+/// Linux keepalive at snd_nxt − 1 (zero length), then answer at snd_nxt. Nothing differs.
+pub fn keepalive_after_idle() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let probe = |srv: &Server| TcpFrame { flags: flags::ACK, payload: Vec::new(), ..srv.data(99, &[]) };
+    pair(
+        "keepalive-after-idle",
+        vec![probe(&p), p.data(100, b"answer after idle")],
+        vec![probe(&s), s.data(100, b"answer after idle")],
+        vec![],
+    )
+}
+
+/// Port reuse: the client rebooted and reconnects from the same port while the old
+/// connection never closed; the secondary's new SYN-ACK arrives before the primary's.
+pub fn port_reuse_secondary_first() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let again = |srv: &Server, isn: u32| Server { isn, client_next: 777_001, ..srv.clone() };
+    let (p2, s2) = (again(&p, 2_000_000), again(&s, 4_000_000));
+    let p2_data = TcpFrame { seq: p2.isn.wrapping_add(1), ..p2.data(0, b"new incarnation") };
+    let s2_data = TcpFrame { seq: p2.isn.wrapping_add(1), ..s2.data(0, b"new incarnation") };
+    let mut primary = Capture::default();
+    let mut secondary = Capture::default();
+    for (i, (a, b)) in [(p.syn_ack(), s.syn_ack()), (p.data(0, b"old"), s.data(0, b"old"))].into_iter().enumerate() {
+        primary.push(primary_at(i), a.build());
+        secondary.push(secondary_at(i), b.build());
+    }
+    // The secondary's new SYN-ACK comes 5 ms before the primary's.
+    secondary.push(primary_at(10), s2.syn_ack().build());
+    primary.push(primary_at(15), p2.syn_ack().build());
+    primary.push(primary_at(16), p2_data.build());
+    secondary.push(secondary_at(16), s2_data.build());
+    Pair {
+        name: "port-reuse-secondary-first",
+        primary,
+        secondary,
+        expect_checkpoints: vec![],
+        expect_all_matched: true,
+    }
+}
+
+/// UDP: the secondary's stack leaves the (optional, IPv4) UDP checksum at 0.
+pub fn udp_checksum_zero() -> Pair {
+    let s: Vec<Vec<u8>> = built(udp_stream(20, true))
+        .into_iter()
+        .map(|mut f| {
+            f[14 + 20 + 6] = 0;
+            f[14 + 20 + 7] = 0;
+            f
+        })
+        .collect();
+    raw_pair("udp-checksum-zero", built(udp_stream(20, false)), s, vec![])
+}
+
+/// UDP: a single differing reply (a DNS answer) and no later traffic: caught after
+/// `reorder_grace`, not at `compare_timeout`.
+pub fn udp_single_reply_differs() -> Pair {
+    let mut s = udp_stream(1, true);
+    s[0].payload[20] ^= 1;
+    raw_pair("udp-single-reply-differs", built(udp_stream(1, false)), built(s), vec!["datagram-mismatch"])
+}
+
+/// What real guests do that the first comparator round got wrong (SPEC §4–§6): keepalives
+/// after idle, port reuse seen first on the secondary, UDP checksum 0, one differing reply.
+pub fn second_round_pairs() -> Vec<Pair> {
+    vec![keepalive_after_idle(), port_reuse_secondary_first(), udp_checksum_zero(), udp_single_reply_differs()]
+}
+
 /// Writes `pair` as `DIR/NAME.primary.pcap` and `DIR/NAME.secondary.pcap` (golden files for
 /// the DPDK net_pcap tests) and returns both paths.
 pub fn write_pair(dir: &Path, pair: &Pair, resolution: TsResolution) -> Result<(PathBuf, PathBuf), ReplayError> {

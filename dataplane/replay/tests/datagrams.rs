@@ -89,3 +89,29 @@ fn a_differing_fragment_is_never_released_by_match() {
         }
     }
 }
+
+#[test]
+fn second_round_scenarios_give_the_spec_verdict_and_a_reply_is_caught_in_milliseconds() {
+    for pair in synth::second_round_pairs() {
+        for shards in [1, 3] {
+            let opts = Options { shards, ..Options::default() };
+            check(&pair, &opts);
+            let out = replay(&pair.primary, &pair.secondary, &opts);
+            if pair.expect_all_matched {
+                assert!(
+                    out.report.released.iter().all(|x| x.via == "match"),
+                    "{}: {:?}",
+                    pair.name,
+                    out.report.released
+                );
+            }
+        }
+    }
+    // Detection latency on the virtual clock: the differing reply is flagged within
+    // reorder_grace (5 ms) of both sides showing their answer, not at compare_timeout (3 s).
+    let pair = synth::udp_single_reply_differs();
+    let out = replay(&pair.primary, &pair.secondary, &Options::default());
+    let first = &out.report.checkpoints[0];
+    let both_shown_us = 300; // the secondary's capture runs 300 µs behind the primary's
+    assert!(first.t_us <= both_shown_us + 5_000 + 1_000, "flagged at {} µs", first.t_us);
+}

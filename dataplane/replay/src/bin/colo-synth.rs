@@ -81,7 +81,8 @@ fn main() {
         std::process::exit(1);
     }
     let mut written = 0;
-    for pair in synth::all().into_iter().chain(synth::datagram_pairs()).chain([synth::proxy_mode()]) {
+    let every = synth::all().into_iter().chain(synth::datagram_pairs()).chain(synth::second_round_pairs());
+    for pair in every.chain([synth::proxy_mode()]) {
         if let Err(e) = synth::write_pair(&dir, &pair, TsResolution::MicroSecond) {
             eprintln!("colo-synth: {e}");
             std::process::exit(1);
