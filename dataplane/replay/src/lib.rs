@@ -143,6 +143,8 @@ struct Run<'a> {
     checkpoints: Vec<CheckpointEntry>,
     explain: Vec<String>,
     explain_indices: std::collections::HashSet<usize>,
+    /// Secondary frames of the explained flow (their fate is traced too).
+    explain_secondary: std::collections::HashSet<usize>,
 }
 
 impl Run<'_> {
@@ -167,7 +169,25 @@ impl Run<'_> {
                     }
                     self.output.push(self.origin + Duration::from_nanos(now.as_nanos()), frame.data);
                 }
-                Action::Drop { .. } => {}
+                Action::Drop { side, frame, reason } => {
+                    let traced = match side {
+                        Side::Primary => self.explain_indices.contains(&frame.index),
+                        Side::Secondary => self.explain_secondary.contains(&frame.index),
+                    };
+                    if traced {
+                        let what = match reason {
+                            colo_core::DropReason::Consumed => "consumed (compared, or nothing to compare)".to_string(),
+                            colo_core::DropReason::Flushed => "flushed by the checkpoint".to_string(),
+                            r => format!("dropped ({})", r.as_str()),
+                        };
+                        self.explain.push(format!(
+                            "  t={}us {} #{} {what}",
+                            self.current.as_micros(),
+                            side.as_str(),
+                            frame.index
+                        ));
+                    }
+                }
                 Action::Checkpoint(req) => {
                     if self.opts.explain.as_deref().is_some_and(|e| flow_matches(&req.flow, e)) {
                         self.explain.push(format!(
@@ -294,6 +314,7 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         checkpoints: Vec::new(),
         explain: Vec::new(),
         explain_indices: Default::default(),
+        explain_secondary: Default::default(),
     };
     let to_ts =
         |d: Duration| Timestamp::from_nanos(u64::try_from(d.saturating_sub(origin).as_nanos()).unwrap_or(u64::MAX));
@@ -318,23 +339,25 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         run.current = t;
         let shard = shard_of(&frame.data, n);
         if let Some(wanted) = opts.explain.as_deref() {
-            if let Class::Tcp(key, seg) = wire::parse(&frame.data) {
-                if flow_matches(&key.to_string(), wanted) {
-                    if side == Side::Primary {
-                        run.explain_indices.insert(index);
+            let class = wire::parse(&frame.data);
+            if class.key().is_some_and(|key| flow_matches(&key.to_string(), wanted)) {
+                match side {
+                    Side::Primary => run.explain_indices.insert(index),
+                    Side::Secondary => run.explain_secondary.insert(index),
+                };
+                let what = match class {
+                    Class::Tcp(_, seg) => {
+                        format!("seq={} ack={} len={} flags={}", seg.seq, seg.ack, seg.payload_len, flags_str(&seg))
                     }
-                    run.explain.push(format!(
-                        "t={}us {} #{} shard {} seq={} ack={} len={} flags={}",
-                        t.as_micros(),
-                        side.as_str(),
-                        index,
-                        shard,
-                        seg.seq,
-                        seg.ack,
-                        seg.payload_len,
-                        flags_str(&seg)
-                    ));
-                }
+                    Class::Datagram(_, span) | Class::OtherIp(_, span) => {
+                        format!("datagram, {} bytes compared", span.len)
+                    }
+                    Class::Fragment(_, f) => {
+                        format!("fragment id={} offset={} len={} more={}", f.id, f.offset, f.data.len, f.more)
+                    }
+                    Class::NonIp(_) | Class::Malformed(_) => String::new(),
+                };
+                run.explain.push(format!("t={}us {} #{} shard {} {what}", t.as_micros(), side.as_str(), index, shard));
             }
         }
         if let Some(s) = run.shards.get_mut(shard) {
@@ -342,7 +365,7 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         }
         run.drain(shard);
         if let Some(wanted) = opts.explain.as_deref() {
-            if let Class::Tcp(key, _) = wire::parse(&frame.data) {
+            if let Some(key) = wire::parse(&frame.data).key().copied() {
                 if flow_matches(&key.to_string(), wanted) {
                     if let Some(st) = run.shards.get(shard).and_then(|s| s.flow_status(&key)) {
                         let rel = match (st.compared, st.base) {

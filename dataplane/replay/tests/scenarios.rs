@@ -223,3 +223,17 @@ fn golden_pairs_written_to_disk_replay_the_same() {
         assert_eq!(from_disk.report.checkpoints, in_memory.report.checkpoints, "{}", pair.name);
     }
 }
+
+#[test]
+fn explain_traces_a_datagram_flow_decision_by_decision() {
+    let pair = synth::udp_one_byte_differs();
+    let opts = Options { explain: Some("udp 10.0.0.1:40000 > 10.0.0.2:53".into()), ..Options::default() };
+    let out = replay(&pair.primary, &pair.secondary, &opts);
+    let text = out.explain.join("\n");
+    assert!(text.contains("primary #0 shard 0 datagram, 48 bytes compared"), "{text}");
+    assert!(text.contains("secondary #0 consumed"), "{text}");
+    assert!(text.contains("released primary #0 via match"), "{text}");
+    assert!(text.contains("CHECKPOINT datagram-mismatch"), "{text}");
+    assert!(text.contains("released primary #3 via flush"), "{text}");
+    assert!(text.contains("secondary #3 flushed by the checkpoint"), "{text}");
+}
