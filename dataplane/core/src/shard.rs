@@ -438,9 +438,10 @@ impl<F: Frame> Flow<F> {
     /// How long this flow may stay idle (empty) before it goes: TCP connections outlive
     /// keepalive periods; datagram flows keep no state worth that (positions restart).
     fn idle_timeout(&self, cfg: &Config) -> core::time::Duration {
-        match self.kind {
-            Kind::Tcp => cfg.conn_idle_timeout,
-            _ => cfg.datagram_idle_timeout.min(cfg.conn_idle_timeout),
+        match &self.conn {
+            Conn::Tcp(c) if c.unanswered() => cfg.linger.min(cfg.conn_idle_timeout),
+            Conn::Tcp(_) => cfg.conn_idle_timeout,
+            Conn::Datagram(_) => cfg.datagram_idle_timeout.min(cfg.conn_idle_timeout),
         }
     }
 
@@ -989,7 +990,7 @@ impl<F: Frame> Shard<F> {
                 self.sweep_started = now;
             }
             let Some(f) = self.slots.get(i).and_then(|s| s.flow.as_ref()) else { continue };
-            if !f.conn.is_empty() {
+            if !f.conn.is_empty() || matches!(&f.conn, Conn::Tcp(c) if c.timer_pending()) {
                 continue;
             }
             if f.conn.is_closed() || f.last_activity < self.idle_before {
@@ -1245,6 +1246,7 @@ impl<F: Frame> Shard<F> {
     /// the frame could not be rewritten although its connection needs it.
     fn forward_secondary(&mut self, frame: &mut F, now: Timestamp) -> bool {
         let Class::Tcp(mut key, seg) = wire::parse(frame.bytes()) else { return true };
+        let aliased = self.pairs.primary_port(&key).is_some();
         if let Some(port) = self.pairs.primary_port(&key) {
             // A guest-opened connection the client knows under the primary's port.
             if !crate::proxy::set_port(frame.bytes_mut(), &seg, true, port) {
@@ -1256,7 +1258,7 @@ impl<F: Frame> Shard<F> {
         let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return true };
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else { return true };
-        let (seq, ts) = conn.forward_offsets(&seg, frame.bytes(), self.cfg.mode);
+        let (seq, ts) = conn.forward_offsets(&seg, frame.bytes(), self.cfg.mode, aliased);
         if seq == 0 && ts == 0 {
             return true;
         }

@@ -1668,3 +1668,31 @@ fn test_idle_datagram_flows_go_sooner_than_tcp_connections() {
     h.tick(300_000);
     assert_eq!(h.shard.flow_count(), 1, "the datagram flow went after 300 s, the connection stays");
 }
+
+#[test]
+fn test_a_late_secondary_syn_ack_after_a_standalone_flush_teaches_the_offset() {
+    let pair = ProxyPair::new();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.shard.observe_client(&ProxyPair::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+    h.p(&pair.primary.syn_ack(), 1);
+    // Another flow's checkpoint completes (standalone) before the secondary answered.
+    h.shard.standalone_completion(Timestamp::from_millis(2));
+    assert_eq!(H::released(&h.drain()), vec![(pair.primary.syn_ack().as_slice(), Via::Flush)]);
+    // The secondary's SYN-ACK is the counterpart, not a new incarnation.
+    h.s(&pair.secondary.syn_ack(), 3);
+    let mut f = ProxyPair::client(1001, ProxyPair::P_TS, 502, flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ack_and_tsecr(&f), (7001, Some(ProxyPair::S_TS)));
+    h.p(&pair.primary.data(0, b"hi"), 4);
+    let ev = h.s(&pair.secondary.data(0, b"hi"), 5);
+    assert_eq!(H::released(&ev), vec![(pair.primary.data(0, b"hi").as_slice(), Via::Match)]);
+}
+
+#[test]
+fn test_a_flow_opened_only_by_a_client_syn_goes_after_linger() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.shard.observe_client(&ProxyPair::client(0, 0, 64_240, flags::SYN), Timestamp::from_millis(0));
+    assert_eq!(h.shard.flow_count(), 1);
+    h.tick(6_000);
+    assert_eq!(h.shard.flow_count(), 0, "nobody answered: gone after linger (2 x compare_timeout)");
+}

@@ -259,6 +259,18 @@ impl<F: Frame> TcpConn<F> {
         self.p_syn.is_some()
     }
 
+    /// Opened only by a client's SYN so far: no guest answered, no stream began. Such a flow
+    /// (a scan, a flood, a closed port) goes after `linger`, not `conn_idle_timeout`.
+    pub(crate) fn unanswered(&self) -> bool {
+        self.p_syn.is_none() && self.s_syn.is_none() && self.compared.is_none()
+    }
+
+    /// A timer still has something to say about this connection (a lone secondary RST): it
+    /// must not be evicted before.
+    pub(crate) fn timer_pending(&self) -> bool {
+        self.lone_secondary_rst().is_some()
+    }
+
     /// Whether this connection's primary SYN waits for the secondary's (none seen yet).
     pub(crate) fn awaits_secondary_syn(&self) -> bool {
         self.p_syn.is_some() && self.s_syn.is_none()
@@ -288,13 +300,15 @@ impl<F: Frame> TcpConn<F> {
         if !seg.syn || !self.is_empty() {
             return false;
         }
-        let own = match side {
-            Side::Primary => self.p_syn,
-            Side::Secondary => self.s_syn,
+        let (own, other) = match side {
+            Side::Primary => (self.p_syn, self.s_syn),
+            Side::Secondary => (self.s_syn, self.p_syn),
         };
-        match own {
-            Some(s) => s.isn != seg.seq,
-            None => self.is_closed() || self.compared.is_some(),
+        match (own, other) {
+            (Some(s), _) => s.isn != seg.seq,
+            // The other guest's SYN is here: this is its (late) counterpart.
+            (None, Some(_)) => false,
+            (None, None) => self.is_closed() || self.compared.is_some(),
         }
     }
 
@@ -516,8 +530,8 @@ impl<F: Frame> TcpConn<F> {
     /// knows. A connection the client learned from the primary (the primary's SYN was seen)
     /// learns its offset from the secondary's SYN even now; a connection that starts after
     /// the failover (or a new incarnation) is the secondary's own: offset 0.
-    pub(crate) fn forward_offsets(&mut self, seg: &TcpSegment, bytes: &[u8], mode: Mode) -> (u32, u32) {
-        if seg.syn && self.secondary_port.is_some() {
+    pub(crate) fn forward_offsets(&mut self, seg: &TcpSegment, bytes: &[u8], mode: Mode, aliased: bool) -> (u32, u32) {
+        if seg.syn && self.secondary_port.is_some() && !aliased {
             // The secondary's socket of this connection uses another port (a paired
             // guest-opened connection): this SYN is a new connection of the secondary that
             // happens to use the primary's port. The live connection is left alone.
