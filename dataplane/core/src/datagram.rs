@@ -254,6 +254,9 @@ pub(crate) struct DatagramFlow<F> {
     /// reorder window's worth): a lagging secondary's copies of them, sent before the
     /// checkpoint but arriving after, are absorbed instead of compared as new output (SPEC §6).
     absorb: VecDeque<u64>,
+    /// Absorbing ends here (`compare_timeout` after the flush): a later equal datagram is
+    /// new output, not a lagging copy.
+    absorb_until: Timestamp,
 }
 
 /// Flushed datagrams remembered per flow for absorbing a lagging secondary's copies.
@@ -273,6 +276,7 @@ impl<F: Frame> DatagramFlow<F> {
             timed_out: false,
             name: None,
             absorb: VecDeque::new(),
+            absorb_until: Timestamp(0),
         }
     }
 
@@ -372,6 +376,9 @@ impl<F: Frame> DatagramFlow<F> {
                 k += 1;
             }
         }
+        if !self.absorb.is_empty() && out.now >= self.absorb_until {
+            self.absorb.clear();
+        }
         if !self.absorb.is_empty() {
             let digest = item.digest();
             if let Some(i) = self.absorb.iter().position(|&d| d == digest) {
@@ -383,7 +390,7 @@ impl<F: Frame> DatagramFlow<F> {
                 return;
             }
         }
-        if out.over_budget(cfg, 0, 0) {
+        if out.over_secondary_budget(cfg, 0, 0) {
             // The memory budget is kept for primary output: the secondary's datagram goes.
             self.request(out, CheckpointReason::ResourcePressure, key, || {
                 format!("shard memory budget exhausted (budget {} frames)", cfg.held_frames_budget)
@@ -510,13 +517,12 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
     /// secondary's; both sides restart at the same position.
-    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>) {
+    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration) {
         self.absorb.clear();
+        self.absorb_until = out.now.saturating_add(timeout);
         while let Some(p) = self.primary.pop_front() {
-            if !p.matched {
-                if self.absorb.len() >= ABSORB_MAX {
-                    self.absorb.pop_front();
-                }
+            // The oldest ones: a lagging secondary sends its copies oldest first.
+            if !p.matched && self.absorb.len() < ABSORB_MAX {
                 self.absorb.push_back(p.digest());
             }
             p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);

@@ -211,6 +211,15 @@ impl<F> Out<'_, F> {
             || c.held_primary_bytes + c.held_secondary_bytes + bytes > cfg.held_bytes_budget
     }
 
+    /// The same for a secondary frame, which is refused at 7/8 of the budget: the last
+    /// eighth is kept for primary output, so secondary frames go first.
+    pub(crate) fn over_secondary_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
+        let c = &*self.counters;
+        let (f, b) = (cfg.held_frames_budget as u64, cfg.held_bytes_budget);
+        (c.held_primary_frames + c.held_secondary_frames + frames) * 8 > f * 7
+            || (c.held_primary_bytes + c.held_secondary_bytes + bytes) * 8 > b * 7
+    }
+
     /// A frame hit the memory budget: one shard-wide `resource-pressure` request per flow and
     /// epoch (its flush returns the held frames), with the figures.
     pub(crate) fn budget_request(&mut self, requested: &mut u16, key: &FlowKey, cfg: &Config) {
@@ -410,7 +419,7 @@ impl<F: Frame> Conn<F> {
             Conn::Datagram(d) => d.compare_deadline(cfg.compare_timeout, cfg.reorder_grace),
         }
     }
-    fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp, resync: bool) {
+    fn flush(&mut self, out: &mut Out<'_, F>, now: Timestamp, resync: bool, timeout: core::time::Duration) {
         match self {
             Conn::Tcp(c) => {
                 c.flush(out, resync);
@@ -418,7 +427,7 @@ impl<F: Frame> Conn<F> {
                     c.closed_at = Some(now);
                 }
             }
-            Conn::Datagram(d) => d.flush(out),
+            Conn::Datagram(d) => d.flush(out, timeout),
         }
     }
 }
@@ -1178,7 +1187,7 @@ impl<F: Frame> Shard<F> {
         // (a datagram's fragments are either all in a flow or all still partial).
         for s in &mut self.slots {
             if let Some(flow) = &mut s.flow {
-                flow.conn.flush(&mut out, now, resync);
+                flow.conn.flush(&mut out, now, resync, self.cfg.compare_timeout);
             }
         }
         self.reasm.flush(&mut out, &self.cfg, &mut self.timers);

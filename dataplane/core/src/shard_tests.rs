@@ -1696,3 +1696,18 @@ fn test_a_flow_opened_only_by_a_client_syn_goes_after_linger() {
     h.tick(6_000);
     assert_eq!(h.shard.flow_count(), 0, "nobody answered: gone after linger (2 x compare_timeout)");
 }
+
+#[test]
+fn test_absorbing_keeps_the_oldest_flushed_datagrams_and_ends_after_compare_timeout() {
+    let mut h = H::new();
+    for i in 0..20u8 {
+        h.p(&udp(&[i]).build(), 1);
+    }
+    h.done(2);
+    // The lagging secondary's oldest copies are absorbed.
+    assert_eq!(h.s(&udp(&[0]).build(), 3), vec![CONSUMED]);
+    assert_eq!(h.s(&udp(&[1]).build(), 3), vec![CONSUMED]);
+    // compare_timeout after the flush an equal datagram is new output again: held.
+    assert_eq!(h.s(&udp(&[2]).build(), 3_003), vec![]);
+    assert_eq!(h.shard.counters().held_secondary_frames, 1);
+}

@@ -478,7 +478,7 @@ impl<F: Frame> TcpConn<F> {
             // Nothing left to compare (SYN, pure ACK, RST, or data below `compared`, which
             // SPEC §5.1 says is consumed silently); its flags/ACK were recorded above.
             out.consume_new(frame);
-        } else if out.over_budget(cfg, 1, frame.bytes().len() as u64) {
+        } else if out.over_secondary_budget(cfg, 1, frame.bytes().len() as u64) {
             // The memory budget is kept for primary output: the secondary's frame goes (it is
             // never transmitted; the pressure checkpoint resynchronises).
             out.budget_request(&mut self.requested, key, cfg);
