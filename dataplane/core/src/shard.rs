@@ -495,6 +495,8 @@ pub struct Shard<F> {
     failed_over: Option<Side>,
     /// Proxy mode: secondary source ports paired with the primary's (guest-opened TCP).
     pairs: crate::pairing::PortPairs<F>,
+    /// See [`Shard::offsets_epoch`].
+    offsets_epoch: u64,
     /// The eviction clock hand (next slot to look at) and when its current sweep began.
     hand: usize,
     sweep_started: Timestamp,
@@ -524,6 +526,7 @@ impl<F: Frame> Shard<F> {
             pool: Vec::new(),
             failed_over: None,
             pairs: crate::pairing::PortPairs::default(),
+            offsets_epoch: 0,
             hand: 0,
             sweep_started: Timestamp(0),
             idle_before: Timestamp(0),
@@ -536,6 +539,12 @@ impl<F: Frame> Shard<F> {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Changes whenever a connection's proxy offsets may have become known (a secondary SYN,
+    /// a flush, a failover): proxy mode retries waiting client copies only then.
+    pub fn offsets_epoch(&self) -> u64 {
+        self.offsets_epoch
     }
 
     /// The side whose frames are forwarded since a failover, if one happened.
@@ -839,6 +848,9 @@ impl<F: Frame> Shard<F> {
     }
 
     fn handle_tcp_conn(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+        if seg.syn && side == Side::Secondary {
+            self.offsets_epoch += 1;
+        }
         let slot = self.flow_slot(key, Kind::Tcp, now);
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
@@ -1179,6 +1191,7 @@ impl<F: Frame> Shard<F> {
     }
 
     fn flush(&mut self, now: Timestamp, resync: bool) {
+        self.offsets_epoch += 1;
         self.evict_blocked = false;
         self.fruitless = 0;
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
@@ -1255,6 +1268,9 @@ impl<F: Frame> Shard<F> {
     /// the frame could not be rewritten although its connection needs it.
     fn forward_secondary(&mut self, frame: &mut F, now: Timestamp) -> bool {
         let Class::Tcp(mut key, seg) = wire::parse(frame.bytes()) else { return true };
+        if seg.syn {
+            self.offsets_epoch += 1;
+        }
         let aliased = self.pairs.primary_port(&key).is_some();
         if let Some(port) = self.pairs.primary_port(&key) {
             // A guest-opened connection the client knows under the primary's port.

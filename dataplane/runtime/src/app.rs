@@ -227,6 +227,10 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
                 to_primary: Transmitter::new(TxPath::Ring(pp)),
                 to_secondary: Transmitter::new(TxPath::Ring(sp)),
                 pending: Default::default(),
+                waiting: Default::default(),
+                blocked: Default::default(),
+                seen_epoch: 0,
+                next_retry: colo_core::Timestamp::default(),
                 stats,
             }
         });

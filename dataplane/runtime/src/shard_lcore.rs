@@ -104,6 +104,16 @@ pub struct Mirror {
     /// Secondary copies waiting for their connection's offset, each connection's in order;
     /// other connections' copies pass them.
     pub pending: VecDeque<WaitingCopy>,
+    /// Copies waiting per connection (so a new copy knows in O(1) whether it must queue).
+    pub waiting: std::collections::HashMap<colo_core::FlowKey, u32>,
+    /// Connections whose copies stay queued in the current retry pass (reused: no
+    /// allocation per pass).
+    pub blocked: std::collections::HashSet<colo_core::FlowKey>,
+    /// The shard's offsets epoch at the last retry, and when waiting copies are next looked
+    /// at anyway (for those that waited too long).
+    pub seen_epoch: u64,
+    /// See `seen_epoch`.
+    pub next_retry: colo_core::Timestamp,
     /// Counters, read by the control thread.
     pub stats: Arc<MirrorStats>,
 }
@@ -133,8 +143,11 @@ pub struct WaitingCopy {
     since: colo_core::Timestamp,
 }
 
-/// Secondary copies that may wait for an offset, per shard.
+/// Secondary copies that may wait for an offset, per shard and per connection.
 const MIRROR_PENDING_MAX: usize = 1024;
+const MIRROR_PENDING_PER_CONN: u32 = 64;
+/// Waiting copies are looked at when the shard learned offsets, else this often.
+const MIRROR_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Mirror {
     /// Mirrors one client frame. After a failover only the surviving guest gets it: the
@@ -172,7 +185,7 @@ impl Mirror {
             colo_core::wire::Class::Tcp(key, _) => Some(key.reversed()),
             _ => None,
         };
-        let behind = conn.is_some_and(|c| self.pending.iter().any(|w| w.conn == c));
+        let behind = conn.is_some_and(|c| self.waiting.contains_key(&c));
         if !behind {
             if let Some(copy) = self.send_secondary(shard, copy) {
                 self.wait(copy, conn, now);
@@ -183,8 +196,10 @@ impl Mirror {
     }
 
     fn wait(&mut self, copy: Mbuf, conn: Option<colo_core::FlowKey>, since: colo_core::Timestamp) {
+        let room = |n: Option<&u32>| n.is_none_or(|&n| n < MIRROR_PENDING_PER_CONN);
         match conn {
-            Some(conn) if self.pending.len() < MIRROR_PENDING_MAX => {
+            Some(conn) if self.pending.len() < MIRROR_PENDING_MAX && room(self.waiting.get(&conn)) => {
+                *self.waiting.entry(conn).or_default() += 1;
                 self.pending.push_back(WaitingCopy { copy, conn, since });
             }
             _ => {
@@ -213,27 +228,48 @@ impl Mirror {
     /// the secondary never answered that connection's SYN, and its copies must not wait
     /// forever (the client's TCP retransmits what matters).
     fn retry(&mut self, shard: &Shard<HeldFrame>, now: colo_core::Timestamp) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Only when an offset may have become known, or now and then for copies that waited
+        // too long: a queue full of copies nobody will answer costs nothing per round.
+        let epoch = shard.offsets_epoch();
+        if epoch == self.seen_epoch && now < self.next_retry {
+            return;
+        }
+        self.seen_epoch = epoch;
+        self.next_retry = now.saturating_add(MIRROR_RETRY_EVERY);
         let give_up = shard.config().compare_timeout;
-        // One pass over the queue, rotating it: what stays is pushed back in its order, so
-        // the last `kept` entries are the ones kept in this pass.
-        let mut kept = 0;
+        // One O(n) pass, rotating the queue (what stays is pushed back in its order); a
+        // connection's copy never passes an earlier one of the same connection.
+        self.blocked.clear();
         for _ in 0..self.pending.len() {
             let Some(w) = self.pending.pop_front() else { break };
-            // A connection's copy never passes an earlier one of the same connection.
-            if self.pending.iter().rev().take(kept).any(|o| o.conn == w.conn) {
+            if self.blocked.contains(&w.conn) {
                 self.pending.push_back(w);
-                kept += 1;
                 continue;
             }
             let WaitingCopy { copy, conn, since } = w;
-            if let Some(copy) = self.send_secondary(shard, copy) {
-                if since.saturating_add(give_up) <= now {
+            match self.send_secondary(shard, copy) {
+                None => self.unwait(&conn),
+                Some(copy) if since.saturating_add(give_up) <= now => {
                     drop(copy);
+                    self.unwait(&conn);
                     self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
-                self.pending.push_back(WaitingCopy { copy, conn, since });
-                kept += 1;
+                Some(copy) => {
+                    self.blocked.insert(conn);
+                    self.pending.push_back(WaitingCopy { copy, conn, since });
+                }
+            }
+        }
+    }
+
+    fn unwait(&mut self, conn: &colo_core::FlowKey) {
+        if let Some(n) = self.waiting.get_mut(conn) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(conn);
             }
         }
     }
@@ -371,6 +407,7 @@ impl ShardContext {
             mirror.retry(&self.shard, now);
             let stranded = mirror.pending.len() as u64;
             mirror.pending.clear();
+            mirror.waiting.clear();
             mirror.stats.secondary_dropped.fetch_add(stranded, Ordering::Relaxed);
             while mirror.pending_tx() > 0 && std::time::Instant::now() < give_up {
                 if mirror.flush() == 0 {
