@@ -211,9 +211,10 @@ impl AdminServer {
                 if text.trim().is_empty() {
                     continue;
                 }
-                c.last_progress = now;
                 match parse_request(&text) {
                     Ok(r) => {
+                        // Only a real request is progress: garbage lines cannot keep a slot.
+                        c.last_progress = now;
                         c.outstanding += 1;
                         requests.push((c.id, r));
                     }

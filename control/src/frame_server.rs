@@ -307,6 +307,15 @@ impl FrameServer {
                 Ok((s, _)) => {
                     s.set_nonblocking(true)?;
                     s.set_nodelay(true)?;
+                    // A frame whose host died sends no FIN: keepalives and a user timeout find
+                    // it within seconds, so the link it holds (never taken over while it has
+                    // spoken) is freed for the restarted frame.
+                    use rustix::net::sockopt;
+                    sockopt::set_socket_keepalive(&s, true)?;
+                    sockopt::set_tcp_keepidle(&s, std::time::Duration::from_secs(5))?;
+                    sockopt::set_tcp_keepintvl(&s, std::time::Duration::from_secs(1))?;
+                    sockopt::set_tcp_keepcnt(&s, 3)?;
+                    sockopt::set_tcp_user_timeout(&s, 10_000)?;
                     Conn::Tcp(s)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
