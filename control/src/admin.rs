@@ -122,6 +122,8 @@ impl Client {
 pub struct AdminServer {
     listener: UnixListener,
     path: PathBuf,
+    /// Held while the socket path is ours (a second instance is refused).
+    _lock: crate::frame_server::SocketLock,
     clients: Vec<Client>,
     next_id: ClientId,
 }
@@ -134,9 +136,9 @@ impl AdminServer {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        let listener = bind_unix(path, perms)?;
+        let (listener, lock) = bind_unix(path, perms)?;
         listener.set_nonblocking(true)?;
-        Ok(AdminServer { listener, path: path.to_path_buf(), clients: Vec::new(), next_id: 1 })
+        Ok(AdminServer { listener, path: path.to_path_buf(), _lock: lock, clients: Vec::new(), next_id: 1 })
     }
 
     /// Accepts, reads and writes without blocking; returns complete requests (or parse

@@ -124,6 +124,8 @@ impl Conn {
 /// The listening frame socket and its current connection.
 pub struct FrameServer {
     listener: Listener,
+    /// Held while a Unix socket path is ours (a second instance is refused).
+    _lock: Option<SocketLock>,
     conn: Option<Conn>,
     /// The current connection has sent a frame message: it is the frame.
     spoken: bool,
@@ -153,10 +155,13 @@ const MAX_OUTBOX: usize = 64 * 1024;
 /// inside a private (0700) directory next to `path`, given its mode and owner there — where
 /// nobody else can reach it — then renamed into place. A regular file at `path` is refused; a
 /// stale socket is replaced.
-pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<(UnixListener, SocketLock)> {
     use std::os::unix::fs::DirBuilderExt;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Who owns a socket path is told by a lock next to it, held for the process's life: a
+    // second instance started with the same paths is refused without touching the first.
+    let lock = SocketLock::take(path)?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -193,16 +198,48 @@ pub(crate) fn bind_unix(path: &Path, perms: SocketPermissions) -> io::Result<Uni
     })();
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_dir(&private);
-    result
+    result.map(|l| (l, lock))
+}
+
+/// An exclusive `flock` on `PATH.lock`, held while a Unix socket at PATH is ours.
+#[derive(Debug)]
+pub(crate) struct SocketLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for SocketLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl SocketLock {
+    fn take(socket: &Path) -> io::Result<SocketLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".lock");
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&name)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(SocketLock { _file: file, path: PathBuf::from(name) }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running process (another colo-dataplane?)", socket.display()),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl FrameServer {
     /// Starts listening.
     pub fn bind(endpoint: &Endpoint, perms: SocketPermissions) -> io::Result<FrameServer> {
+        let mut unix_lock = None;
         let listener = match endpoint {
             Endpoint::Unix(path) => {
-                let l = bind_unix(path, perms)?;
+                let (l, lock) = bind_unix(path, perms)?;
                 l.set_nonblocking(true)?;
+                unix_lock = Some(lock);
                 Listener::Unix(l, path.clone())
             }
             Endpoint::Tcp(addr) => {
@@ -213,6 +250,7 @@ impl FrameServer {
         };
         Ok(FrameServer {
             listener,
+            _lock: unix_lock,
             conn: None,
             spoken: false,
             decoder: Decoder::new(),
