@@ -147,10 +147,16 @@ impl<F> PortPairs<F> {
 
     /// A connection (primary key `key`, whose secondary used `secondary_port`) is gone.
     pub(crate) fn forget(&mut self, key: &FlowKey, secondary_port: Option<u16>) {
+        self.forget_alias(key, secondary_port);
+        self.same_port(key);
+    }
+
+    /// A connection starts a new incarnation on `key`: the old one's alias goes, but not the
+    /// new primary SYN's place in the waiting list (it was just registered).
+    pub(crate) fn forget_alias(&mut self, key: &FlowKey, secondary_port: Option<u16>) {
         if let Some(port) = secondary_port {
             self.alias.remove(&FlowKey { src_port: port, ..*key });
         }
-        self.same_port(key);
     }
 
     /// A checkpoint made the secondary a copy of the primary: from now on it uses the

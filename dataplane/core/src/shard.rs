@@ -864,7 +864,7 @@ impl<F: Frame> Shard<F> {
         };
         if conn.is_new_incarnation(side, &seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
-            self.pairs.forget(&flow.key, conn.secondary_port);
+            self.pairs.forget_alias(&flow.key, conn.secondary_port);
             conn.reincarnate(self.cfg.mode);
         }
         match side {

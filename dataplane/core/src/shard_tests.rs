@@ -1711,3 +1711,25 @@ fn test_absorbing_keeps_the_oldest_flushed_datagrams_and_ends_after_compare_time
     assert_eq!(h.s(&udp(&[2]).build(), 3_003), vec![]);
     assert_eq!(h.shard.counters().held_secondary_frames, 1);
 }
+
+#[test]
+fn test_a_primary_reusing_a_port_for_a_new_guest_opened_connection_still_pairs() {
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    // Round 1: primary port 40000, secondary port 50000; closed by RSTs on both sides.
+    let (p, s) = (guest_opened(40_000, 1000), guest_opened(50_000, 7000));
+    h.p(&guest_syn(&p), 1);
+    h.s(&guest_syn(&s), 2);
+    let (p1, s1) = (Conn { ack: 301, ..p.clone() }, Conn { ack: 301, ..s.clone() });
+    h.p(&p1.rst(0), 3);
+    h.s(&s1.rst(0), 4);
+    // Round 2: the primary's kernel picks 40000 again (the secondary 50001) while the old
+    // connection still lingers: a new incarnation that must pair as the first did.
+    let (p2, s2) = (guest_opened(40_000, 90_000), guest_opened(50_001, 70_000));
+    assert_eq!(h.p(&guest_syn(&p2), 10), vec![], "held until the secondary's SYN");
+    let ev = h.s(&guest_syn(&s2), 11);
+    assert_eq!(H::released(&ev), vec![(guest_syn(&p2).as_slice(), Via::Match)]);
+    let mut f = client_to(40_000, 90_001, flags::SYN | flags::ACK);
+    assert_eq!(h.shard.rewrite_client_for_secondary(&mut f), crate::ClientRewrite::Rewritten);
+    assert_eq!(ports_of(&f), (9090, 50_001));
+    assert_eq!(ack_and_tsecr(&f).0, 70_001);
+}
