@@ -595,10 +595,24 @@ pub fn udp_single_reply_differs() -> Pair {
     raw_pair("udp-single-reply-differs", built(udp_stream(1, false)), built(s), vec!["datagram-mismatch"])
 }
 
+/// The primary answers a client's SYN with a SYN-ACK, the secondary resets it (its service
+/// is down): a miscompare at once, not at `compare_timeout`.
+pub fn rst_against_syn_ack() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let rst = TcpFrame { seq: 0, ack: s.client_next, flags: flags::RST | flags::ACK, ..s.template.clone() };
+    pair("rst-against-syn-ack", vec![p.syn_ack()], vec![rst], vec!["tcp-rst-mismatch"])
+}
+
 /// What real guests do that the first comparator round got wrong (SPEC §4–§6): keepalives
 /// after idle, port reuse seen first on the secondary, UDP checksum 0, one differing reply.
 pub fn second_round_pairs() -> Vec<Pair> {
-    vec![keepalive_after_idle(), port_reuse_secondary_first(), udp_checksum_zero(), udp_single_reply_differs()]
+    vec![
+        keepalive_after_idle(),
+        port_reuse_secondary_first(),
+        udp_checksum_zero(),
+        udp_single_reply_differs(),
+        rst_against_syn_ack(),
+    ]
 }
 
 /// Writes `pair` as `DIR/NAME.primary.pcap` and `DIR/NAME.secondary.pcap` (golden files for
