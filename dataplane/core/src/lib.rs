@@ -14,7 +14,10 @@
 //! owns the flow table, timers and actions, [`counters`] the SPEC §10 statistics and
 //! [`checkpoint`] the request reasons of SPEC §6. `datagram` compares UDP/ICMP/ICMPv6, other
 //! IP protocols and (under the `compare` policy) non-IP frames with a bounded reorder window;
-//! `reasm` reassembles IPv4/IPv6 fragments per side with bounded memory.
+//! `reasm` reassembles IPv4/IPv6 fragments per side with bounded memory; [`proxy`] does proxy
+//! mode's byte surgery (ACK/SACK/TSecr of client frames, seq/TSval of the secondary's output
+//! after a failover, ports) and `pairing` pairs guest-opened connections whose guests chose
+//! different source ports.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
