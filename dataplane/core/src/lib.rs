@@ -37,7 +37,7 @@ pub mod wire;
 pub use checkpoint::{CheckpointReason, CheckpointRequest};
 pub use counters::{Counters, HoldTime};
 pub use proxy::ClientRewrite;
-pub use shard::{Action, DropReason, FlowStatus, Shard, Via};
+pub use shard::{Action, ClientSegment, DropReason, FlowStatus, Shard, Via};
 pub use tcp::HoldReason;
 pub use time::Timestamp;
 pub use wire::{FlowKey, MalformedReason};

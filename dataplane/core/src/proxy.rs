@@ -90,7 +90,7 @@ impl TcpFields {
         if end > frame.len() || h + 20 > end {
             return None;
         }
-        let mut f = TcpFields { window: u16::from_be_bytes([frame[h + 14], frame[h + 15]]), ..TcpFields::default() };
+        let mut f = TcpFields { window: window(frame, seg)?, ..TcpFields::default() };
         let mut i = h + 20;
         while i < end {
             match frame[i] {
@@ -127,6 +127,12 @@ impl TcpFields {
         let at = self.timestamps?;
         Some((read_u32(frame, at)?, read_u32(frame, at + 4)?))
     }
+}
+
+/// The (unscaled) window field of the TCP segment `seg` inside `frame`.
+pub fn window(frame: &[u8], seg: &TcpSegment) -> Option<u16> {
+    let h = seg.header_offset as usize;
+    frame.get(h + 14..h + 16).map(|w| u16::from_be_bytes([w[0], w[1]]))
 }
 
 /// `(TSval, TSecr)` of a segment's timestamp option (RFC 7323), if it has one.

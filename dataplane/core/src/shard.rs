@@ -147,6 +147,15 @@ pub enum Action<F> {
     Checkpoint(CheckpointRequest),
 }
 
+/// A client's TCP frame as proxy mode needs it (from [`Shard::observe_client`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSegment {
+    /// Its connection's key in the comparator's (guest → client) direction.
+    pub conn: FlowKey,
+    /// Where its fields are.
+    pub seg: TcpSegment,
+}
+
 /// A flow's comparison state, for `--explain` and the admin socket's `flows`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowStatus {
@@ -206,18 +215,20 @@ impl<F> Out<'_, F> {
     /// Whether holding `frames` more frames of `bytes` would pass the shard's memory budget
     /// (SPEC §6: the only reason to drop primary output).
     pub(crate) fn over_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
-        let c = &*self.counters;
-        c.held_primary_frames + c.held_secondary_frames + frames > cfg.held_frames_budget as u64
-            || c.held_primary_bytes + c.held_secondary_bytes + bytes > cfg.held_bytes_budget
+        self.over_eighths(cfg, frames, bytes, 8)
     }
 
     /// The same for a secondary frame, which is refused at 7/8 of the budget: the last
     /// eighth is kept for primary output, so secondary frames go first.
     pub(crate) fn over_secondary_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
+        self.over_eighths(cfg, frames, bytes, 7)
+    }
+
+    /// Whether holding `frames` more frames of `bytes` passes `eighths`/8 of the budget.
+    fn over_eighths(&self, cfg: &Config, frames: u64, bytes: u64, eighths: u64) -> bool {
         let c = &*self.counters;
-        let (f, b) = (cfg.held_frames_budget as u64, cfg.held_bytes_budget);
-        (c.held_primary_frames + c.held_secondary_frames + frames) * 8 > f * 7
-            || (c.held_primary_bytes + c.held_secondary_bytes + bytes) * 8 > b * 7
+        (c.held_primary_frames + c.held_secondary_frames + frames) * 8 > cfg.held_frames_budget as u64 * eighths
+            || (c.held_primary_bytes + c.held_secondary_bytes + bytes) * 8 > cfg.held_bytes_budget * eighths
     }
 
     /// A frame hit the memory budget: one shard-wide `resource-pressure` request per flow and
@@ -662,9 +673,8 @@ impl<F: Frame> Shard<F> {
             return out.drop_new(side, frame, DropReason::FailedOver);
         }
         if side == Side::Primary {
-            self.counters.released[Via::Passthrough as usize] += 1;
-            self.actions.push_back(Action::Release { frame, via: Via::Passthrough });
-            return;
+            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            return out.release_now(frame, Via::Passthrough);
         }
         // Proxy mode keeps the connections the client knows alive: the secondary's segments
         // go out in the primary's sequence space and on its clock.
@@ -1271,8 +1281,9 @@ impl<F: Frame> Shard<F> {
         if seg.syn {
             self.offsets_epoch += 1;
         }
-        let aliased = self.pairs.primary_port(&key).is_some();
-        if let Some(port) = self.pairs.primary_port(&key) {
+        let alias = self.pairs.primary_port(&key);
+        let aliased = alias.is_some();
+        if let Some(port) = alias {
             // A guest-opened connection the client knows under the primary's port.
             if !crate::proxy::set_port(frame.bytes_mut(), &seg, true, port) {
                 return false;
@@ -1313,19 +1324,22 @@ impl<F: Frame> Shard<F> {
     /// receive window, which bound what each side may normally hold); a client's SYN opens
     /// the connection's entry so its window scale is known. Call once per client frame,
     /// before [`Shard::rewrite_client_for_secondary`].
-    pub fn observe_client(&mut self, frame: &[u8], now: Timestamp) {
-        let Class::Tcp(key, seg) = wire::parse(frame) else { return };
+    ///
+    /// Returns the frame's TCP summary for [`Shard::rewrite_client_segment`] (`None` for
+    /// anything but TCP), so a client frame is parsed once however often its copy is tried.
+    pub fn observe_client(&mut self, frame: &[u8], now: Timestamp) -> Option<ClientSegment> {
+        let Class::Tcp(key, seg) = wire::parse(frame) else { return None };
         // The comparator keys a connection by its guest → client direction.
-        let key = key.reversed();
-        let slot = match self.map.get(&(key, Kind::Tcp)) {
-            Some(&slot) => slot,
+        let cs = ClientSegment { conn: key.reversed(), seg };
+        let (slot, created) = match self.map.get(&(cs.conn, Kind::Tcp)) {
+            Some(&slot) => (slot, false),
             None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
-                match self.flow_slot(key, Kind::Tcp, now) {
-                    Some(slot) => slot,
-                    None => return,
+                match self.flow_slot(cs.conn, Kind::Tcp, now) {
+                    Some(slot) => (slot, true),
+                    None => return Some(cs), // table full: its copy is mirrored all the same
                 }
             }
-            None => return,
+            None => return Some(cs),
         };
         if let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) {
             // The client's activity keeps a connection (and its offsets) alive: after a
@@ -1335,8 +1349,12 @@ impl<F: Frame> Shard<F> {
                 conn.observe_client(&seg, frame);
             }
         }
-        // A flow made here (a client's SYN nobody answers) must expire like any other.
-        self.reschedule(slot);
+        if created {
+            // A flow made here (a client's SYN nobody answers) must expire like any other;
+            // an existing one's timers pick up the later activity when they fire.
+            self.reschedule(slot);
+        }
+        Some(cs)
     }
 
     /// Proxy mode (SPEC §3): rewrites, in place, a client frame about to be mirrored to the
@@ -1345,10 +1363,18 @@ impl<F: Frame> Shard<F> {
     /// from the primary's clock to the secondary's; checksum fixed. Call it on the
     /// secondary's copy only; the primary's copy goes out unchanged. Reads state, changes none.
     pub fn rewrite_client_for_secondary(&self, frame: &mut [u8]) -> crate::ClientRewrite {
+        match wire::parse(frame) {
+            Class::Tcp(key, seg) => self.rewrite_client_segment(frame, &ClientSegment { conn: key.reversed(), seg }),
+            _ => crate::ClientRewrite::NotTcpAck,
+        }
+    }
+
+    /// [`Shard::rewrite_client_for_secondary`] for a frame already summarised by
+    /// [`Shard::observe_client`] (the copy has the original's bytes, so its summary).
+    pub fn rewrite_client_segment(&self, frame: &mut [u8], cs: &ClientSegment) -> crate::ClientRewrite {
         use crate::ClientRewrite;
-        let Class::Tcp(key, seg) = wire::parse(frame) else { return ClientRewrite::NotTcpAck };
-        // The comparator keys a connection by its guest → client direction.
-        let Some(conn) = self.tcp_conn(&key.reversed()) else {
+        let seg = cs.seg;
+        let Some(conn) = self.tcp_conn(&cs.conn) else {
             return if seg.ack_flag { ClientRewrite::Unchanged } else { ClientRewrite::NotTcpAck };
         };
         let shifted = match conn.offsets() {

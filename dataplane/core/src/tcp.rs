@@ -322,13 +322,14 @@ impl<F: Frame> TcpConn<F> {
 
     /// Proxy mode: a client frame of this connection (`seg` parsed from `bytes`) went by.
     pub(crate) fn observe_client(&mut self, seg: &TcpSegment, bytes: &[u8]) {
-        let Some(f) = crate::proxy::TcpFields::find(bytes, seg) else { return };
         if seg.syn {
+            // Only a SYN's options matter here (the window scale): walk them for SYNs only.
+            let Some(f) = crate::proxy::TcpFields::find(bytes, seg) else { return };
             self.client.syn_seen = true;
             self.client.window_scale = f.window_scale.unwrap_or(0).min(UNKNOWN_WINDOW_SCALE);
-        } else {
+        } else if let Some(window) = crate::proxy::window(bytes, seg) {
             // RFC 7323 §2.2: the window field of a SYN is never scaled; later ones are.
-            self.client.window_max = self.client.window_max.max(f.window);
+            self.client.window_max = self.client.window_max.max(window);
         }
     }
 
@@ -356,7 +357,6 @@ impl<F: Frame> TcpConn<F> {
         frames > cfg.max_queue_size && self.client_window().is_none_or(|w| bytes > w + window_slack(w))
     }
 
-    #[allow(clippy::type_complexity)]
     pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
         (
             self.base,

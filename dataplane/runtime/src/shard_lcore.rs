@@ -138,8 +138,8 @@ pub struct MirrorStats {
 /// A client frame's copy for the secondary whose connection's offset is not known yet.
 pub struct WaitingCopy {
     copy: Mbuf,
-    /// The connection (guest → client key), so later copies of it keep their order.
-    conn: colo_core::FlowKey,
+    /// Its connection (so later copies of it keep their order) and where its fields are.
+    cs: colo_core::ClientSegment,
     since: colo_core::Timestamp,
 }
 
@@ -154,12 +154,12 @@ impl Mirror {
     /// failed one is gone (its port may not even take frames), and copies for it would only
     /// pile up.
     fn client_frame(&mut self, shard: &mut Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf, now: colo_core::Timestamp) {
-        shard.observe_client(m.data(), now);
+        let cs = shard.observe_client(m.data(), now);
         let stats = &self.stats;
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match shard.failed_over() {
             Some(Side::Secondary) => {
-                self.send_secondary_in_order(shard, m, now);
+                self.send_secondary_in_order(shard, m, cs, now);
                 return;
             }
             Some(Side::Primary) => {
@@ -170,7 +170,7 @@ impl Mirror {
             None => {}
         }
         match Mbuf::from_slice(pool, m.data()) {
-            Ok(copy) => self.send_secondary_in_order(shard, copy, now),
+            Ok(copy) => self.send_secondary_in_order(shard, copy, cs, now),
             Err(_) => {
                 stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -180,27 +180,29 @@ impl Mirror {
     }
 
     /// Sends a secondary copy, or queues it behind its connection's waiting copies.
-    fn send_secondary_in_order(&mut self, shard: &Shard<HeldFrame>, copy: Mbuf, now: colo_core::Timestamp) {
-        let conn = match colo_core::wire::parse(copy.data()) {
-            colo_core::wire::Class::Tcp(key, _) => Some(key.reversed()),
-            _ => None,
-        };
-        let behind = conn.is_some_and(|c| self.waiting.contains_key(&c));
+    fn send_secondary_in_order(
+        &mut self,
+        shard: &Shard<HeldFrame>,
+        copy: Mbuf,
+        cs: Option<colo_core::ClientSegment>,
+        now: colo_core::Timestamp,
+    ) {
+        let behind = cs.is_some_and(|c| self.waiting.contains_key(&c.conn));
         if !behind {
-            if let Some(copy) = self.send_secondary(shard, copy) {
-                self.wait(copy, conn, now);
+            if let Some(copy) = self.send_secondary(shard, copy, cs) {
+                self.wait(copy, cs, now);
             }
         } else {
-            self.wait(copy, conn, now);
+            self.wait(copy, cs, now);
         }
     }
 
-    fn wait(&mut self, copy: Mbuf, conn: Option<colo_core::FlowKey>, since: colo_core::Timestamp) {
+    fn wait(&mut self, copy: Mbuf, cs: Option<colo_core::ClientSegment>, since: colo_core::Timestamp) {
         let room = |n: Option<&u32>| n.is_none_or(|&n| n < MIRROR_PENDING_PER_CONN);
-        match conn {
-            Some(conn) if self.pending.len() < MIRROR_PENDING_MAX && room(self.waiting.get(&conn)) => {
-                *self.waiting.entry(conn).or_default() += 1;
-                self.pending.push_back(WaitingCopy { copy, conn, since });
+        match cs {
+            Some(cs) if self.pending.len() < MIRROR_PENDING_MAX && room(self.waiting.get(&cs.conn)) => {
+                *self.waiting.entry(cs.conn).or_default() += 1;
+                self.pending.push_back(WaitingCopy { copy, cs, since });
             }
             _ => {
                 self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
@@ -208,9 +210,19 @@ impl Mirror {
         }
     }
 
-    /// Rewrites and sends `copy`; gives it back if its connection's offset is unknown.
-    fn send_secondary(&mut self, shard: &Shard<HeldFrame>, mut copy: Mbuf) -> Option<Mbuf> {
-        match shard.rewrite_client_for_secondary(copy.data_mut()) {
+    /// Rewrites and sends `copy` (summarised as `cs`, if TCP); gives it back if its
+    /// connection's offset is unknown.
+    fn send_secondary(
+        &mut self,
+        shard: &Shard<HeldFrame>,
+        mut copy: Mbuf,
+        cs: Option<colo_core::ClientSegment>,
+    ) -> Option<Mbuf> {
+        let rewrite = match &cs {
+            Some(cs) => shard.rewrite_client_segment(copy.data_mut(), cs),
+            None => colo_core::ClientRewrite::NotTcpAck,
+        };
+        match rewrite {
             colo_core::ClientRewrite::OffsetUnknown => Some(copy),
             r => {
                 if r == colo_core::ClientRewrite::Rewritten {
@@ -245,21 +257,21 @@ impl Mirror {
         self.blocked.clear();
         for _ in 0..self.pending.len() {
             let Some(w) = self.pending.pop_front() else { break };
-            if self.blocked.contains(&w.conn) {
+            if self.blocked.contains(&w.cs.conn) {
                 self.pending.push_back(w);
                 continue;
             }
-            let WaitingCopy { copy, conn, since } = w;
-            match self.send_secondary(shard, copy) {
-                None => self.unwait(&conn),
+            let WaitingCopy { copy, cs, since } = w;
+            match self.send_secondary(shard, copy, Some(cs)) {
+                None => self.unwait(&cs.conn),
                 Some(copy) if since.saturating_add(give_up) <= now => {
                     drop(copy);
-                    self.unwait(&conn);
+                    self.unwait(&cs.conn);
                     self.stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(copy) => {
-                    self.blocked.insert(conn);
-                    self.pending.push_back(WaitingCopy { copy, conn, since });
+                    self.blocked.insert(cs.conn);
+                    self.pending.push_back(WaitingCopy { copy, cs, since });
                 }
             }
         }
