@@ -99,10 +99,13 @@ proptest! {
             max_queue_size: 8,
             held_frames_budget: 48,
             max_flows: 4,
+            max_reassembly_datagrams: 4,
+            max_fragments_per_datagram: 6,
             mode: if proxy { colo_core::Mode::Proxy } else { colo_core::Mode::Compare },
             ..Config::default().with_compare_timeout(core::time::Duration::from_millis(5))
         };
         let (max_flows, budget, maxq) = (cfg.max_flows, cfg.held_frames_budget, cfg.max_queue_size);
+        let partial_frames = 2 * cfg.max_reassembly_datagrams * cfg.max_fragments_per_datagram;
         let mut shard: Shard<Indexed> = Shard::new(cfg);
         let mut log = Log::default();
         let mut now = 0u64;
@@ -168,8 +171,6 @@ proptest! {
             prop_assert!(shard.flow_count() <= max_flows);
             // The shard's memory budget bounds everything held (reassembly's partials, bounded
             // on their own, may come on top).
-            let partial_frames = 2 * colo_core::Config::default().max_fragments_per_datagram
-                * colo_core::Config::default().max_reassembly_datagrams;
             prop_assert!((c.held_primary_frames + c.held_secondary_frames) as usize <= budget + partial_frames);
             // Secondary queues: frames, unless a client window allows more (bytes); parked
             // guest-opened SYNs add a shard-wide bounded set.
