@@ -207,6 +207,10 @@ impl Conn {
     }
     /// A data segment with an explicit ACK number.
     pub fn data_ack(&self, offset: u32, payload: &[u8], ack: u32) -> Vec<u8> {
+        self.data_segment(offset, payload, ack).build()
+    }
+    /// A data segment, described (to add options or fragment it).
+    pub fn data_segment(&self, offset: u32, payload: &[u8], ack: u32) -> TcpFrame {
         TcpFrame {
             seq: self.seq(offset),
             ack,
@@ -214,7 +218,12 @@ impl Conn {
             payload: payload.to_vec(),
             ..self.template.clone()
         }
-        .build()
+    }
+    /// A data segment sent as IPv4 fragments (IP id `ip_id`), cut at the IP payload offsets
+    /// `cuts` (the TCP header is part of the first fragment's payload, as on the wire).
+    pub fn data_fragments(&self, offset: u32, payload: &[u8], ip_id: u32, cuts: &[usize]) -> Vec<Vec<u8>> {
+        let t = self.data_segment(offset, payload, self.ack);
+        IpFrame { ip_id, ..t.to_ip(IpAddr::V4(t.src), IpAddr::V4(t.dst), &[]) }.fragments(cuts)
     }
     /// A pure ACK at stream offset `offset`.
     pub fn pure_ack(&self, offset: u32, ack: u32) -> Vec<u8> {

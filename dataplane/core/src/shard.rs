@@ -19,7 +19,7 @@ use crate::checkpoint::{CheckpointReason, CheckpointRequest};
 use crate::counters::Counters;
 use crate::datagram::{DatagramFlow, Item, Piece, Pieces};
 use crate::reasm::{Fed, Reassembly};
-use crate::tcp::{HoldReason, TcpConn};
+use crate::tcp::{HoldReason, SegFrames, TcpConn};
 use crate::time::Timestamp;
 use crate::timer::{DeadlineQueue, TimerKind};
 use crate::wire::{self, Class, FlowKey, Span, TcpSegment};
@@ -752,7 +752,7 @@ impl<F: Frame> Shard<F> {
                 Side::Primary => {}
             }
         }
-        self.handle_tcp_conn(side, frame, key, seg, now);
+        self.handle_tcp_conn(side, SegFrames::One(frame), key, seg, now);
         if let Some(parked) = paired {
             self.unpark(parked, key.src_port, now);
         }
@@ -854,23 +854,33 @@ impl<F: Frame> Shard<F> {
             let moved = crate::proxy::set_port(frame.bytes_mut(), &seg, true, primary_port);
             debug_assert!(moved, "a parsed TCP header must be writable");
         }
-        self.handle_tcp_conn(Side::Secondary, frame, FlowKey { src_port: primary_port, ..key }, seg, now);
+        self.handle_tcp_conn(
+            Side::Secondary,
+            SegFrames::One(frame),
+            FlowKey { src_port: primary_port, ..key },
+            seg,
+            now,
+        );
     }
 
-    fn handle_tcp_conn(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+    fn handle_tcp_conn(&mut self, side: Side, frames: SegFrames<F>, key: FlowKey, seg: TcpSegment, now: Timestamp) {
         if seg.syn && side == Side::Secondary {
             self.offsets_epoch += 1;
         }
         let slot = self.flow_slot(key, Kind::Tcp, now);
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
-            return self.overflow(side, frame, false, DropReason::FlowTableFull, &key, now);
+            let (frames, held) = frames.into_frames();
+            for frame in frames {
+                self.overflow(side, frame, held, DropReason::FlowTableFull, &key, now);
+            }
+            return;
         };
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else {
             // The table keys TCP flows apart from datagram flows: unreachable.
             debug_assert!(false, "a TCP key mapped to a datagram flow");
-            return out.drop_new(side, frame, DropReason::Internal);
+            return frames.refuse(&mut out, side, DropReason::Internal);
         };
         if conn.is_new_incarnation(side, &seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
@@ -878,8 +888,8 @@ impl<F: Frame> Shard<F> {
             conn.reincarnate(self.cfg.mode);
         }
         match side {
-            Side::Primary => conn.on_primary(frame, seg, &mut out, &self.cfg, &flow.key),
-            Side::Secondary => conn.on_secondary(frame, seg, &mut out, &self.cfg, &flow.key),
+            Side::Primary => conn.on_primary(frames, seg, &mut out, &self.cfg, &flow.key),
+            Side::Secondary => conn.on_secondary(frames, seg, &mut out, &self.cfg, &flow.key),
         }
         if conn.is_closed() && conn.closed_at.is_none() {
             conn.closed_at = Some(now);
@@ -950,22 +960,57 @@ impl<F: Frame> Shard<F> {
         match fed {
             Fed::Done => {}
             Fed::Full(frame) => self.overflow(side, frame, false, DropReason::ReassemblyFull, &key, now),
+            Fed::Complete(key, item) if key.proto == wire::proto::TCP => match SegFrames::from_item(item) {
+                // SPEC §4: a reassembled TCP segment is a segment of its connection.
+                Ok((frames, seg)) => self.handle_tcp_fragments(side, frames, key, seg, now),
+                // Its first fragment does not hold the whole TCP header: no stream position
+                // can be read, so it compares as an IP datagram (bytes and all).
+                Err(item) => self.feed_reassembled(side, key, Kind::OtherIp, item, now),
+            },
             Fed::Complete(key, item) => {
                 // SPEC §4: a reassembled datagram compares like any datagram of its protocol.
                 let kind = match key.proto {
                     wire::proto::UDP | wire::proto::ICMP | wire::proto::ICMPV6 => Kind::Datagram,
                     _ => Kind::OtherIp,
                 };
-                match self.flow_slot(key, kind, now) {
-                    Some(slot) => self.feed_item(side, slot, item, now),
-                    None => {
-                        for (frame, _) in item.into_frames() {
-                            self.overflow(side, frame, true, DropReason::FlowTableFull, &key, now);
-                        }
-                    }
+                self.feed_reassembled(side, key, kind, item, now);
+            }
+        }
+    }
+
+    /// Gives a reassembled datagram (its frames held) to its flow, or parks it if the table
+    /// is full.
+    fn feed_reassembled(&mut self, side: Side, key: FlowKey, kind: Kind, item: Item<F>, now: Timestamp) {
+        match self.flow_slot(key, kind, now) {
+            Some(slot) => self.feed_item(side, slot, item, now),
+            None => {
+                for (frame, _) in item.into_frames() {
+                    self.overflow(side, frame, true, DropReason::FlowTableFull, &key, now);
                 }
             }
         }
+    }
+
+    /// A TCP segment that arrived as IP fragments (SPEC §4): it joins its connection's stream.
+    /// Proxy mode moves a secondary segment of a paired guest-opened connection onto the
+    /// primary's port, as for unfragmented ones; a fragmented guest SYN (no real stack sends
+    /// one: a SYN carries no data) is not paired.
+    fn handle_tcp_fragments(
+        &mut self,
+        side: Side,
+        mut frames: SegFrames<F>,
+        mut key: FlowKey,
+        seg: TcpSegment,
+        now: Timestamp,
+    ) {
+        if self.cfg.mode == crate::Mode::Proxy && side == Side::Secondary {
+            if let Some(port) = self.pairs.primary_port(&key) {
+                let moved = frames.head_mut().is_some_and(|f| crate::proxy::set_port(f.bytes_mut(), &seg, true, port));
+                debug_assert!(moved, "a parsed TCP header must be writable");
+                key.src_port = port;
+            }
+        }
+        self.handle_tcp_conn(side, frames, key, seg, now);
     }
 
     fn insert(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
@@ -1250,25 +1295,23 @@ impl<F: Frame> Shard<F> {
                 continue;
             }
             let (seq, ts) = conn.offsets().unwrap_or((0, 0));
-            for mut h in held {
-                let c = &mut *out.counters;
-                c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
-                c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(h.len));
-                if to == Side::Secondary {
-                    if proxy && (seq, ts) != (0, 0) {
-                        let moved = crate::proxy::shift_guest_output(h.frame.bytes_mut(), &h.seg, seq, ts);
+            for h in held {
+                if to != Side::Secondary {
+                    h.frames.discard_secondary(&mut out, DropReason::Flushed);
+                    continue;
+                }
+                let seg = h.seg;
+                h.frames.each(&mut out, |out, mut frame, len, head| {
+                    let c = &mut *out.counters;
+                    c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
+                    c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
+                    if proxy && head && (seq, ts) != (0, 0) {
+                        let moved = crate::proxy::shift_guest_output(frame.bytes_mut(), &seg, seq, ts);
                         c.failover_rewritten += u64::from(moved);
                     }
                     c.secondary_forwarded += 1;
-                    out.actions.push_back(Action::Release { frame: h.frame, via: Via::Passthrough });
-                } else {
-                    out.count_secondary(DropReason::Flushed);
-                    out.actions.push_back(Action::Drop {
-                        side: Side::Secondary,
-                        frame: h.frame,
-                        reason: DropReason::Flushed,
-                    });
-                }
+                    out.actions.push_back(Action::Release { frame, via: Via::Passthrough });
+                });
             }
         }
     }

@@ -1733,3 +1733,159 @@ fn test_a_primary_reusing_a_port_for_a_new_guest_opened_connection_still_pairs()
     assert_eq!(ports_of(&f), (9090, 50_001));
     assert_eq!(ack_and_tsecr(&f).0, 70_001);
 }
+
+// ---- SPEC §4: a TCP segment that arrives as IP fragments is a segment of its connection ----
+
+/// A data segment with a timestamp option (the two guests' clocks and windows differ, as real
+/// stacks' do), fragmented at `cuts` of its IP payload, or whole when `cuts` is empty.
+fn ts_segment(
+    c: &Conn,
+    offset: u32,
+    payload: &[u8],
+    tsval: u32,
+    window: u16,
+    ip_id: u32,
+    cuts: &[usize],
+) -> Vec<Vec<u8>> {
+    let t = TcpFrame { options: timestamp_option(tsval, 77), window, ..c.data_segment(offset, payload, c.ack) };
+    if cuts.is_empty() {
+        return vec![t.build()];
+    }
+    let ip = t.to_ip(std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst), &[]);
+    crate::fixtures::IpFrame { ip_id, ..ip }.fragments(cuts)
+}
+
+fn bytes_of(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn test_fragmented_tcp_segment_joins_its_stream_and_leaves_in_flow_order() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    let (a, b, c) = (bytes_of(100, 1), bytes_of(1400, 2), bytes_of(50, 3));
+    let pa = ts_segment(&pc, 0, &a, 500, 501, 0, &[]);
+    // The primary's middle segment arrives as three fragments, the last one first.
+    let pb = ts_segment(&pc, 100, &b, 501, 501, 0x4242, &[520, 1024]);
+    assert_eq!(pb.len(), 3);
+    let pc_ = ts_segment(&pc, 1500, &c, 502, 501, 0, &[]);
+    let mut evs = h.p(&pa[0], 1);
+    for k in [2usize, 0, 1] {
+        evs.extend(h.p(&pb[k], 2));
+    }
+    evs.extend(h.p(&pc_[0], 3));
+    assert!(rels(&evs).is_empty(), "nothing leaves before the secondary shows the bytes");
+    // The secondary sends the same bytes with other headers (TSval, window), fragmented
+    // elsewhere, and re-segmented: the first 300 bytes whole, the rest as two fragments.
+    let all: Vec<u8> = [a.as_slice(), &b, &c].concat();
+    let mut evs = Vec::new();
+    for f in ts_segment(&pc, 0, &all[..300], 90_000, 7, 0, &[]) {
+        evs.extend(h.s(&f, 4));
+    }
+    for f in ts_segment(&pc, 300, &all[300..], 90_001, 7, 0x777, &[200]) {
+        evs.extend(h.s(&f, 5));
+    }
+    let expected: Vec<(Vec<u8>, Via)> =
+        [&pa[0], &pb[2], &pb[0], &pb[1], &pc_[0]].into_iter().map(|f| (f.clone(), Via::Match)).collect();
+    assert_eq!(rels(&evs), expected);
+    assert!(h.requests.is_empty(), "{:?}", h.requests);
+    let counters = h.shard.counters();
+    assert_eq!(counters.reassembled, 2);
+    assert_eq!((counters.held_primary_frames, counters.held_secondary_frames), (0, 0));
+    assert_eq!(h.shard.flow_count(), 1, "one connection, no datagram flow beside it");
+}
+
+#[test]
+fn test_fragmented_tcp_segment_with_a_changed_byte_is_caught_before_any_fragment_leaves() {
+    let (pc, sc) = conns();
+    let mut h = H::new();
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    let (a, b) = (bytes_of(100, 1), bytes_of(1400, 2));
+    let pa = pc.data(0, &a);
+    let pb = ts_segment(&pc, 100, &b, 501, 501, 0x4242, &[520, 1024]);
+    let after = pc.data(1500, b"tail");
+    h.p(&pa, 1);
+    for f in &pb {
+        h.p(f, 2);
+    }
+    h.p(&after, 3);
+    let mut changed = b.clone();
+    changed[900] ^= 0x01; // in the primary's second fragment
+    let mut evs = h.s(&pc.data(0, &a), 4);
+    for f in ts_segment(&pc, 100, &changed, 9, 7, 0x999, &[296]) {
+        evs.extend(h.s(&f, 5));
+    }
+    evs.extend(h.s(&pc.data(1500, b"tail"), 6));
+    assert_eq!(H::ckpts(&evs), vec!["tcp-payload-mismatch"]);
+    assert_eq!(rels(&evs), vec![(pa.clone(), Via::Match)], "only the verified segment before it leaves");
+    let detail = &h.requests[0].detail;
+    assert!(detail.contains(&format!("first difference at seq {}", pc.seq(1000))), "{detail}");
+    // The flush releases the held fragments in their order, then the segment after them.
+    let flushed: Vec<Vec<u8>> = rels(&h.done(7)).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(flushed, vec![pb[0].clone(), pb[1].clone(), pb[2].clone(), after]);
+}
+
+#[test]
+fn test_tcp_fragments_whose_first_fragment_cuts_the_header_compare_as_a_datagram() {
+    // A first fragment of 8 bytes holds only part of the TCP header (RFC 1858's tiny
+    // fragments: no real stack sends them): no stream position can be read, so the datagram
+    // is compared whole as IP protocol 6 and released by its own match.
+    let (pc, _) = conns();
+    let mut h = H::new();
+    let pb = ts_segment(&pc, 0, &bytes_of(64, 9), 1, 1, 0x55, &[8]);
+    assert_eq!(pb.len(), 2);
+    for f in &pb {
+        h.p(f, 1);
+    }
+    let mut evs = Vec::new();
+    for f in &pb {
+        evs.extend(h.s(f, 2));
+    }
+    assert_eq!(rels(&evs), vec![(pb[0].clone(), Via::Match), (pb[1].clone(), Via::Match)]);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn test_proxy_mode_fragmented_secondary_segment_compares_in_its_own_sequence_space() {
+    // Proxy mode: the secondary's segment is in its own space (another ISN); the offset
+    // learned from the SYN pair applies to a fragmented segment as to any other.
+    let (pc, sc) = conns();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    let data = bytes_of(1200, 4);
+    let p = pc.data(0, &data);
+    h.p(&p, 1);
+    let mut evs = Vec::new();
+    for f in ts_segment(&sc, 0, &data, 3, 3, 0x31, &[400, 800]) {
+        evs.extend(h.s(&f, 2));
+    }
+    assert_eq!(rels(&evs), vec![(p, Via::Match)]);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn test_failover_forwards_a_held_fragmented_secondary_segment_with_its_header_moved() {
+    // The secondary ran ahead with a fragmented segment; failing over to it forwards all of
+    // its fragments (in arrival order), the header moved into the primary's space.
+    let (pc, sc) = conns();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    let data = bytes_of(1000, 5);
+    let frags = ts_segment(&sc, 0, &data, 3, 3, 0x32, &[504]);
+    for f in &frags {
+        assert!(rels(&h.s(f, 1)).is_empty());
+    }
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(2));
+    let out: Vec<Vec<u8>> = rels(&h.drain()).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1], frags[1], "a later fragment carries no header: unchanged");
+    let crate::wire::Class::Fragment(_, first) = crate::wire::parse(&out[0]) else { panic!("a fragment") };
+    let seg = crate::wire::tcp_in_fragment(&out[0], first.data, 1032).expect("header in the first fragment");
+    assert_eq!(seg.seq, pc.seq(0), "moved into the sequence space the client knows");
+    assert_eq!(h.shard.counters().failover_rewritten, 1);
+}

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 
 use crate::checkpoint::{hex_window, CheckpointReason};
+use crate::datagram::{Item, Piece, Pieces};
 use crate::shard::{DropReason, Out, Via};
 use crate::time::Timestamp;
 use crate::wire::{payload, FlowKey, TcpSegment};
@@ -96,8 +97,169 @@ impl SynInfo {
     }
 }
 
+/// The frames of one TCP segment (SPEC §4): one frame, or every IP fragment of a segment that
+/// arrived fragmented. A reassembled segment is a segment of its connection like any other:
+/// its payload is compared in place across its fragments (no copy), and its frames leave
+/// together, in their arrival order, when the segment does.
+pub(crate) enum SegFrames<F> {
+    /// An unfragmented segment (not yet counted as held when it arrives).
+    One(F),
+    /// The fragments, sorted by (offset, duplicate) as reassembly hands them over, already
+    /// counted as held by reassembly; the first one (offset 0) holds the whole TCP header.
+    Fragments(Vec<Piece<F>>),
+}
+
+impl<F: Frame> SegFrames<F> {
+    /// A reassembled TCP datagram as a segment, if its first fragment holds the whole TCP
+    /// header; otherwise the item back (it is compared as a datagram, SPEC §5.3).
+    pub(crate) fn from_item(item: Item<F>) -> Result<(Self, TcpSegment), Item<F>> {
+        let Pieces::Many(pieces) = &item.pieces else { return Err(item) };
+        let head = pieces.iter().find(|p| p.at == 0 && !p.dup);
+        match head.and_then(|p| crate::wire::tcp_in_fragment(p.frame.bytes(), p.data, item.total)) {
+            Some(seg) => match item.pieces {
+                Pieces::Many(v) => Ok((SegFrames::Fragments(v), seg)),
+                Pieces::One(_) => unreachable!("matched as Many above"),
+            },
+            None => Err(item),
+        }
+    }
+
+    /// The frame holding the TCP header (where `TcpSegment`'s offsets point).
+    pub(crate) fn head(&self) -> Option<&F> {
+        match self {
+            SegFrames::One(f) => Some(f),
+            SegFrames::Fragments(v) => v.iter().find(|p| p.at == 0 && !p.dup).map(|p| &p.frame),
+        }
+    }
+
+    /// The same, writable (proxy mode moves ports and sequence numbers in the header).
+    pub(crate) fn head_mut(&mut self) -> Option<&mut F> {
+        match self {
+            SegFrames::One(f) => Some(f),
+            SegFrames::Fragments(v) => v.iter_mut().find(|p| p.at == 0 && !p.dup).map(|p| &mut p.frame),
+        }
+    }
+
+    fn head_bytes(&self) -> &[u8] {
+        self.head().map_or(&[], |f| f.bytes())
+    }
+
+    /// Wire bytes of all its frames (the held-bytes gauges and queue bounds).
+    pub(crate) fn wire_len(&self) -> u32 {
+        match self {
+            SegFrames::One(f) => f.bytes().len() as u32,
+            SegFrames::Fragments(v) => v.iter().map(|p| p.len).sum(),
+        }
+    }
+
+    /// The payload bytes from position `into` of the segment to the end of the frame that
+    /// holds them (all of the rest for an unfragmented segment). Empty if out of range.
+    fn payload_run(&self, seg: &TcpSegment, into: u32) -> &[u8] {
+        match self {
+            SegFrames::One(f) => payload(f.bytes(), seg).and_then(|p| p.get(into as usize..)).unwrap_or(&[]),
+            SegFrames::Fragments(v) => {
+                // Offsets inside the IP payload: the TCP header comes first.
+                let at = (seg.payload_offset - seg.header_offset).saturating_add(into);
+                v.iter()
+                    .filter(|p| !p.dup && p.at <= at && at - p.at < p.data.len)
+                    .find_map(|p| p.data.of(p.frame.bytes())?.get((at - p.at) as usize..))
+                    .unwrap_or(&[])
+            }
+        }
+    }
+
+    /// How many positions from `into` on can be compared in one piece: the rest of the
+    /// segment, or of the fragment holding `into` (at least 1, so the comparison always
+    /// moves; a frame that changed under us shows as a difference).
+    fn run_len(&self, seg: &TcpSegment, into: u32) -> u32 {
+        let rest = seg.payload_len - into;
+        match self {
+            SegFrames::One(_) => rest,
+            SegFrames::Fragments(_) => rest.min(self.payload_run(seg, into).len().max(1) as u32),
+        }
+    }
+
+    /// The whole payload, for diagnostics only (a fragmented one is gathered: allocates).
+    fn payload_all(&self, seg: &TcpSegment) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            SegFrames::One(f) => std::borrow::Cow::Borrowed(payload(f.bytes(), seg).unwrap_or(&[])),
+            SegFrames::Fragments(_) => {
+                let mut all = Vec::with_capacity(seg.payload_len as usize);
+                while (all.len() as u32) < seg.payload_len {
+                    let run = self.payload_run(seg, all.len() as u32);
+                    if run.is_empty() {
+                        break;
+                    }
+                    all.extend_from_slice(run);
+                }
+                all.truncate(seg.payload_len as usize);
+                std::borrow::Cow::Owned(all)
+            }
+        }
+    }
+
+    /// Hands every frame to `f` with its length and whether it holds the header, in arrival
+    /// order; a fragment list goes back to the pool.
+    pub(crate) fn each(self, out: &mut Out<'_, F>, mut f: impl FnMut(&mut Out<'_, F>, F, u32, bool)) {
+        match self {
+            SegFrames::One(frame) => {
+                let len = frame.bytes().len() as u32;
+                f(out, frame, len, true);
+            }
+            SegFrames::Fragments(mut v) => {
+                v.sort_unstable_by_key(|p| p.seq);
+                for p in v.drain(..) {
+                    let head = p.at == 0 && !p.dup;
+                    f(out, p.frame, p.len, head);
+                }
+                out.recycle(v);
+            }
+        }
+    }
+
+    /// The frames in arrival order, and whether they are counted as held already (the rare
+    /// table-full path only: allocates).
+    pub(crate) fn into_frames(self) -> (Vec<F>, bool) {
+        match self {
+            SegFrames::One(f) => (vec![f], false),
+            SegFrames::Fragments(mut v) => {
+                v.sort_unstable_by_key(|p| p.seq);
+                (v.into_iter().map(|p| p.frame).collect(), true)
+            }
+        }
+    }
+
+    /// Releases a held segment's frames toward the clients.
+    fn release(self, out: &mut Out<'_, F>, via: Via, arrived: Timestamp) {
+        self.each(out, |out, frame, len, _| out.release_held(frame, via, arrived, len));
+    }
+
+    /// Frees a held secondary segment's frames.
+    pub(crate) fn discard_secondary(self, out: &mut Out<'_, F>, reason: DropReason) {
+        self.each(out, |out, frame, len, _| out.release_secondary_held(frame, len, reason));
+    }
+
+    /// Counts a segment that arrives as held (its fragments were held by reassembly).
+    fn hold(&self, out: &mut Out<'_, F>, side: Side) {
+        if let SegFrames::One(f) = self {
+            out.hold(side, f.bytes().len() as u32);
+        }
+    }
+
+    /// Refuses a segment that just arrived (never queued): a fresh frame is dropped (or, for
+    /// the secondary, consumed); held fragments leave the held gauges as they go.
+    pub(crate) fn refuse(self, out: &mut Out<'_, F>, side: Side, reason: DropReason) {
+        match (self, side) {
+            (SegFrames::One(f), Side::Secondary) if reason == DropReason::Consumed => out.consume_new(f),
+            (SegFrames::One(f), _) => out.drop_new(side, f, reason),
+            (frags, Side::Primary) => frags.each(out, |out, frame, len, _| out.drop_held_primary(frame, len, reason)),
+            (frags, Side::Secondary) => frags.discard_secondary(out, reason),
+        }
+    }
+}
+
 pub(crate) struct HeldPrimary<F> {
-    pub(crate) frame: F,
+    pub(crate) frames: SegFrames<F>,
     seg: TcpSegment,
     pub(crate) arrived: Timestamp,
     /// Wholly below `compared` on arrival: released via `retransmission` without comparing.
@@ -106,7 +268,7 @@ pub(crate) struct HeldPrimary<F> {
 }
 
 pub(crate) struct HeldSecondary<F> {
-    pub(crate) frame: F,
+    pub(crate) frames: SegFrames<F>,
     pub(crate) seg: TcpSegment,
     pub(crate) arrived: Timestamp,
     pub(crate) len: u32,
@@ -367,10 +529,17 @@ impl<F: Frame> TcpConn<F> {
         )
     }
 
-    pub(crate) fn on_primary(&mut self, frame: F, seg: TcpSegment, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
+    pub(crate) fn on_primary(
+        &mut self,
+        frames: SegFrames<F>,
+        seg: TcpSegment,
+        out: &mut Out<'_, F>,
+        cfg: &Config,
+        key: &FlowKey,
+    ) {
         if seg.syn {
             if self.p_syn.is_none() {
-                self.p_syn = Some(SynInfo::of(&seg, frame.bytes()));
+                self.p_syn = Some(SynInfo::of(&seg, frames.head_bytes()));
                 if self.compared.is_none() {
                     let start = seg.seq.wrapping_add(1);
                     self.base = Some(start);
@@ -409,14 +578,16 @@ impl<F: Frame> TcpConn<F> {
             self.p_rst = Some(seg.seq);
         }
         let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
-        let len = frame.bytes().len() as u32;
-        if out.over_budget(cfg, 1, u64::from(len)) {
+        let len = frames.wire_len();
+        // Fragments come held (reassembly counted them against the budget already).
+        let fresh = matches!(frames, SegFrames::One(_));
+        if fresh && out.over_budget(cfg, 1, u64::from(len)) {
             // SPEC §6: only exhausted memory drops primary output, and it is counted; the
             // overflow and pressure requests were made long before.
             out.budget_request(&mut self.requested, key, cfg);
-            out.drop_new(Side::Primary, frame, DropReason::MemoryBudget);
+            frames.refuse(out, Side::Primary, DropReason::MemoryBudget);
         } else {
-            out.hold(Side::Primary, len);
+            frames.hold(out, Side::Primary);
             self.p_bytes += u64::from(len);
             if self.primary.is_empty() {
                 self.p_in_order = true;
@@ -430,7 +601,7 @@ impl<F: Frame> TcpConn<F> {
                 }
                 self.p_tail_end = Some(seg.end());
             }
-            self.primary.push_back(HeldPrimary { frame, seg, arrived: out.now, retransmission, len });
+            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len });
             if self.over_window(self.primary.len(), self.p_bytes, cfg) {
                 let (n, bytes, window) = (self.primary.len(), self.p_bytes, self.client_window());
                 out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
@@ -443,7 +614,7 @@ impl<F: Frame> TcpConn<F> {
 
     pub(crate) fn on_secondary(
         &mut self,
-        frame: F,
+        frames: SegFrames<F>,
         seg: TcpSegment,
         out: &mut Out<'_, F>,
         cfg: &Config,
@@ -453,7 +624,7 @@ impl<F: Frame> TcpConn<F> {
             self.s_ack_max = Some(seq_max(self.s_ack_max, seg.ack));
         }
         if seg.syn && self.s_syn.is_none() {
-            self.s_syn = Some(SynInfo::of(&seg, frame.bytes()));
+            self.s_syn = Some(SynInfo::of(&seg, frames.head_bytes()));
             self.learn_offset();
         }
         if seg.rst {
@@ -477,25 +648,26 @@ impl<F: Frame> TcpConn<F> {
         if !seg.has_positions() || below {
             // Nothing left to compare (SYN, pure ACK, RST, or data below `compared`, which
             // SPEC §5.1 says is consumed silently); its flags/ACK were recorded above.
-            out.consume_new(frame);
-        } else if out.over_secondary_budget(cfg, 1, frame.bytes().len() as u64) {
+            frames.refuse(out, Side::Secondary, DropReason::Consumed);
+        } else if matches!(frames, SegFrames::One(_)) && out.over_secondary_budget(cfg, 1, u64::from(frames.wire_len()))
+        {
             // The memory budget is kept for primary output: the secondary's frame goes (it is
             // never transmitted; the pressure checkpoint resynchronises).
             out.budget_request(&mut self.requested, key, cfg);
-            out.drop_new(Side::Secondary, frame, DropReason::MemoryBudget);
-        } else if self.over_window(self.secondary.len() + 1, self.s_bytes + frame.bytes().len() as u64, cfg) {
+            frames.refuse(out, Side::Secondary, DropReason::MemoryBudget);
+        } else if self.over_window(self.secondary.len() + 1, self.s_bytes + u64::from(frames.wire_len()), cfg) {
             let (n, bytes, window) = (self.secondary.len(), self.s_bytes, self.client_window());
             out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
                 overflow_detail(Side::Secondary, n, bytes, window, cfg)
             });
             // Dropping secondary output is safe (it is never transmitted); the checkpoint
             // just requested resynchronises the secondary.
-            out.drop_new(Side::Secondary, frame, DropReason::QueueFull);
+            frames.refuse(out, Side::Secondary, DropReason::QueueFull);
         } else {
-            let len = frame.bytes().len() as u32;
-            out.hold(Side::Secondary, len);
+            let len = frames.wire_len();
+            frames.hold(out, Side::Secondary);
             self.s_bytes += u64::from(len);
-            self.secondary.push_back(HeldSecondary { frame, seg, arrived: out.now, len, kept: false });
+            self.secondary.push_back(HeldSecondary { frames, seg, arrived: out.now, len, kept: false });
         }
         self.progress(out, key);
     }
@@ -580,7 +752,7 @@ impl<F: Frame> TcpConn<F> {
             }
             let into = p.wrapping_sub(start);
             if into < h.seg.payload_len {
-                dist = dist.min(h.seg.payload_len - into);
+                dist = dist.min(h.frames.run_len(&h.seg, into));
             } else if h.seg.fin && start.wrapping_add(h.seg.payload_len) == p {
                 fin = true;
             }
@@ -602,7 +774,7 @@ impl<F: Frame> TcpConn<F> {
             let start = h.seg.data_start().wrapping_add(off);
             let into = p.wrapping_sub(start);
             if into < h.seg.payload_len {
-                return Cover::Data { dist: h.seg.payload_len - into, idx };
+                return Cover::Data { dist: h.frames.run_len(&h.seg, into), idx };
             } else if h.seg.fin && start.wrapping_add(h.seg.payload_len) == p {
                 fin = true;
             }
@@ -681,9 +853,8 @@ impl<F: Frame> TcpConn<F> {
     fn compare_chunk(&self, p: u32, d: u32, idx: usize, off: u32) -> Option<String> {
         let s = self.secondary.get(idx)?;
         let s_start = s.seg.data_start().wrapping_add(off);
-        let s_all = payload(s.frame.bytes(), &s.seg).unwrap_or(&[]);
-        let s_from = p.wrapping_sub(s_start) as usize;
-        let s_bytes = s_all.get(s_from..s_from + d as usize);
+        let s_from = p.wrapping_sub(s_start);
+        let s_bytes = s.frames.payload_run(&s.seg, s_from).get(..d as usize);
         for h in &self.primary {
             let start = h.seg.data_start();
             if self.p_in_order && h.seg.has_positions() && seq_lt(p, start) {
@@ -693,8 +864,7 @@ impl<F: Frame> TcpConn<F> {
             if into >= h.seg.payload_len {
                 continue;
             }
-            let p_all = payload(h.frame.bytes(), &h.seg).unwrap_or(&[]);
-            let p_bytes = p_all.get(into as usize..into as usize + d as usize);
+            let p_bytes = h.frames.payload_run(&h.seg, into).get(..d as usize);
             let first_diff = match (p_bytes, s_bytes) {
                 (Some(a), Some(b)) if a == b => continue,
                 (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0),
@@ -707,8 +877,8 @@ impl<F: Frame> TcpConn<F> {
                  secondary segment seq {} len {};",
                 start, h.seg.payload_len, s_start, s.seg.payload_len
             );
-            hex_window(&mut detail, "primary", p_all, start, at);
-            hex_window(&mut detail, "secondary", s_all, s_start, at);
+            hex_window(&mut detail, "primary", &h.frames.payload_all(&h.seg), start, at);
+            hex_window(&mut detail, "secondary", &s.frames.payload_all(&s.seg), s_start, at);
             return Some(detail);
         }
         None
@@ -742,7 +912,7 @@ impl<F: Frame> TcpConn<F> {
             };
             let via = if h.retransmission { Via::Retransmission } else { Via::Match };
             self.p_bytes = self.p_bytes.saturating_sub(u64::from(h.len));
-            out.release_held(h.frame, via, h.arrived, h.len);
+            h.frames.release(out, via, h.arrived);
         }
     }
 
@@ -756,7 +926,7 @@ impl<F: Frame> TcpConn<F> {
             if done {
                 if let Some(h) = self.secondary.remove(i) {
                     self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));
-                    out.release_secondary_held(h.frame, h.len, DropReason::Consumed);
+                    h.frames.discard_secondary(out, DropReason::Consumed);
                 }
             } else {
                 i += 1;
@@ -859,7 +1029,7 @@ impl<F: Frame> TcpConn<F> {
     /// secondary never sends them again) and turn one divergence into a storm.
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, resync: bool) {
         while let Some(h) = self.primary.pop_front() {
-            out.release_held(h.frame, Via::Flush, h.arrived, h.len);
+            h.frames.release(out, Via::Flush, h.arrived);
         }
         self.p_bytes = 0;
         if let Some(high) = self.p_high {
@@ -890,7 +1060,7 @@ impl<F: Frame> TcpConn<F> {
                 i += 1;
             } else if let Some(h) = self.secondary.remove(i) {
                 self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));
-                out.release_secondary_held(h.frame, h.len, DropReason::Flushed);
+                h.frames.discard_secondary(out, DropReason::Flushed);
             }
         }
         self.s_ack_max = self.p_ack_max;

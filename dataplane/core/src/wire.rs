@@ -459,6 +459,25 @@ pub fn payload<'a>(bytes: &'a [u8], seg: &TcpSegment) -> Option<&'a [u8]> {
     bytes.get(start..start.checked_add(seg.payload_len as usize)?)
 }
 
+/// The TCP segment whose IP payload starts in `data` of `frame` (the first fragment of a
+/// reassembled datagram, `total` bytes of IP payload in all), if that fragment holds the whole
+/// TCP header. The offsets point into `frame`; the payload runs on into the later fragments.
+pub(crate) fn tcp_in_fragment(frame: &[u8], data: Span, total: u32) -> Option<TcpSegment> {
+    let tcp = etherparse::TcpHeaderSlice::from_slice(data.of(frame)?).ok()?;
+    let header_len = u32::try_from(tcp.slice().len()).ok()?;
+    Some(TcpSegment {
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        syn: tcp.syn(),
+        fin: tcp.fin(),
+        rst: tcp.rst(),
+        ack_flag: tcp.ack(),
+        header_offset: data.offset,
+        payload_offset: data.offset.checked_add(header_len)?,
+        payload_len: total.checked_sub(header_len)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
