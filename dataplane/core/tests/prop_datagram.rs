@@ -1,6 +1,8 @@
 //! Property tests of SPEC §4/§5.2: a datagram fragmented differently (and reordered) on the
 //! two sides never miscompares; one changed byte is always caught and its frames are never
-//! released by `match`. Plus a smoke fuzz over fragments and datagrams: no panic, the
+//! released by `match`. A UDP stream with what real guests add (checksum 0 on either side,
+//! link-local reports on each guest's own timers, a secondary lagging across a checkpoint)
+//! never miscompares. Plus a smoke fuzz over fragments and datagrams: no panic, the
 //! accounting invariant after every call, bounded memory.
 
 mod common;
@@ -159,5 +161,105 @@ proptest! {
         drain(&mut shard, &mut log);
         prop_assert_eq!(shard.counters().held_primary_frames, 0);
         prop_assert_eq!(shard.counters().held_secondary_frames, 0);
+    }
+
+    #[test]
+    fn udp_streams_with_real_guest_events_never_miscompare(
+        n in 1usize..40,
+        k in 0usize..40,
+        lag in 0usize..=16,
+        zero_checksum in proptest::collection::vec(any::<(bool, bool)>(), 40),
+        p_link_local in proptest::collection::vec(any::<usize>(), 0..4),
+        s_link_local in proptest::collection::vec(any::<usize>(), 0..4),
+        order in proptest::collection::vec(any::<bool>(), 1..32),
+    ) {
+        // A request/answer stream (DNS-like) of `n` datagrams. Each guest's stack may send a
+        // datagram with UDP checksum 0 or a computed one (SPEC §5.2); each sends IGMP reports
+        // and neighbour solicitations on its own timers (SPEC §4); a checkpoint completes after
+        // the primary's `k`th datagram while the secondary lags `lag` datagrams behind: those
+        // arrive after the flush (SPEC §5.2) and must not shift the positions of the rest.
+        let k = k.min(n);
+        let datagram = |i: usize, zero: bool| {
+            let mut d = IpFrame { ip_id: i as u32, ..IpFrame::udp(53, 40000, format!("answer {i} {}", "x".repeat(i)).as_bytes()) };
+            if zero {
+                d.payload[6] = 0;
+                d.payload[7] = 0;
+            }
+            d.build()
+        };
+        let noise = |i: usize| {
+            if i % 2 == 0 {
+                IpFrame { dst: "224.0.0.22".parse().unwrap(), ttl: 1, proto: 2, payload: vec![0x22, 0, 0, 0, 0, 0, 0, 1], ..IpFrame::default() }.build()
+            } else {
+                IpFrame { src: "fe80::2".parse().unwrap(), dst: "ff02::1:ff00:2".parse().unwrap(), ttl: 255, proto: 58, payload: vec![135, 0, 0, 0, 0, 0, 0, 0], ..IpFrame::default() }.build()
+            }
+        };
+        let with_noise = |mut v: Vec<(Vec<u8>, bool)>, at: &[usize]| {
+            for &a in at {
+                let i = a % (v.len() + 1);
+                v.insert(i, (noise(a), true));
+            }
+            v
+        };
+        let pf = with_noise((0..n).map(|i| (datagram(i, zero_checksum[i].0), false)).collect(), &p_link_local);
+        let sf: Vec<Vec<u8>> = (0..n).map(|i| datagram(i, zero_checksum[i].1)).collect();
+        let before = k.saturating_sub(lag);
+        let s_noise: Vec<(Vec<u8>, bool)> = s_link_local.iter().map(|&a| (noise(a), true)).collect();
+        let mut shard: Shard<Indexed> = Shard::new(Config::default());
+        let mut log = Log::default();
+        let mut t = 0u64;
+        let mut step = |shard: &mut Shard<Indexed>, log: &mut Log, side: Side, index: usize, data: Vec<u8>| {
+            t += 1_000;
+            feed(shard, log, Indexed { side, index, data }, Timestamp::from_nanos(t));
+            t
+        };
+        // Before the checkpoint: the primary's first k datagrams (and noise between them), the
+        // secondary's first `before`.
+        let p_cut = pf.iter().enumerate().filter(|(_, (_, noise))| !noise).nth(k).map_or(pf.len(), |(i, _)| i);
+        let mut pi = 0;
+        let mut si = 0;
+        let mut ord = order.iter().copied().cycle();
+        while pi < p_cut || si < before {
+            if pi < p_cut && (si >= before || ord.next().unwrap_or(true)) {
+                step(&mut shard, &mut log, Side::Primary, pi, pf[pi].0.clone());
+                pi += 1;
+            } else {
+                step(&mut shard, &mut log, Side::Secondary, si, sf[si].clone());
+                si += 1;
+            }
+        }
+        let now = step(&mut shard, &mut log, Side::Secondary, 10_000, s_noise.first().map_or_else(|| noise(0), |x| x.0.clone()));
+        shard.checkpoint_done(Timestamp::from_nanos(now));
+        drain(&mut shard, &mut log);
+        // After it: the secondary's lagging datagrams first, then both streams interleaved.
+        while si < k {
+            step(&mut shard, &mut log, Side::Secondary, si, sf[si].clone());
+            si += 1;
+        }
+        let mut s_rest: Vec<(Vec<u8>, bool)> = sf[k..].iter().map(|d| (d.clone(), false)).collect();
+        for (j, x) in s_noise.into_iter().enumerate().skip(1) {
+            let at = s_link_local[j] % (s_rest.len() + 1);
+            s_rest.insert(at, x);
+        }
+        let mut sj = 0;
+        while pi < pf.len() || sj < s_rest.len() {
+            if pi < pf.len() && (sj >= s_rest.len() || ord.next().unwrap_or(true)) {
+                step(&mut shard, &mut log, Side::Primary, pi, pf[pi].0.clone());
+                pi += 1;
+            } else {
+                step(&mut shard, &mut log, Side::Secondary, 20_000 + sj, s_rest[sj].0.clone());
+                sj += 1;
+            }
+        }
+        prop_assert!(log.requests.is_empty(), "{:?}", log.requests);
+        let released: Vec<usize> = log.released.iter().map(|r| r.0).collect();
+        let datagrams: Vec<usize> = released.iter().copied().filter(|&i| !pf[i].1).collect();
+        prop_assert_eq!(datagrams, (0..pf.len()).filter(|&i| !pf[i].1).collect::<Vec<_>>());
+        prop_assert_eq!(released.len(), pf.len(), "every primary frame left");
+        for (i, via) in &log.released {
+            prop_assert_eq!(*via == Via::Passthrough, pf[*i].1, "frame {} via {:?}", i, via);
+        }
+        let c = shard.counters();
+        prop_assert_eq!(c.held_primary_frames + c.held_secondary_frames, 0);
     }
 }
