@@ -188,7 +188,7 @@ proptest! {
             d.build()
         };
         let noise = |i: usize| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 IpFrame { dst: "224.0.0.22".parse().unwrap(), ttl: 1, proto: 2, payload: vec![0x22, 0, 0, 0, 0, 0, 0, 1], ..IpFrame::default() }.build()
             } else {
                 IpFrame { src: "fe80::2".parse().unwrap(), dst: "ff02::1:ff00:2".parse().unwrap(), ttl: 255, proto: 58, payload: vec![135, 0, 0, 0, 0, 0, 0, 0], ..IpFrame::default() }.build()
