@@ -1320,7 +1320,16 @@ impl<F: Frame> Shard<F> {
     /// into the space its client knows (sequence number and TSval; SPEC §6). Returns false if
     /// the frame could not be rewritten although its connection needs it.
     fn forward_secondary(&mut self, frame: &mut F, now: Timestamp) -> bool {
-        let Class::Tcp(mut key, seg) = wire::parse(frame.bytes()) else { return true };
+        let (mut key, seg) = match wire::parse(frame.bytes()) {
+            Class::Tcp(key, seg) => (key, seg),
+            // A segment sent as IP fragments: its first fragment holds the header (SPEC §4).
+            Class::Fragment(key, frag) if frag.offset == 0 && key.proto == wire::proto::TCP => {
+                let Some(seg) = wire::tcp_in_fragment(frame.bytes(), frag.data, frag.data.len) else { return true };
+                let (src_port, dst_port) = wire::l4_ports(key.proto, frag.data.of(frame.bytes()).unwrap_or(&[]));
+                (FlowKey { src_port, dst_port, ..key }, seg)
+            }
+            _ => return true,
+        };
         if seg.syn {
             self.offsets_epoch += 1;
         }

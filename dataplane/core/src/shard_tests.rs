@@ -1889,3 +1889,20 @@ fn test_failover_forwards_a_held_fragmented_secondary_segment_with_its_header_mo
     assert_eq!(seg.seq, pc.seq(0), "moved into the sequence space the client knows");
     assert_eq!(h.shard.counters().failover_rewritten, 1);
 }
+
+#[test]
+fn test_after_failover_a_new_fragmented_secondary_segment_is_moved_in_its_first_fragment() {
+    let (pc, sc) = conns();
+    let mut h = H::with(Config { mode: Mode::Proxy, ..Config::default() });
+    h.p(&pc.syn_ack(), 0);
+    h.s(&sc.syn_ack(), 0);
+    h.shard.failover(Side::Secondary, Timestamp::from_millis(1));
+    h.drain();
+    let frags = ts_segment(&sc, 0, &bytes_of(1000, 6), 3, 3, 0x33, &[504]);
+    let out: Vec<Vec<u8>> = frags.iter().flat_map(|f| rels(&h.s(f, 2))).map(|(f, _)| f).collect();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1], frags[1]);
+    let crate::wire::Class::Fragment(_, first) = crate::wire::parse(&out[0]) else { panic!("a fragment") };
+    let seg = crate::wire::tcp_in_fragment(&out[0], first.data, first.data.len).expect("header");
+    assert_eq!(seg.seq, pc.seq(0));
+}

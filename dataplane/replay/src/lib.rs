@@ -145,6 +145,8 @@ struct Run<'a> {
     explain_indices: std::collections::HashSet<usize>,
     /// Secondary frames of the explained flow (their fate is traced too).
     explain_secondary: std::collections::HashSet<usize>,
+    /// The explained flow's key, once an unfragmented frame of it showed its ports.
+    explain_key: Option<wire::FlowKey>,
 }
 
 impl Run<'_> {
@@ -226,6 +228,33 @@ fn flow_matches(flow: &str, wanted: &str) -> bool {
         },
         None => false,
     }
+}
+
+/// Whether a frame of class `class` and flow `key` belongs to the explained flow. IP fragments
+/// after the first carry no ports: a fragment belongs to it when protocol, VLANs and addresses
+/// agree (it may then be another flow's between the same hosts).
+fn explains(class: &Class, key: &wire::FlowKey, wanted: &str) -> bool {
+    match class {
+        Class::Fragment(..) => flow_matches(&without_ports(&key.to_string()), &without_ports(wanted)),
+        _ => flow_matches(&key.to_string(), wanted),
+    }
+}
+
+/// A flow string with its ports left out (`tcp 10.0.0.2 > 10.0.0.1`).
+fn without_ports(flow: &str) -> String {
+    let strip = |tok: &str| -> String {
+        match tok.rsplit_once(':') {
+            Some((addr, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && (addr.ends_with(']') || !addr.contains(':')) =>
+            {
+                addr.trim_start_matches('[').trim_end_matches(']').to_string()
+            }
+            _ => tok.to_string(),
+        }
+    };
+    flow.trim().split(' ').map(strip).collect::<Vec<_>>().join(" ")
 }
 
 fn flags_str(seg: &wire::TcpSegment) -> String {
@@ -315,6 +344,7 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         explain: Vec::new(),
         explain_indices: Default::default(),
         explain_secondary: Default::default(),
+        explain_key: None,
     };
     let to_ts =
         |d: Duration| Timestamp::from_nanos(u64::try_from(d.saturating_sub(origin).as_nanos()).unwrap_or(u64::MAX));
@@ -340,7 +370,7 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         let shard = shard_of(&frame.data, n);
         if let Some(wanted) = opts.explain.as_deref() {
             let class = wire::parse(&frame.data);
-            if class.key().is_some_and(|key| flow_matches(&key.to_string(), wanted)) {
+            if class.key().is_some_and(|key| explains(&class, key, wanted)) {
                 match side {
                     Side::Primary => run.explain_indices.insert(index),
                     Side::Secondary => run.explain_secondary.insert(index),
@@ -365,8 +395,13 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         }
         run.drain(shard);
         if let Some(wanted) = opts.explain.as_deref() {
-            if let Some(key) = wire::parse(&frame.data).key().copied() {
-                if flow_matches(&key.to_string(), wanted) {
+            let class = wire::parse(&frame.data);
+            if let Some(key) = class.key().copied() {
+                if explains(&class, &key, wanted) {
+                    if !matches!(class, Class::Fragment(..)) {
+                        run.explain_key = Some(key);
+                    }
+                    let key = run.explain_key.unwrap_or(key);
                     if let Some(st) = run.shards.get(shard).and_then(|s| s.flow_status(&key)) {
                         let rel = match (st.compared, st.base) {
                             (Some(c), Some(b)) => format!(" (stream +{})", c.wrapping_sub(b)),

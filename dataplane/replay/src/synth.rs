@@ -603,8 +603,148 @@ pub fn rst_against_syn_ack() -> Pair {
     pair("rst-against-syn-ack", vec![p.syn_ack()], vec![rst], vec!["tcp-rst-mismatch"])
 }
 
+/// A segment of `srv`'s stream as IPv4 fragments cut at `cuts` (IP payload offsets after the
+/// TCP header), its header carrying this guest's `tsval`.
+fn fragmented(srv: &Server, off: usize, payload: &[u8], tsval: u32, ip_id: u32, cuts: &[usize]) -> Vec<Vec<u8>> {
+    let t = TcpFrame { options: timestamp_option(tsval, 1), ..srv.data(off, payload) };
+    let (src, dst) = (std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst));
+    IpFrame { ip_id, ..t.to_ip(src, dst, &[]) }.fragments(cuts)
+}
+
+/// A 2,000-byte response whose middle segment (1,600 bytes) left each guest as IPv4 fragments
+/// (a guest whose path MTU is below its segment, or a tunnel): split in two on the primary,
+/// in three elsewhere on the secondary, with each guest's own TSval. `flip` changes one
+/// byte in the secondary's last fragment.
+fn tcp_fragmented_pair(name: &'static str, flip: bool, expect: Vec<&'static str>) -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let body: Vec<u8> = (0..2000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut s_body = body.clone();
+    if flip {
+        s_body[1700] ^= 0x20;
+    }
+    let frames = |srv: &Server, body: &[u8], tsval: u32, ip_id: u32, cuts: &[usize]| {
+        let mut v = vec![srv.syn_ack().build(), srv.data(0, &body[..200]).build()];
+        v.extend(fragmented(srv, 200, &body[200..1800], tsval, ip_id, cuts));
+        v.push(srv.data(1800, &body[1800..]).build());
+        v.push(srv.fin(body.len()).build());
+        v
+    };
+    let primary = frames(&p, &body, 100, 0x1111, &[1000]);
+    let secondary = frames(&s, &s_body, 900_000, 0x2222, &[504, 1104]);
+    Pair {
+        name,
+        primary: raw(primary, primary_at),
+        secondary: raw(secondary, secondary_at),
+        expect_all_matched: expect.is_empty(),
+        expect_checkpoints: expect,
+    }
+}
+
+/// A TCP segment that arrives as IPv4 fragments on both sides, fragmented differently: a
+/// segment of its connection, compared by stream position (SPEC §4).
+pub fn tcp_segment_fragmented() -> Pair {
+    tcp_fragmented_pair("tcp-segment-fragmented", false, vec![])
+}
+
+/// The same with one byte changed inside the secondary's fragments: caught before any of the
+/// primary's fragments leaves.
+pub fn tcp_fragment_differs() -> Pair {
+    tcp_fragmented_pair("tcp-fragment-differs", true, vec!["tcp-payload-mismatch"])
+}
+
+/// Link-local control traffic (neighbour solicitation, MLDv2 report behind a hop-by-hop
+/// router alert, IGMPv3 report) sent by each guest on its own random timers, in the middle of
+/// an identical TCP conversation: the non-IP policy passes the primary's through and drops
+/// the secondary's; nothing is compared, no checkpoint (SPEC §4).
+pub fn link_local_at_different_moments() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let (lsrc, lall) = ("fe80::5054:ff:fe00:2".parse().unwrap(), "ff02::1:ff00:2".parse().unwrap());
+    let ns = IpFrame {
+        src: lsrc,
+        dst: lall,
+        ttl: 255,
+        proto: 58,
+        payload: vec![135, 0, 0, 0, 0, 0, 0, 0],
+        ..IpFrame::default()
+    };
+    let mut mld_payload = vec![58, 0, 5, 2, 0, 0, 1, 0, 143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0];
+    mld_payload.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2]);
+    let mld = IpFrame {
+        src: lsrc,
+        dst: "ff02::16".parse().unwrap(),
+        ttl: 1,
+        proto: 0,
+        payload: mld_payload,
+        ..IpFrame::default()
+    };
+    let igmp = IpFrame {
+        dst: "224.0.0.22".parse().unwrap(),
+        ttl: 1,
+        proto: 2,
+        payload: vec![0x22, 0, 0xf9, 0xfd, 0, 0, 0, 1, 4, 0, 0, 0, 239, 1, 1, 1],
+        ..IpFrame::default()
+    };
+    let b = body();
+    let conversation = |srv: &Server| -> Vec<Vec<u8>> {
+        segments(srv, &b, &[20, 60]).into_iter().chain([srv.fin(b.len())]).map(|f| f.build()).collect()
+    };
+    let mut primary = vec![p.syn_ack().build(), ns.build()];
+    primary.extend(conversation(&p));
+    primary.insert(3, mld.build());
+    let mut secondary = vec![s.syn_ack().build()];
+    secondary.extend(conversation(&s));
+    secondary.extend([igmp.build(), mld.build(), ns.build()]);
+    raw_pair("link-local-at-different-moments", primary, secondary, vec![])
+}
+
+/// The secondary resets a connection the primary keeps (its service crashed): a lone RST is
+/// never transmitted, so it is timed: `tcp-rst-mismatch` at `compare_timeout` even if the
+/// primary sends nothing more (SPEC §5.1).
+pub fn secondary_rst_alone() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    let rst = TcpFrame { flags: flags::RST | flags::ACK, payload: Vec::new(), ..s.data(5, &[]) };
+    pair(
+        "secondary-rst-alone",
+        vec![p.syn_ack(), p.data(0, b"hello")],
+        vec![s.syn_ack(), s.data(0, b"hello"), rst],
+        vec!["tcp-rst-mismatch"],
+    )
+}
+
+/// Proxy mode (SPEC §3, §5.1): port reuse while the old connection never closed, the
+/// secondary's new SYN-ACK first; each guest numbers its stream in its own space. Replay
+/// with `Mode::Proxy` (not part of [`second_round_pairs`], which are compare-mode captures).
+pub fn port_reuse_proxy_mode() -> Pair {
+    let (p, s) = (Server::primary(), Server::secondary());
+    // Proxy mode: the secondary's data is in its own space (nothing rewrote it).
+    let own = |srv: &Server, f: TcpFrame| {
+        let off = f.seq.wrapping_sub(Server::primary().isn);
+        TcpFrame { seq: srv.isn.wrapping_add(off), ..f }
+    };
+    let again = |srv: &Server, isn: u32| Server { isn, client_next: 777_001, ..srv.clone() };
+    let (p2, s2) = (again(&p, 2_000_000), again(&s, 4_000_000));
+    let mut primary = Capture::default();
+    let mut secondary = Capture::default();
+    let old = [(p.syn_ack(), s.syn_ack()), (p.data(0, b"old"), own(&s, s.data(0, b"old")))];
+    for (i, (a, b)) in old.into_iter().enumerate() {
+        primary.push(primary_at(i), a.build());
+        secondary.push(secondary_at(i), b.build());
+    }
+    // The client's new SYN meets the open connection: both guests send a challenge ACK.
+    let challenge = |srv: &Server| TcpFrame { flags: flags::ACK, payload: Vec::new(), ..srv.data(3, &[]) };
+    primary.push(primary_at(8), challenge(&p).build());
+    secondary.push(secondary_at(8), own(&s, challenge(&s)).build());
+    secondary.push(primary_at(10), s2.syn_ack().build());
+    primary.push(primary_at(15), p2.syn_ack().build());
+    let data = |srv: &Server| TcpFrame { seq: srv.isn.wrapping_add(1), ..srv.data(0, b"new incarnation") };
+    primary.push(primary_at(16), data(&p2).build());
+    secondary.push(secondary_at(16), data(&s2).build());
+    Pair { name: "port-reuse-proxy-mode", primary, secondary, expect_checkpoints: vec![], expect_all_matched: true }
+}
+
 /// What real guests do that the first comparator round got wrong (SPEC §4–§6): keepalives
-/// after idle, port reuse seen first on the secondary, UDP checksum 0, one differing reply.
+/// after idle, port reuse seen first on the secondary, UDP checksum 0, one differing reply,
+/// a RST against a SYN-ACK or alone, TCP segments as IP fragments, link-local reports.
 pub fn second_round_pairs() -> Vec<Pair> {
     vec![
         keepalive_after_idle(),
@@ -612,6 +752,10 @@ pub fn second_round_pairs() -> Vec<Pair> {
         udp_checksum_zero(),
         udp_single_reply_differs(),
         rst_against_syn_ack(),
+        secondary_rst_alone(),
+        tcp_segment_fragmented(),
+        tcp_fragment_differs(),
+        link_local_at_different_moments(),
     ]
 }
 

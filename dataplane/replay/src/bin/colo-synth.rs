@@ -82,7 +82,7 @@ fn main() {
     }
     let mut written = 0;
     let every = synth::all().into_iter().chain(synth::datagram_pairs()).chain(synth::second_round_pairs());
-    for pair in every.chain([synth::proxy_mode()]) {
+    for pair in every.chain([synth::proxy_mode(), synth::port_reuse_proxy_mode()]) {
         if let Err(e) = synth::write_pair(&dir, &pair, TsResolution::MicroSecond) {
             eprintln!("colo-synth: {e}");
             std::process::exit(1);
