@@ -64,11 +64,13 @@ pub(crate) struct Item<F> {
     pub(crate) arrived: Timestamp,
     pos: u64,
     matched: bool,
+    /// A secondary datagram already kept by one standalone completion: the next one drops it.
+    kept: bool,
 }
 
 impl<F: Frame> Item<F> {
     pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32, arrived: Timestamp) -> Self {
-        Item { proto, pieces, total, arrived, pos: 0, matched: false }
+        Item { proto, pieces, total, arrived, pos: 0, matched: false, kept: false }
     }
 
     /// Frames in this datagram.
@@ -517,7 +519,14 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
     /// secondary's; both sides restart at the same position.
-    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration) {
+    ///
+    /// `resync` says whether the secondary guest became a copy of the primary (a frame's
+    /// `COLO_CHECKPOINT`). Otherwise (a standalone completion, a failover) no guest changed:
+    /// secondary datagrams *ahead* of the primary (positions the primary has not sent yet)
+    /// stay held, once, to meet the primary's copies — dropping them and restarting both sides
+    /// at the secondary's position would pair every later primary datagram with the wrong
+    /// secondary one (a storm of `datagram-mismatch` on flows that agree).
+    pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration, resync: bool) {
         self.absorb.clear();
         self.absorb_until = out.now.saturating_add(timeout);
         while let Some(p) = self.primary.pop_front() {
@@ -527,12 +536,29 @@ impl<F: Frame> DatagramFlow<F> {
             }
             p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);
         }
-        while let Some(s) = self.secondary.pop_front() {
-            s.release(out, Side::Secondary, Via::Flush, DropReason::Flushed);
+        let ahead = !resync && self.s_next > self.p_next;
+        let mut i = 0;
+        while i < self.secondary.len() {
+            let keep = ahead && self.secondary.get(i).is_some_and(|s| !s.kept && s.pos >= self.p_next);
+            if keep {
+                if let Some(s) = self.secondary.get_mut(i) {
+                    // A fresh compare window from this completion on.
+                    s.kept = true;
+                    s.arrived = out.now;
+                }
+                i += 1;
+            } else if let Some(s) = self.secondary.remove(i) {
+                s.release(out, Side::Secondary, Via::Flush, DropReason::Flushed);
+            }
         }
-        let next = self.p_next.max(self.s_next);
-        self.p_next = next;
-        self.s_next = next;
+        if !ahead {
+            let next = self.p_next.max(self.s_next);
+            self.p_next = next;
+            self.s_next = next;
+        } else if self.secondary.is_empty() {
+            // Every datagram it was ahead with was kept before: start both afresh.
+            self.p_next = self.s_next;
+        }
         self.unmatched_primary = 0;
         self.diverged = false;
         self.requested = 0;

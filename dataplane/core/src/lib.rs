@@ -141,6 +141,14 @@ pub struct Config {
     pub linger: Duration,
     /// Flow-table capacity of this shard (SPEC §11).
     pub max_flows: usize,
+    /// New flows this shard creates per second at most, on average (SPEC §11; default
+    /// 100,000; 0 = no budget): a flood of new flows then takes a bounded share of the shard
+    /// and established flows keep the rest. Frames of refused flows are dropped and counted
+    /// (`new-flow-budget`), the other guest's with them.
+    pub new_flows_per_sec: u32,
+    /// New flows this shard may create at once above that rate (default 10,000): a burst of
+    /// real connections never meets the budget.
+    pub new_flow_burst: u32,
     /// Non-IP and malformed frames (SPEC §4).
     pub non_ip_policy: NonIpPolicy,
     /// Sequence-space handling of the secondary (SPEC §3).
@@ -177,6 +185,8 @@ impl Default for Config {
             datagram_idle_timeout: Duration::from_secs(300),
             linger: 2 * compare_timeout,
             max_flows: 65_536,
+            new_flows_per_sec: 100_000,
+            new_flow_burst: 10_000,
             non_ip_policy: NonIpPolicy::Passthrough,
             mode: Mode::Compare,
             datagram_window: 16,

@@ -74,6 +74,10 @@ pub enum DropReason {
     MemoryBudget,
     /// Flow table full and nothing evictable (a `resource-pressure` request was made).
     FlowTableFull,
+    /// A frame of a new flow past the shard's new-flow budget (SPEC §11: a flood of new
+    /// flows must not starve established ones); the other guest's frame of that flow goes
+    /// the same way, so the guests stay alike.
+    NewFlowBudget,
     /// Frame of the side no longer forwarded after a failover.
     FailedOver,
     /// Fragment beyond the reassembly bounds (a `resource-pressure` request was made); for
@@ -89,7 +93,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Consumed,
@@ -99,6 +103,7 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::MemoryBudget,
         DropReason::FlowTableFull,
+        DropReason::NewFlowBudget,
         DropReason::FailedOver,
         DropReason::ReassemblyFull,
         DropReason::ReassemblyFailed,
@@ -115,6 +120,7 @@ impl DropReason {
             DropReason::QueueFull => "queue-full",
             DropReason::MemoryBudget => "memory-budget",
             DropReason::FlowTableFull => "flow-table-full",
+            DropReason::NewFlowBudget => "new-flow-budget",
             DropReason::FailedOver => "failed-over",
             DropReason::ReassemblyFull => "reassembly-full",
             DropReason::ReassemblyFailed => "reassembly-failed",
@@ -438,7 +444,7 @@ impl<F: Frame> Conn<F> {
                     c.closed_at = Some(now);
                 }
             }
-            Conn::Datagram(d) => d.flush(out, timeout),
+            Conn::Datagram(d) => d.flush(out, timeout, resync),
         }
     }
 }
@@ -519,6 +525,78 @@ pub struct Shard<F> {
     /// rescanning a full table per packet, until something can have changed (a timer run,
     /// a flush, a removal).
     evict_blocked: bool,
+    /// Flow creation's token bucket (SPEC §11).
+    budget: NewFlowBudget,
+}
+
+/// Why no flow could be found or made for a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoFlow {
+    /// The table is full and nothing is evictable, or frames wait in `unflowed`.
+    TableFull,
+    /// Past the new-flow budget.
+    Budget,
+}
+
+/// How long a refused flow stays refused for its other frames (the other guest's copy of the
+/// same frame comes within milliseconds; a client's SYN retransmission after a second finds
+/// it admitted again if the budget allows).
+const REFUSAL_MEMORY: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// Remembered refusals (a direct-mapped table of key hashes: bounded, allocation-free).
+const REFUSALS: usize = 4096;
+
+/// The shard's new-flow budget (SPEC §11): a token bucket on flow creation. A flow costs
+/// `1 s / new_flows_per_sec` of credit; credit accrues with time up to `new_flow_burst` flows.
+/// Creating a flow costs several times a matched pair (table insert, eviction, timers), so a
+/// flood of new flows is held to a share of the shard's time, and established flows keep the
+/// rest. A frame of a refused flow is dropped and counted (`new-flow-budget`), and the other
+/// guest's frames of that flow are refused for [`REFUSAL_MEMORY`] even if credit came back,
+/// so both guests' frames of a flow share one fate.
+struct NewFlowBudget {
+    /// Credit in nanoseconds.
+    credit: u64,
+    /// When credit was last added.
+    last: Timestamp,
+    /// Recently refused flows: (key hash, when).
+    refused: Box<[(u64, Timestamp)]>,
+}
+
+impl NewFlowBudget {
+    fn new(cfg: &Config) -> Self {
+        let mut b = NewFlowBudget { credit: 0, last: Timestamp(0), refused: Box::new([]) };
+        b.credit = b.cost(cfg).saturating_mul(u64::from(cfg.new_flow_burst));
+        b
+    }
+
+    fn cost(&self, cfg: &Config) -> u64 {
+        1_000_000_000 / u64::from(cfg.new_flows_per_sec.max(1))
+    }
+
+    /// Whether the flow with key hash `hash` may be created at `now` (and pays for it).
+    fn admit(&mut self, hash: u64, now: Timestamp, cfg: &Config) -> bool {
+        if cfg.new_flows_per_sec == 0 {
+            return true;
+        }
+        let cost = self.cost(cfg);
+        let cap = cost.saturating_mul(u64::from(cfg.new_flow_burst.max(1)));
+        let earned = u64::try_from(now.saturating_since(self.last).as_nanos()).unwrap_or(u64::MAX);
+        self.credit = self.credit.saturating_add(earned).min(cap);
+        self.last = self.last.max(now);
+        if self.refused.is_empty() {
+            self.refused = vec![(0, Timestamp(0)); REFUSALS].into_boxed_slice();
+        }
+        let entry = self.refused.get_mut(hash as usize % REFUSALS);
+        let recently = entry.as_ref().is_some_and(|(h, t)| *h == hash && now.saturating_since(*t) < REFUSAL_MEMORY);
+        if !recently && self.credit >= cost {
+            self.credit -= cost;
+            return true;
+        }
+        if let Some(e) = entry {
+            *e = (hash, now);
+        }
+        false
+    }
 }
 
 impl<F: Frame> Shard<F> {
@@ -543,6 +621,7 @@ impl<F: Frame> Shard<F> {
             idle_before: Timestamp(0),
             fruitless: 0,
             evict_blocked: false,
+            budget: NewFlowBudget::new(&config),
             cfg: config,
         }
     }
@@ -695,13 +774,21 @@ impl<F: Frame> Shard<F> {
     }
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
-    fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
+    fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
         match self.map.get(&(key, kind)) {
-            Some(&slot) => Some(slot),
+            Some(&slot) => Ok(slot),
             // While frames wait in `unflowed`, new flows join them so none overtakes them.
-            None if self.unflowed.is_empty() => self.insert(key, kind, now),
-            None => None,
+            None if !self.unflowed.is_empty() => Err(NoFlow::TableFull),
+            None if !self.budget.admit(self.map.hasher().hash_one((key, kind)), now, &self.cfg) => Err(NoFlow::Budget),
+            None => self.insert(key, kind, now).ok_or(NoFlow::TableFull),
         }
+    }
+
+    /// Frames of a flow the new-flow budget refused (SPEC §11): dropped and counted, never
+    /// parked (parking would make every later new flow queue behind them).
+    fn refuse_new_flow(&mut self, side: Side, frames: SegFrames<F>, now: Timestamp) {
+        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        frames.refuse(&mut out, side, DropReason::NewFlowBudget);
     }
 
     /// SPEC §6: the table (or reassembly) is full. Request `resource-pressure`; park primary
@@ -869,7 +956,10 @@ impl<F: Frame> Shard<F> {
         }
         let slot = self.flow_slot(key, Kind::Tcp, now);
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
-        let Some(flow) = slot.and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
+        if slot == Err(NoFlow::Budget) {
+            return self.refuse_new_flow(side, frames, now);
+        }
+        let Some(flow) = slot.ok().and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
             let (frames, held) = frames.into_frames();
             for frame in frames {
                 self.overflow(side, frame, held, DropReason::FlowTableFull, &key, now);
@@ -894,7 +984,7 @@ impl<F: Frame> Shard<F> {
         if conn.is_closed() && conn.closed_at.is_none() {
             conn.closed_at = Some(now);
         }
-        if let Some(slot) = slot {
+        if let Ok(slot) = slot {
             self.reschedule(slot);
         }
     }
@@ -909,8 +999,12 @@ impl<F: Frame> Shard<F> {
         let len = frame.bytes().len() as u32;
         let proto = if kind == Kind::NonIp { 0 } else { key.proto };
         let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
-        let Some(slot) = self.flow_slot(key, kind, now) else {
-            return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, &key, now);
+        let slot = match self.flow_slot(key, kind, now) {
+            Ok(slot) => slot,
+            Err(NoFlow::Budget) => return self.refuse_new_flow(side, SegFrames::One(piece.frame), now),
+            Err(NoFlow::TableFull) => {
+                return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, &key, now)
+            }
         };
         self.counters_hold(side, len);
         self.feed_item(side, slot, Item::new(proto, Pieces::One(piece), span.len, now), now);
@@ -982,8 +1076,18 @@ impl<F: Frame> Shard<F> {
     /// is full.
     fn feed_reassembled(&mut self, side: Side, key: FlowKey, kind: Kind, item: Item<F>, now: Timestamp) {
         match self.flow_slot(key, kind, now) {
-            Some(slot) => self.feed_item(side, slot, item, now),
-            None => {
+            Ok(slot) => self.feed_item(side, slot, item, now),
+            Err(NoFlow::Budget) => {
+                let mut out =
+                    Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                for (frame, len) in item.into_frames() {
+                    match side {
+                        Side::Primary => out.drop_held_primary(frame, len, DropReason::NewFlowBudget),
+                        Side::Secondary => out.release_secondary_held(frame, len, DropReason::NewFlowBudget),
+                    }
+                }
+            }
+            Err(NoFlow::TableFull) => {
                 for (frame, _) in item.into_frames() {
                     self.overflow(side, frame, true, DropReason::FlowTableFull, &key, now);
                 }
@@ -1387,8 +1491,9 @@ impl<F: Frame> Shard<F> {
             Some(&slot) => (slot, false),
             None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
                 match self.flow_slot(cs.conn, Kind::Tcp, now) {
-                    Some(slot) => (slot, true),
-                    None => return Some(cs), // table full: its copy is mirrored all the same
+                    Ok(slot) => (slot, true),
+                    // Table full or past the new-flow budget: its copy is mirrored all the same.
+                    Err(_) => return Some(cs),
                 }
             }
             None => return Some(cs),

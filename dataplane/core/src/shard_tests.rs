@@ -1906,3 +1906,101 @@ fn test_after_failover_a_new_fragmented_secondary_segment_is_moved_in_its_first_
     let seg = crate::wire::tcp_in_fragment(&out[0], first.data, first.data.len).expect("header");
     assert_eq!(seg.seq, pc.seq(0));
 }
+
+// ---- SPEC §11: the new-flow budget ----
+
+fn udp_to(client: u8, data: &[u8]) -> Vec<u8> {
+    IpFrame { dst: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 0, client)), ..udp(data) }.build()
+}
+
+#[test]
+fn test_new_flows_past_the_budget_are_refused_on_both_sides_and_established_ones_go_on() {
+    let cfg = Config { new_flows_per_sec: 1000, new_flow_burst: 10, ..Config::default() };
+    let mut h = H::with(cfg);
+    // An established flow.
+    let est = udp_to(200, b"established");
+    h.p(&est, 0);
+    assert_eq!(rels(&h.s(&est, 0)), vec![(est.clone(), Via::Match)]);
+    // A burst of new flows at one instant: 9 more fit the burst (10 with the established one),
+    // the rest are refused — the primary's copy dropped and counted, never parked.
+    let mut refused = Vec::new();
+    for c in 0..30u8 {
+        let f = udp_to(c, b"flood");
+        let evs = h.p(&f, 0);
+        if evs == vec![Ev::Drop(Side::Primary, DropReason::NewFlowBudget)] {
+            refused.push(f);
+        } else {
+            assert!(evs.is_empty(), "{evs:?}");
+        }
+    }
+    assert_eq!(refused.len(), 21);
+    assert_eq!(h.shard.counters().primary_dropped[DropReason::NewFlowBudget as usize], 21);
+    // 5 ms later the budget has earned 5 flows, but the secondary's copies of refused flows
+    // share their fate (else each would wait alone for `timeout-secondary`).
+    for f in &refused {
+        assert_eq!(h.s(f, 5), vec![Ev::Drop(Side::Secondary, DropReason::NewFlowBudget)]);
+    }
+    // The established flow is not a new flow: it goes on matching.
+    let more = udp_to(200, b"still here");
+    h.p(&more, 6);
+    assert_eq!(rels(&h.s(&more, 6)), vec![(more.clone(), Via::Match)]);
+    // A brand-new flow is admitted from the earned credit; a refused one again once its
+    // refusal is old (a client's retransmission a second later).
+    let fresh = udp_to(250, b"fresh");
+    assert!(h.p(&fresh, 7).is_empty());
+    assert_eq!(rels(&h.s(&fresh, 7)), vec![(fresh.clone(), Via::Match)]);
+    assert!(h.p(&refused[0], 1200).is_empty());
+    assert_eq!(rels(&h.s(&refused[0], 1200)), vec![(refused[0].clone(), Via::Match)]);
+    assert!(h.requests.is_empty(), "{:?}", h.requests);
+}
+
+#[test]
+fn test_a_budget_of_zero_creates_every_flow() {
+    let mut h = H::with(Config { new_flows_per_sec: 0, new_flow_burst: 0, ..Config::default() });
+    for c in 0..=255u8 {
+        let f = udp_to(c, b"x");
+        h.p(&f, 0);
+        assert_eq!(rels(&h.s(&f, 0)).len(), 1);
+    }
+    assert_eq!(h.shard.flow_count(), 256);
+}
+
+#[test]
+fn test_a_standalone_completion_keeps_secondary_datagrams_ahead_of_the_primary() {
+    // The secondary runs 3 datagrams ahead of the primary on a flow that agrees; a standalone
+    // completion (another flow's checkpoint) changes no guest: the primary's copies of those
+    // 3 must still meet them, and later datagrams stay paired (no mismatch storm).
+    let d = |i: u8| udp(&[i; 20]).build();
+    for resync in [false, true] {
+        let mut h = H::new();
+        h.p(&d(0), 0);
+        for i in 0..4 {
+            h.s(&d(i), 1);
+        }
+        let evs = if resync {
+            h.done(2)
+        } else {
+            h.shard.standalone_completion(Timestamp::from_millis(2));
+            h.drain()
+        };
+        assert_eq!(rels(&evs), vec![], "datagram 0 matched before the completion");
+        let dropped = evs.iter().filter(|e| **e == Ev::Drop(Side::Secondary, DropReason::Flushed)).count();
+        let mut later = Vec::new();
+        for i in 1..10 {
+            later.extend(h.p(&d(i), 3 + u64::from(i)));
+            if i >= 4 {
+                later.extend(h.s(&d(i), 3 + u64::from(i)));
+            }
+        }
+        if resync {
+            // A real checkpoint replaced the secondary: what it sent ahead is gone with it, and
+            // both sides restart together.
+            assert_eq!(dropped, 3);
+        } else {
+            assert_eq!(dropped, 0, "kept: {evs:?}");
+            assert_eq!(rels(&later).len(), 9, "{later:?}");
+            assert!(rels(&later).iter().all(|(_, via)| *via == Via::Match));
+        }
+        assert!(H::ckpts(&later).is_empty(), "resync {resync}: {:?}", h.requests);
+    }
+}

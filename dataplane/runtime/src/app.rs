@@ -193,6 +193,8 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
             NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
             NonIpPolicyArg::Compare => colo_core::NonIpPolicy::Compare,
         },
+        new_flows_per_sec: cfg.new_flows.0,
+        new_flow_burst: cfg.new_flows.1,
         ..ShardConfig::default()
     }
     .with_compare_timeout(cfg.compare_timeout);

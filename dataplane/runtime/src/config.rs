@@ -127,6 +127,16 @@ pub struct Args {
     /// Non-IP and malformed frames: passthrough (release the primary's at once) or compare.
     #[arg(long, value_enum)]
     pub non_ip_policy: Option<NonIpPolicyArg>,
+    /// New flows each shard creates per second at most, on average (0 = no limit; default
+    /// 100000). Creating a flow costs several matched pairs' worth of work, so a flood of new
+    /// flows (a SYN flood, a scan) is held to a share of the shard and established flows keep
+    /// the rest. Frames of refused flows are dropped and counted (`new-flow-budget`), both
+    /// guests' alike; a client retries its SYN.
+    #[arg(long, value_name = "FLOWS")]
+    pub new_flows_per_sec: Option<u32>,
+    /// New flows each shard may create at once above that rate (default 10000).
+    #[arg(long, value_name = "FLOWS")]
+    pub new_flow_burst: Option<u32>,
     /// File mode of the Unix frame and admin sockets, octal.
     #[arg(long, value_name = "OCTAL")]
     pub socket_mode: Option<String>,
@@ -170,6 +180,8 @@ pub struct FileConfig {
     idle_sleep_us: Option<u64>,
     mbufs: Option<u32>,
     non_ip_policy: Option<NonIpPolicyArg>,
+    new_flows_per_sec: Option<u32>,
+    new_flow_burst: Option<u32>,
     socket_mode: Option<String>,
     socket_owner: Option<u32>,
     socket_group: Option<u32>,
@@ -216,6 +228,8 @@ pub struct RunConfig {
     pub mbufs: Option<u32>,
     /// Non-IP and malformed frames.
     pub non_ip_policy: NonIpPolicyArg,
+    /// Each shard's new-flow budget: (flows per second, burst).
+    pub new_flows: (u32, u32),
     /// Unix socket permissions (frame and admin sockets).
     pub socket_mode: u32,
     /// Unix socket owner.
@@ -267,6 +281,13 @@ impl RunConfig {
             idle_sleep: args.idle_sleep_us.or(file.idle_sleep_us).filter(|&us| us > 0).map(Duration::from_micros),
             mbufs: args.mbufs.or(file.mbufs),
             non_ip_policy: args.non_ip_policy.or(file.non_ip_policy).unwrap_or(NonIpPolicyArg::Passthrough),
+            new_flows: {
+                let core = colo_core::Config::default();
+                (
+                    args.new_flows_per_sec.or(file.new_flows_per_sec).unwrap_or(core.new_flows_per_sec),
+                    args.new_flow_burst.or(file.new_flow_burst).unwrap_or(core.new_flow_burst),
+                )
+            },
             socket_mode: match args.socket_mode.or(file.socket_mode) {
                 None => 0o600,
                 Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
@@ -444,6 +465,9 @@ mod tests {
         assert_eq!(c.checkpoint_mode, CheckpointModeArg::Frame);
         assert_eq!(c.shards, 1);
         assert_eq!(c.frame_endpoint(), DEFAULT_FRAME);
+        assert_eq!(c.new_flows, (100_000, 10_000));
+        let c = parse(&["--primary", "p", "--secondary", "s", "--output", "o", "--new-flows-per-sec", "0"]).unwrap();
+        assert_eq!(c.new_flows, (0, 10_000), "0 switches the budget off");
     }
 
     #[test]
