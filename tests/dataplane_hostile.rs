@@ -1,7 +1,8 @@
 //! `colo-dataplane` under careless or hostile use of its control plane (SPEC §11): values out
 //! of range on the admin socket, a second instance started with the same socket paths, an
-//! unusable `--stats-json` path, a broken configuration file. Each must be a clear refusal,
-//! never a panic, a takeover or an error found only at exit.
+//! unusable `--stats-json` path, a broken configuration file; admin bursts, a silent secondary,
+//! fragment and SYN floods. Each must be a clear refusal or a bounded, counted response, never
+//! a panic, a takeover, a lost primary frame or an error found only at exit.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -325,4 +326,70 @@ fn a_silent_secondary_and_a_fragment_flood_with_a_slow_frame_drop_no_primary_fra
     let dropped: u64 = t["primary_dropped"].as_object().map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
     assert_eq!(dropped, 0, "{t}");
     assert!(stats["coordinator"]["checkpoints_completed"].as_u64() >= Some(1), "{}", stats["coordinator"]);
+}
+
+/// A SYN flood both guests answer (B) and one only the primary answers (C), interleaved with
+/// established UDP flows, through the real binary: established frames all leave, in order,
+/// matched; the flood is held to the new-flow budget (B) or to the young one-sided flows'
+/// share of memory (C), its refused frames dropped and counted on both sides alike, no
+/// checkpoint requested. (Throughput under a flood is measured by `benches/flood-bench`.)
+#[test]
+fn a_syn_flood_is_held_to_the_new_flow_budget_while_established_flows_all_match() {
+    use colo_core::fixtures::{flags, IpFrame, TcpFrame};
+    use colo_suite::{assert_same_per_flow, run_dataplane};
+    let established: Vec<Vec<u8>> = (0..20_000u32)
+        .map(|i| {
+            let dst = std::net::Ipv4Addr::new(10, 1, 0, (i % 100) as u8);
+            IpFrame { dst: dst.into(), ..IpFrame::udp(53, 5000, &i.to_be_bytes()) }.build()
+        })
+        .collect();
+    let syn_ack = |i: u32, isn: u32| {
+        let dst = std::net::Ipv4Addr::new(10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        TcpFrame { dst, dport: 1024, seq: isn, ack: i + 1, flags: flags::SYN | flags::ACK, ..TcpFrame::default() }
+            .build()
+    };
+    let arp = {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.resize(60, 0);
+        f
+    };
+    for primary_only in [false, true] {
+        let (mut p, mut s) = (Vec::new(), Vec::new());
+        for (i, e) in established.iter().enumerate() {
+            p.push(e.clone());
+            s.push(e.clone());
+            if i < 1000 {
+                continue; // the established flows are established before the flood begins
+            }
+            p.push(syn_ack(i as u32, 7 * i as u32));
+            s.push(if primary_only { arp.clone() } else { syn_ack(i as u32, 11 * i as u32 + 3) });
+        }
+        let dir = scratch_dir(&format!("hostile-syn-flood-{primary_only}"));
+        // B: a small rate budget; C: no rate budget, only the one-sided flows' share.
+        let budget: &[&str] = if primary_only {
+            &["--new-flows-per-sec", "0"]
+        } else {
+            &["--new-flows-per-sec", "1000", "--new-flow-burst", "100"]
+        };
+        let run = run_dataplane(&dir, &p, &s, 1, budget);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let t = &run.stats["total"];
+        assert_eq!(t["accounting"], "ok", "{t}");
+        // Every established frame left, each flow in order.
+        let out_established: Vec<Vec<u8>> =
+            run.output.iter().filter(|f| colo_suite::flow_of(f).contains("proto: 17")).cloned().collect();
+        assert_same_per_flow(&out_established, &established);
+        let refused = t["primary_dropped"]["new-flow-budget"].as_u64().unwrap_or(0);
+        assert!(refused >= 15_000, "most of the 19,000 flood flows refused: {t}");
+        if !primary_only {
+            // Both guests' copies of a refused flow share its fate.
+            assert_eq!(t["secondary_dropped"]["new-flow-budget"].as_u64(), Some(refused), "{t}");
+        }
+        let requests: u64 =
+            t["checkpoint_requests"].as_object().map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
+        assert_eq!(requests, 0, "{t}");
+        // Nothing else was lost: what was not refused left.
+        assert_eq!(run.output.len() as u64 + refused, p.len() as u64, "{t}");
+    }
 }

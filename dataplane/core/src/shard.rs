@@ -458,9 +458,26 @@ struct Flow<F> {
     compare_at: Option<Timestamp>,
     /// Earliest lifetime-timer (idle/linger) entry outstanding.
     lifetime_at: Option<Timestamp>,
+    /// Which guests have sent a frame of this flow (bit 0 primary, bit 1 secondary).
+    seen: u8,
+    /// Counted among the shard's young one-sided flows (see [`Shard::one_sided`]).
+    young: bool,
 }
 
 impl<F: Frame> Flow<F> {
+    /// A frame of `side` arrived: once both guests showed the flow it is no longer one of the
+    /// shard's young one-sided flows (`one_sided` counts those).
+    fn saw(&mut self, side: Side, one_sided: &mut usize) {
+        self.seen |= match side {
+            Side::Primary => 1,
+            Side::Secondary => 2,
+        };
+        if self.young && self.seen == 3 {
+            self.young = false;
+            *one_sided = one_sided.saturating_sub(1);
+        }
+    }
+
     /// How long this flow may stay idle (empty) before it goes: TCP connections outlive
     /// keepalive periods; datagram flows keep no state worth that (positions restart).
     fn idle_timeout(&self, cfg: &Config) -> core::time::Duration {
@@ -527,6 +544,13 @@ pub struct Shard<F> {
     evict_blocked: bool,
     /// Flow creation's token bucket (SPEC §11).
     budget: NewFlowBudget,
+    /// Flows created less than `compare_timeout` ago that only one guest has shown yet. A
+    /// flood the other guest does not answer (its flows hold frames until they time out)
+    /// would otherwise fill the memory budget and starve established flows; past
+    /// [`Shard::one_sided_cap`] new flows are refused until these age or are answered.
+    one_sided: usize,
+    /// The young one-sided flows in creation order: (slot, generation, created).
+    one_sided_fifo: VecDeque<(u32, u32, Timestamp)>,
 }
 
 /// Why no flow could be found or made for a frame.
@@ -573,23 +597,26 @@ impl NewFlowBudget {
         1_000_000_000 / u64::from(cfg.new_flows_per_sec.max(1))
     }
 
-    /// Whether the flow with key hash `hash` may be created at `now` (and pays for it).
-    fn admit(&mut self, hash: u64, now: Timestamp, cfg: &Config) -> bool {
-        if cfg.new_flows_per_sec == 0 {
-            return true;
-        }
+    /// Whether the flow with key hash `hash` may be created at `now` (and pays for it);
+    /// `room` says whether the shard has room for another young one-sided flow.
+    fn admit(&mut self, hash: u64, now: Timestamp, cfg: &Config, room: bool) -> bool {
+        let limited = cfg.new_flows_per_sec != 0;
         let cost = self.cost(cfg);
-        let cap = cost.saturating_mul(u64::from(cfg.new_flow_burst.max(1)));
-        let earned = u64::try_from(now.saturating_since(self.last).as_nanos()).unwrap_or(u64::MAX);
-        self.credit = self.credit.saturating_add(earned).min(cap);
-        self.last = self.last.max(now);
+        if limited {
+            let cap = cost.saturating_mul(u64::from(cfg.new_flow_burst.max(1)));
+            let earned = u64::try_from(now.saturating_since(self.last).as_nanos()).unwrap_or(u64::MAX);
+            self.credit = self.credit.saturating_add(earned).min(cap);
+            self.last = self.last.max(now);
+        }
         if self.refused.is_empty() {
             self.refused = vec![(0, Timestamp(0)); REFUSALS].into_boxed_slice();
         }
         let entry = self.refused.get_mut(hash as usize % REFUSALS);
         let recently = entry.as_ref().is_some_and(|(h, t)| *h == hash && now.saturating_since(*t) < REFUSAL_MEMORY);
-        if !recently && self.credit >= cost {
-            self.credit -= cost;
+        if !recently && room && (!limited || self.credit >= cost) {
+            if limited {
+                self.credit -= cost;
+            }
             return true;
         }
         if let Some(e) = entry {
@@ -622,6 +649,8 @@ impl<F: Frame> Shard<F> {
             fruitless: 0,
             evict_blocked: false,
             budget: NewFlowBudget::new(&config),
+            one_sided: 0,
+            one_sided_fifo: VecDeque::new(),
             cfg: config,
         }
     }
@@ -775,13 +804,41 @@ impl<F: Frame> Shard<F> {
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
     fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
-        match self.map.get(&(key, kind)) {
-            Some(&slot) => Ok(slot),
-            // While frames wait in `unflowed`, new flows join them so none overtakes them.
-            None if !self.unflowed.is_empty() => Err(NoFlow::TableFull),
-            None if !self.budget.admit(self.map.hasher().hash_one((key, kind)), now, &self.cfg) => Err(NoFlow::Budget),
-            None => self.insert(key, kind, now).ok_or(NoFlow::TableFull),
+        if let Some(&slot) = self.map.get(&(key, kind)) {
+            return Ok(slot);
         }
+        if !self.unflowed.is_empty() {
+            // While frames wait in `unflowed`, new flows join them so none overtakes them.
+            return Err(NoFlow::TableFull);
+        }
+        if !self.admit(key, kind, now) {
+            return Err(NoFlow::Budget);
+        }
+        self.insert(key, kind, now).ok_or(NoFlow::TableFull)
+    }
+
+    /// Whether a new flow may be made now (SPEC §11): room among the young one-sided flows
+    /// (aged ones leave the count first) and credit in the token bucket.
+    fn admit(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> bool {
+        while let Some(&(slot, generation, created)) = self.one_sided_fifo.front() {
+            if created.saturating_add(self.cfg.compare_timeout) > now {
+                break;
+            }
+            self.one_sided_fifo.pop_front();
+            let live = self.slots.get_mut(slot as usize).filter(|s| s.generation == generation);
+            if let Some(f) = live.and_then(|s| s.flow.as_mut()).filter(|f| f.young) {
+                f.young = false;
+                self.one_sided = self.one_sided.saturating_sub(1);
+            }
+        }
+        let room = self.one_sided < self.one_sided_cap();
+        self.budget.admit(self.map.hasher().hash_one((key, kind)), now, &self.cfg, room)
+    }
+
+    /// Young one-sided flows a shard keeps at most: an eighth of the memory budget, so what
+    /// they hold (usually one frame each) leaves the rest to established flows.
+    fn one_sided_cap(&self) -> usize {
+        (self.cfg.held_frames_budget / 8).max(64)
     }
 
     /// Frames of a flow the new-flow budget refused (SPEC §11): dropped and counted, never
@@ -967,6 +1024,7 @@ impl<F: Frame> Shard<F> {
             return;
         };
         flow.last_activity = now;
+        flow.saw(side, &mut self.one_sided);
         let Conn::Tcp(conn) = &mut flow.conn else {
             // The table keys TCP flows apart from datagram flows: unreachable.
             debug_assert!(false, "a TCP key mapped to a datagram flow");
@@ -1020,8 +1078,10 @@ impl<F: Frame> Shard<F> {
     fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
         let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
         let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
+        let one_sided = &mut self.one_sided;
         let Some((key, d)) = flow.and_then(|f| {
             f.last_activity = now;
+            f.saw(side, one_sided);
             match &mut f.conn {
                 Conn::Datagram(d) => Some((f.key, d)),
                 Conn::Tcp(_) => None,
@@ -1133,6 +1193,8 @@ impl<F: Frame> Shard<F> {
             last_activity: now,
             compare_at: None,
             lifetime_at: None,
+            seen: 0,
+            young: true,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -1148,6 +1210,9 @@ impl<F: Frame> Shard<F> {
         };
         self.map.insert((key, kind), slot);
         self.counters.flows += 1;
+        self.one_sided += 1;
+        let generation = self.slots.get(slot as usize).map_or(0, |s| s.generation);
+        self.one_sided_fifo.push_back((slot, generation, now));
         Some(slot)
     }
 
@@ -1204,6 +1269,9 @@ impl<F: Frame> Shard<F> {
                     self.pairs.forget(&f.key, c.secondary_port);
                 }
                 self.map.remove(&(f.key, f.kind));
+                if f.young {
+                    self.one_sided = self.one_sided.saturating_sub(1);
+                }
                 s.generation = s.generation.wrapping_add(1);
                 self.free.push(slot);
                 self.counters.flows = self.counters.flows.saturating_sub(1);

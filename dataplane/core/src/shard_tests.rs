@@ -2004,3 +2004,43 @@ fn test_a_standalone_completion_keeps_secondary_datagrams_ahead_of_the_primary()
         assert!(H::ckpts(&later).is_empty(), "resync {resync}: {:?}", h.requests);
     }
 }
+
+#[test]
+fn test_a_one_sided_flood_holds_at_most_an_eighth_of_the_memory_budget() {
+    // A flood only the primary answers (its flows hold a frame each until they time out)
+    // may not fill the memory budget: past budget / 8 young one-sided flows, new flows are
+    // refused until some are answered or age past compare_timeout.
+    let cfg = Config { held_frames_budget: 1024, new_flows_per_sec: 0, ..Config::default() };
+    let mut h = H::with(cfg);
+    let est = udp_to(250, b"established");
+    h.p(&est, 0);
+    h.s(&est, 0);
+    let flood = |i: u16| {
+        let dst = std::net::Ipv4Addr::new(10, 50, (i >> 8) as u8, i as u8);
+        IpFrame { dst: std::net::IpAddr::V4(dst), ..udp(b"one-sided") }.build()
+    };
+    let mut refused = 0;
+    for i in 0..500u16 {
+        let evs = h.p(&flood(i), 1);
+        refused += usize::from(evs == vec![Ev::Drop(Side::Primary, DropReason::NewFlowBudget)]);
+    }
+    assert_eq!(refused, 500 - 128, "1024 / 8 one-sided flows at most");
+    assert_eq!(h.shard.counters().held_primary_frames, 128);
+    // Established traffic is untouched.
+    let more = udp_to(250, b"more");
+    h.p(&more, 2);
+    assert_eq!(rels(&h.s(&more, 2)), vec![(more.clone(), Via::Match)]);
+    // The secondary answers ten of them: room for ten new flows (but not for the refused
+    // ones' other copies: those share their fate).
+    for i in 0..10u16 {
+        assert_eq!(rels(&h.s(&flood(i), 3)).len(), 1);
+    }
+    let admitted = (600..620u16).filter(|&i| h.p(&flood(i), 4).is_empty()).count();
+    assert_eq!(admitted, 10);
+    // Past compare_timeout the one-sided ones time out (a checkpoint, whose flush releases
+    // them) and age out of the count: new flows are admitted again.
+    let evs = h.tick(3005);
+    assert!(H::ckpts(&evs).contains(&"timeout-primary"), "{evs:?}");
+    h.done(3006);
+    assert!(h.p(&flood(700), 3007).is_empty(), "admitted again");
+}

@@ -18,6 +18,10 @@ use crate::Shared;
 /// with their flow); frames without a flow key (non-IP, malformed) go to shard 0, which keeps
 /// them in order.
 pub fn shard_of(bytes: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        // One shard takes everything: no need to parse for it.
+        return 0;
+    }
     match wire::parse(bytes).key() {
         Some(key) => rss::shard_for_hash(rss::shard_hash(key), shards),
         None => 0,
