@@ -17,7 +17,7 @@ fn check(shards: usize) {
     // dataplane runs the default `passthrough`).
     // The second round's pairs too, but those whose verdict comes from a timer (a lone RST
     // waits `compare_timeout`, a lone reply `reorder_grace`), which this batch run outlasts.
-    let timed = ["secondary-rst-alone", "udp-single-reply-differs"];
+    let timed = ["secondary-rst-alone", "udp-single-reply-differs", "udp-lagging-secondary-across-a-checkpoint"];
     let pairs = synth::all()
         .into_iter()
         .chain(synth::datagram_pairs().into_iter().filter(|p| p.name != "arp-identical"))

@@ -742,9 +742,36 @@ pub fn port_reuse_proxy_mode() -> Pair {
     Pair { name: "port-reuse-proxy-mode", primary, secondary, expect_checkpoints: vec![], expect_all_matched: true }
 }
 
+/// A 50 datagrams/s UDP stream (guest port 53 → client 40000) whose secondary runs 30 ms
+/// behind the primary, while another flow (port 54) diverges at 100 ms: the checkpoint's flush
+/// releases the stream's held datagrams, and the secondary's copies of them, sent before the
+/// checkpoint but arriving after it, are absorbed — the stream keeps matching and asks for no
+/// checkpoint of its own (SPEC §5.2, §6). One request: the other flow's `datagram-mismatch`.
+pub fn udp_lagging_secondary_across_a_checkpoint() -> Pair {
+    let (mut primary, mut secondary) = (Capture::default(), Capture::default());
+    for i in 0..20usize {
+        let at = T0 + Duration::from_millis(20 * i as u64);
+        primary.push(at, udp_msg(i, 100 + i as u32, 64).build());
+        secondary.push(at + Duration::from_millis(30), udp_msg(i, 0x5000 + i as u32, 63).build());
+    }
+    let other = |data: &[u8], ttl: u8| IpFrame { ttl, ..IpFrame::udp(54, 40001, data) }.build();
+    primary.push(T0 + Duration::from_millis(100), other(b"the primary's answer", 64));
+    secondary.push(T0 + Duration::from_millis(101), other(b"the secondary's one!", 63));
+    primary.frames.sort_by_key(|f| f.ts);
+    secondary.frames.sort_by_key(|f| f.ts);
+    Pair {
+        name: "udp-lagging-secondary-across-a-checkpoint",
+        primary,
+        secondary,
+        expect_checkpoints: vec!["datagram-mismatch"],
+        expect_all_matched: false,
+    }
+}
+
 /// What real guests do that the first comparator round got wrong (SPEC §4–§6): keepalives
 /// after idle, port reuse seen first on the secondary, UDP checksum 0, one differing reply,
-/// a RST against a SYN-ACK or alone, TCP segments as IP fragments, link-local reports.
+/// a RST against a SYN-ACK or alone, TCP segments as IP fragments, link-local reports, a
+/// secondary lagging across a checkpoint.
 pub fn second_round_pairs() -> Vec<Pair> {
     vec![
         keepalive_after_idle(),
@@ -756,6 +783,7 @@ pub fn second_round_pairs() -> Vec<Pair> {
         tcp_segment_fragmented(),
         tcp_fragment_differs(),
         link_local_at_different_moments(),
+        udp_lagging_secondary_across_a_checkpoint(),
     ]
 }
 

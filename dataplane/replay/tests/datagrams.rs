@@ -145,3 +145,19 @@ fn explain_traces_a_fragmented_tcp_segment_through_its_stream() {
     }
     assert!(text.contains("compared=1002002 (stream +2001)"), "{text}");
 }
+
+#[test]
+fn a_secondary_lagging_across_a_checkpoint_causes_no_follow_on_checkpoint() {
+    let pair = synth::udp_lagging_secondary_across_a_checkpoint();
+    for shards in [1, 3] {
+        let out = replay(&pair.primary, &pair.secondary, &Options { shards, ..Options::default() });
+        let flows: Vec<(&str, String)> = out.report.checkpoints.iter().map(|c| (c.reason, c.flow.clone())).collect();
+        assert_eq!(flows, vec![("datagram-mismatch", "udp 10.0.0.2:54 > 10.0.0.1:40001".to_string())]);
+        // The lagging stream: everything released once, after the flush by match again.
+        let of_stream = |i: usize| wire::parse(&pair.primary.frames[i].data).key().is_some_and(|k| k.src_port == 53);
+        let stream: Vec<_> = out.report.released.iter().filter(|r| of_stream(r.index)).collect();
+        assert_eq!(stream.len(), 20);
+        assert_eq!(stream.last().map(|r| r.via), Some("match"));
+        assert_eq!(out.counters.secondary_dropped.iter().sum::<u64>(), 0, "absorbed, not dropped");
+    }
+}
