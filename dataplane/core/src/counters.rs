@@ -7,7 +7,7 @@
 use core::time::Duration;
 
 use crate::checkpoint::CheckpointReason;
-use crate::shard::{DropReason, Via};
+use crate::reasons::{DropReason, Via};
 use crate::wire::MalformedReason;
 use crate::Side;
 

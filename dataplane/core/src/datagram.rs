@@ -25,27 +25,11 @@
 use std::collections::VecDeque;
 
 use crate::checkpoint::{hex_window, CheckpointReason};
-use crate::shard::{DropReason, Out, Via};
+use crate::out::{Out, Piece};
+use crate::reasons::{DropReason, Via};
 use crate::time::Timestamp;
-use crate::wire::{FlowKey, Span};
+use crate::wire::FlowKey;
 use crate::{Config, Frame, Side};
-
-/// One original frame of a datagram and where its compared bytes lie.
-pub(crate) struct Piece<F> {
-    pub(crate) frame: F,
-    pub(crate) arrived: Timestamp,
-    /// Frame length (for the held-bytes gauges).
-    pub(crate) len: u32,
-    /// The compared bytes inside the frame.
-    pub(crate) data: Span,
-    /// Offset of `data` inside the datagram (0 for an unfragmented datagram).
-    pub(crate) at: u32,
-    /// Arrival order among the datagram's fragments (release order).
-    pub(crate) seq: u32,
-    /// An exact duplicate of another fragment (same place, same bytes): released with the
-    /// datagram, skipped when comparing.
-    pub(crate) dup: bool,
-}
 
 /// A datagram's original frames: one, or the fragments sorted by (`at`, `dup`).
 pub(crate) enum Pieces<F> {
@@ -296,7 +280,7 @@ impl<F: Frame> DatagramFlow<F> {
         detail: impl FnOnce() -> String,
     ) {
         match self.name {
-            Some(name) => out.request_named(&mut self.requested, reason, name, detail),
+            Some(name) => out.request(&mut self.requested, reason, name, detail),
             None => out.request(&mut self.requested, reason, key, detail),
         }
     }

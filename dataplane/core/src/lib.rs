@@ -17,16 +17,20 @@
 //! `reasm` reassembles IPv4/IPv6 fragments per side with bounded memory; [`proxy`] does proxy
 //! mode's byte surgery (ACK/SACK/TSecr of client frames, seq/TSval of the secondary's output
 //! after a failover, ports) and `pairing` pairs guest-opened connections whose guests chose
-//! different source ports.
+//! different source ports. At the bottom, [`reasons`] names the outcomes (why a frame was
+//! released or handed back) and `out` is the output sink the comparison modules write to; the
+//! imports run one way, from `shard` down to them, with no cycle.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
 pub mod counters;
 mod datagram;
 pub mod fixtures;
+mod out;
 mod pairing;
 pub mod proxy;
 mod reasm;
+pub mod reasons;
 pub mod rss;
 pub mod shard;
 pub mod tcp;
@@ -36,8 +40,10 @@ pub mod wire;
 
 pub use checkpoint::{CheckpointReason, CheckpointRequest};
 pub use counters::{Counters, HoldTime};
+pub use out::Action;
 pub use proxy::ClientRewrite;
-pub use shard::{Action, ClientSegment, DropReason, FlowStatus, Shard, Via};
+pub use reasons::{DropReason, Via};
+pub use shard::{ClientSegment, FlowStatus, Shard};
 pub use tcp::HoldReason;
 pub use time::Timestamp;
 pub use wire::{FlowKey, MalformedReason};

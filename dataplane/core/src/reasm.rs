@@ -29,8 +29,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::checkpoint::CheckpointReason;
-use crate::datagram::{Item, Piece, Pieces};
-use crate::shard::{DropReason, Out, Via};
+use crate::datagram::{Item, Pieces};
+use crate::out::{Out, Piece};
+use crate::reasons::{DropReason, Via};
 use crate::time::Timestamp;
 use crate::timer::{DeadlineQueue, TimerKind};
 use crate::wire::{self, FlowKey, Fragment};
@@ -320,7 +321,7 @@ impl<F: Frame> Reassembly<F> {
                 let key = p.key;
                 let d = detail();
                 p.state = State::Expired;
-                out.request_shard(shard_requested, CheckpointReason::FragmentTimeout, &key, || d);
+                out.request(shard_requested, CheckpointReason::FragmentTimeout, key, || d);
             }
             (_, Side::Secondary) => {
                 let key = p.key;
@@ -329,7 +330,7 @@ impl<F: Frame> Reassembly<F> {
                     self.bytes[1] = self.bytes[1].saturating_sub(p.bytes);
                     drop_pieces(out, p.pieces, DropReason::ReassemblyFailed);
                 }
-                out.request_shard(shard_requested, CheckpointReason::FragmentTimeout, &key, || d);
+                out.request(shard_requested, CheckpointReason::FragmentTimeout, key, || d);
             }
         }
     }

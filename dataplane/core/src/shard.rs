@@ -4,9 +4,9 @@
 //! per-shard deadline queue, checkpoint-request aggregation per epoch, the counters, and the
 //! action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
 //! and other IP protocols to [`crate::datagram`]; fragments to [`crate::reasm`], whose whole
-//! datagrams then go to [`crate::datagram`] (a reassembled TCP segment too: it is compared as
-//! a whole datagram, `other-mismatch`, in a flow of its own, since the TCP comparator reads
-//! payload from one frame); non-IP/malformed frames to the configured [`crate::NonIpPolicy`].
+//! datagrams then go to [`crate::datagram`] — or, for a reassembled TCP segment, to its
+//! connection in [`crate::tcp`]; non-IP/malformed frames to the configured
+//! [`crate::NonIpPolicy`]. New flows pass the shard's new-flow budget first (SPEC §11).
 //!
 //! Must never: read a clock, log or allocate on the per-packet path in steady state (queues
 //! keep their capacity; only checkpoint diagnostics allocate), drop primary output silently,
@@ -15,143 +15,26 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::checkpoint::{CheckpointReason, CheckpointRequest};
+use crate::checkpoint::CheckpointReason;
 use crate::counters::Counters;
-use crate::datagram::{DatagramFlow, Item, Piece, Pieces};
+use crate::datagram::{DatagramFlow, Item, Pieces};
+pub use crate::out::Action;
+use crate::out::{Out, Piece};
+pub use crate::reasons::{DropReason, Via};
+
+/// The output sink over a shard's own fields at `now`. A macro rather than a method: the flow
+/// table (`slots`) stays borrowable beside it.
+macro_rules! out {
+    ($shard:expr, $now:expr) => {
+        Out { actions: &mut $shard.actions, counters: &mut $shard.counters, now: $now, pool: &mut $shard.pool }
+    };
+}
 use crate::reasm::{Fed, Reassembly};
 use crate::tcp::{HoldReason, SegFrames, TcpConn};
 use crate::time::Timestamp;
 use crate::timer::{DeadlineQueue, TimerKind};
 use crate::wire::{self, Class, FlowKey, Span, TcpSegment};
 use crate::{Config, Frame, NonIpPolicy, Side};
-
-/// Why a primary frame was released (SPEC §9.2 `via`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Via {
-    /// Every position verified against the secondary (and the ACK rule holds).
-    Match,
-    /// Wholly below `compared` when it arrived: the client already saw those bytes.
-    Retransmission,
-    /// Released by a checkpoint completion or failover.
-    Flush,
-    /// Not compared (non-IP, malformed, not-yet-compared classes, after failover).
-    Passthrough,
-}
-
-impl Via {
-    /// Every value, in counter order.
-    pub const ALL: [Via; 4] = [Via::Match, Via::Retransmission, Via::Flush, Via::Passthrough];
-
-    /// `match`, `retransmission`, `flush`, `passthrough`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::Match => "match",
-            Via::Retransmission => "retransmission",
-            Via::Flush => "flush",
-            Via::Passthrough => "passthrough",
-        }
-    }
-}
-
-/// Why a frame is handed back without being transmitted.
-///
-/// `Consumed` and `Flushed` are the normal ends of secondary frames and are counted as
-/// `secondary_consumed` / `secondary_flushed`, not as drops; every other reason is a drop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// Secondary frame fully compared (or carrying nothing to compare).
-    Consumed,
-    /// Secondary frame discarded by a checkpoint flush.
-    Flushed,
-    /// Secondary non-IP frame under the passthrough policy.
-    NonIp,
-    /// Secondary malformed frame under the passthrough policy.
-    Malformed,
-    /// Secondary frame beyond `max_queue_size` (a checkpoint was requested).
-    QueueFull,
-    /// Primary frame past the shard's memory budget (memory truly exhausted, SPEC §6); a
-    /// secondary frame dropped to keep that budget for the primary's.
-    MemoryBudget,
-    /// Flow table full and nothing evictable (a `resource-pressure` request was made).
-    FlowTableFull,
-    /// A frame of a new flow past the shard's new-flow budget (SPEC §11: a flood of new
-    /// flows must not starve established ones); the other guest's frame of that flow goes
-    /// the same way, so the guests stay alike.
-    NewFlowBudget,
-    /// Frame of the side no longer forwarded after a failover.
-    FailedOver,
-    /// Fragment beyond the reassembly bounds (a `resource-pressure` request was made); for
-    /// the primary only when the overflow FIFO is full too (memory truly exhausted).
-    ReassemblyFull,
-    /// Secondary fragment of a datagram that cannot be reassembled (conflicting overlap,
-    /// bad length, too many fragments, reassembly timeout).
-    ReassemblyFailed,
-    /// A branch the shard's own invariants rule out was taken (a bug): the frame is counted
-    /// here, never lost silently (SPEC §10); debug builds and the fuzzers stop on it.
-    Internal,
-}
-
-impl DropReason {
-    /// Number of reasons.
-    pub const COUNT: usize = 12;
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::Consumed,
-        DropReason::Flushed,
-        DropReason::NonIp,
-        DropReason::Malformed,
-        DropReason::QueueFull,
-        DropReason::MemoryBudget,
-        DropReason::FlowTableFull,
-        DropReason::NewFlowBudget,
-        DropReason::FailedOver,
-        DropReason::ReassemblyFull,
-        DropReason::ReassemblyFailed,
-        DropReason::Internal,
-    ];
-
-    /// Stable name for counters and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Consumed => "consumed",
-            DropReason::Flushed => "flushed",
-            DropReason::NonIp => "non-ip",
-            DropReason::Malformed => "malformed",
-            DropReason::QueueFull => "queue-full",
-            DropReason::MemoryBudget => "memory-budget",
-            DropReason::FlowTableFull => "flow-table-full",
-            DropReason::NewFlowBudget => "new-flow-budget",
-            DropReason::FailedOver => "failed-over",
-            DropReason::ReassemblyFull => "reassembly-full",
-            DropReason::ReassemblyFailed => "reassembly-failed",
-            DropReason::Internal => "internal-error",
-        }
-    }
-}
-
-/// What the caller must do next. Frames come back by ownership so the runtime can transmit or
-/// free them (DPDK mbufs).
-#[derive(Debug)]
-pub enum Action<F> {
-    /// Transmit this frame to the clients, unmodified.
-    Release {
-        /// The primary's frame (or the secondary's after a failover to it).
-        frame: F,
-        /// Why it may go.
-        via: Via,
-    },
-    /// Do not transmit; free the frame.
-    Drop {
-        /// Which guest sent it.
-        side: Side,
-        /// The frame.
-        frame: F,
-        /// Why.
-        reason: DropReason,
-    },
-    /// Ask the control thread for a checkpoint.
-    Checkpoint(CheckpointRequest),
-}
 
 /// A client's TCP frame as proxy mode needs it (from [`Shard::observe_client`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,197 +66,8 @@ pub struct FlowStatus {
     pub closed: bool,
 }
 
-/// The shard's output side, borrowed by the comparison modules while they run.
-pub(crate) struct Out<'a, F> {
-    pub(crate) actions: &'a mut VecDeque<Action<F>>,
-    pub(crate) counters: &'a mut Counters,
-    pub(crate) now: Timestamp,
-    /// Emptied fragment lists, reused so reassembly does not allocate per datagram.
-    pub(crate) pool: &'a mut Vec<Vec<Piece<F>>>,
-}
-
 /// Slots the eviction hand looks at per new flow when the table is full.
 const EVICT_SCAN: usize = 64;
-
-/// Fragment lists kept for reuse (bounds the pool's memory).
-const POOL_MAX: usize = 256;
-
-impl<F> Out<'_, F> {
-    pub(crate) fn take_pieces(&mut self) -> Vec<Piece<F>> {
-        self.pool.pop().unwrap_or_default()
-    }
-
-    pub(crate) fn recycle(&mut self, mut v: Vec<Piece<F>>) {
-        v.clear();
-        if self.pool.len() < POOL_MAX && v.capacity() > 0 && v.capacity() <= 256 {
-            self.pool.push(v);
-        }
-    }
-
-    pub(crate) fn drop_held_primary(&mut self, frame: F, len: u32, reason: DropReason) {
-        let c = &mut *self.counters;
-        c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
-        c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
-        c.primary_dropped[reason as usize] += 1;
-        self.actions.push_back(Action::Drop { side: Side::Primary, frame, reason });
-    }
-
-    /// Whether holding `frames` more frames of `bytes` would pass the shard's memory budget
-    /// (SPEC §6: the only reason to drop primary output).
-    pub(crate) fn over_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
-        self.over_eighths(cfg, frames, bytes, 8)
-    }
-
-    /// The same for a secondary frame, which is refused at 7/8 of the budget: the last
-    /// eighth is kept for primary output, so secondary frames go first.
-    pub(crate) fn over_secondary_budget(&self, cfg: &Config, frames: u64, bytes: u64) -> bool {
-        self.over_eighths(cfg, frames, bytes, 7)
-    }
-
-    /// Whether holding `frames` more frames of `bytes` passes `eighths`/8 of the budget.
-    fn over_eighths(&self, cfg: &Config, frames: u64, bytes: u64, eighths: u64) -> bool {
-        let c = &*self.counters;
-        (c.held_primary_frames + c.held_secondary_frames + frames) * 8 > cfg.held_frames_budget as u64 * eighths
-            || (c.held_primary_bytes + c.held_secondary_bytes + bytes) * 8 > cfg.held_bytes_budget * eighths
-    }
-
-    /// A frame hit the memory budget: one shard-wide `resource-pressure` request per flow and
-    /// epoch (its flush returns the held frames), with the figures.
-    pub(crate) fn budget_request(&mut self, requested: &mut u16, key: &FlowKey, cfg: &Config) {
-        let c = &*self.counters;
-        let (frames, bytes) =
-            (c.held_primary_frames + c.held_secondary_frames, c.held_primary_bytes + c.held_secondary_bytes);
-        self.request(requested, CheckpointReason::ResourcePressure, key, || {
-            format!(
-                "shard memory budget exhausted: {frames} frames / {bytes} bytes held (budget {} / {})",
-                cfg.held_frames_budget, cfg.held_bytes_budget
-            )
-        });
-    }
-
-    pub(crate) fn hold(&mut self, side: Side, len: u32) {
-        let c = &mut *self.counters;
-        match side {
-            Side::Primary => {
-                c.held_primary_frames += 1;
-                c.held_primary_bytes += u64::from(len);
-            }
-            Side::Secondary => {
-                c.held_secondary_frames += 1;
-                c.held_secondary_bytes += u64::from(len);
-            }
-        }
-    }
-
-    pub(crate) fn release_held(&mut self, frame: F, via: Via, arrived: Timestamp, len: u32) {
-        let c = &mut *self.counters;
-        c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
-        c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
-        c.released[via as usize] += 1;
-        c.hold_time.record(self.now.saturating_since(arrived));
-        self.actions.push_back(Action::Release { frame, via });
-    }
-
-    pub(crate) fn release_now(&mut self, frame: F, via: Via) {
-        self.counters.released[via as usize] += 1;
-        self.actions.push_back(Action::Release { frame, via });
-    }
-
-    pub(crate) fn release_secondary_held(&mut self, frame: F, len: u32, reason: DropReason) {
-        let c = &mut *self.counters;
-        c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
-        c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
-        self.count_secondary(reason);
-        self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason });
-    }
-
-    pub(crate) fn consume_new(&mut self, frame: F) {
-        self.count_secondary(DropReason::Consumed);
-        self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason: DropReason::Consumed });
-    }
-
-    fn count_secondary(&mut self, reason: DropReason) {
-        let c = &mut *self.counters;
-        match reason {
-            DropReason::Consumed => c.secondary_consumed += 1,
-            DropReason::Flushed => c.secondary_flushed += 1,
-            r => c.secondary_dropped[r as usize] += 1,
-        }
-    }
-
-    pub(crate) fn drop_new(&mut self, side: Side, frame: F, reason: DropReason) {
-        match side {
-            Side::Primary => self.counters.primary_dropped[reason as usize] += 1,
-            Side::Secondary => self.count_secondary(reason),
-        }
-        self.actions.push_back(Action::Drop { side, frame, reason });
-    }
-
-    /// Emits a checkpoint request unless this reason was already requested for this flow (or
-    /// shard) in the current epoch.
-    pub(crate) fn request(
-        &mut self,
-        requested: &mut u16,
-        reason: CheckpointReason,
-        key: &FlowKey,
-        detail: impl FnOnce() -> String,
-    ) {
-        self.request_flow(requested, reason, Some(key), detail);
-    }
-
-    /// Like [`Out::request`], for a flow with a name of its own (`non-ip`).
-    pub(crate) fn request_named(
-        &mut self,
-        requested: &mut u16,
-        reason: CheckpointReason,
-        name: &str,
-        detail: impl FnOnce() -> String,
-    ) {
-        self.request_with(requested, reason, || name.to_string(), detail);
-    }
-
-    /// A request deduplicated by the shard-wide bits (fragment timeouts: one per epoch per
-    /// shard, so a flood of never-completed fragments cannot flood the control thread).
-    pub(crate) fn request_shard(
-        &mut self,
-        shard_requested: &mut u16,
-        reason: CheckpointReason,
-        key: &FlowKey,
-        detail: impl FnOnce() -> String,
-    ) {
-        self.request_flow(shard_requested, reason, Some(key), detail);
-    }
-
-    fn request_flow(
-        &mut self,
-        requested: &mut u16,
-        reason: CheckpointReason,
-        key: Option<&FlowKey>,
-        detail: impl FnOnce() -> String,
-    ) {
-        self.request_with(requested, reason, || key.map(ToString::to_string).unwrap_or_default(), detail);
-    }
-
-    fn request_with(
-        &mut self,
-        requested: &mut u16,
-        reason: CheckpointReason,
-        flow: impl FnOnce() -> String,
-        detail: impl FnOnce() -> String,
-    ) {
-        if *requested & reason.bit() != 0 {
-            return;
-        }
-        *requested |= reason.bit();
-        self.counters.checkpoint_requests[reason as usize] += 1;
-        self.actions.push_back(Action::Checkpoint(CheckpointRequest {
-            reason,
-            flow: flow(),
-            detail: detail(),
-            now: self.now,
-        }));
-    }
-}
 
 /// Which comparator a flow uses; part of the table key so a reassembled TCP segment (compared
 /// as a datagram) never collides with its connection's stream state.
@@ -754,7 +448,7 @@ impl<F: Frame> Shard<F> {
         if let Some(forwarded) = self.failed_over {
             return self.forward(side, forwarded, frame, now);
         }
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match wire::parse(frame.bytes()) {
             Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
@@ -777,17 +471,17 @@ impl<F: Frame> Shard<F> {
     /// SPEC §6 failover: the chosen side is forwarded uncompared, the other dropped.
     fn forward(&mut self, side: Side, forwarded: Side, mut frame: F, now: Timestamp) {
         if side != forwarded {
-            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            let mut out = out!(self, now);
             return out.drop_new(side, frame, DropReason::FailedOver);
         }
         if side == Side::Primary {
-            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            let mut out = out!(self, now);
             return out.release_now(frame, Via::Passthrough);
         }
         // Proxy mode keeps the connections the client knows alive: the secondary's segments
         // go out in the primary's sequence space and on its clock.
         if self.cfg.mode == crate::Mode::Proxy && !self.forward_secondary(&mut frame, now) {
-            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            let mut out = out!(self, now);
             return out.drop_new(side, frame, DropReason::FailedOver);
         }
         self.counters.secondary_forwarded += 1;
@@ -844,7 +538,7 @@ impl<F: Frame> Shard<F> {
     /// Frames of a flow the new-flow budget refused (SPEC §11): dropped and counted, never
     /// parked (parking would make every later new flow queue behind them).
     fn refuse_new_flow(&mut self, side: Side, frames: SegFrames<F>, now: Timestamp) {
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         frames.refuse(&mut out, side, DropReason::NewFlowBudget);
     }
 
@@ -852,10 +546,10 @@ impl<F: Frame> Shard<F> {
     /// frames (already counted as held or not, per `held`) in arrival order until the flush,
     /// bounded by `max_queue_size`; drop the secondary's.
     fn overflow(&mut self, side: Side, frame: F, held: bool, reason: DropReason, key: &FlowKey, now: Timestamp) {
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         let flows = self.map.len();
         let partials = self.reasm.len();
-        out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, Some(key), || match reason {
+        out.request(&mut self.requested, CheckpointReason::ResourcePressure, key, || match reason {
             DropReason::ReassemblyFull => format!("reassembly table full ({partials} partial datagrams)"),
             _ => format!("flow table full ({flows} flows)"),
         });
@@ -930,7 +624,7 @@ impl<F: Frame> Shard<F> {
         now: Timestamp,
     ) -> Option<(F, FlowKey)> {
         while let Some(old) = self.pairs.expired(now, self.cfg.compare_timeout) {
-            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            let mut out = out!(self, now);
             out.release_secondary_held(old.frame, old.len, DropReason::Consumed);
         }
         let aliased = self.pairs.primary_port(&key);
@@ -966,8 +660,7 @@ impl<F: Frame> Shard<F> {
                 }
                 None => {
                     let len = frame.bytes().len() as u32;
-                    let mut out =
-                        Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                    let mut out = out!(self, now);
                     out.hold(Side::Secondary, len);
                     let parked = crate::pairing::Parked { key, seg: *seg, frame, arrived: now, len };
                     if let Some(old) = self.pairs.park(parked) {
@@ -1012,7 +705,7 @@ impl<F: Frame> Shard<F> {
             self.offsets_epoch += 1;
         }
         let slot = self.flow_slot(key, Kind::Tcp, now);
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
         }
@@ -1064,19 +757,13 @@ impl<F: Frame> Shard<F> {
                 return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, &key, now)
             }
         };
-        self.counters_hold(side, len);
+        out!(self, now).hold(side, len);
         self.feed_item(side, slot, Item::new(proto, Pieces::One(piece), span.len, now), now);
-    }
-
-    fn counters_hold(&mut self, side: Side, len: u32) {
-        let mut out =
-            Out { actions: &mut self.actions, counters: &mut self.counters, now: Timestamp(0), pool: &mut self.pool };
-        out.hold(side, len);
     }
 
     /// Gives a whole datagram (frames already counted as held) to its flow.
     fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
         let one_sided = &mut self.one_sided;
         let Some((key, d)) = flow.and_then(|f| {
@@ -1108,7 +795,7 @@ impl<F: Frame> Shard<F> {
         if side == Side::Primary && !self.unflowed.is_empty() {
             return self.overflow(side, frame, false, DropReason::ReassemblyFull, &key, now);
         }
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         let fed = self.reasm.on_fragment(side, frame, key, frag, &mut out, &self.cfg, &mut self.timers);
         self.counters.reassembly_partials = self.reasm.len() as u64;
         match fed {
@@ -1138,8 +825,7 @@ impl<F: Frame> Shard<F> {
         match self.flow_slot(key, kind, now) {
             Ok(slot) => self.feed_item(side, slot, item, now),
             Err(NoFlow::Budget) => {
-                let mut out =
-                    Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                let mut out = out!(self, now);
                 for (frame, len) in item.into_frames() {
                     match side {
                         Side::Primary => out.drop_held_primary(frame, len, DropReason::NewFlowBudget),
@@ -1344,8 +1030,7 @@ impl<F: Frame> Shard<F> {
         while let Some((at, slot, generation, kind)) = self.timers.pop_due(now) {
             if kind == TimerKind::Reassembly {
                 if self.reasm.is_live(at, slot, generation) {
-                    let mut out =
-                        Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+                    let mut out = out!(self, now);
                     self.reasm.expire(slot, &mut out, &mut self.requested);
                     self.counters.reassembly_partials = self.reasm.len() as u64;
                 }
@@ -1374,12 +1059,12 @@ impl<F: Frame> Shard<F> {
                 }
                 continue;
             }
-            let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+            let mut out = out!(self, now);
             match &mut flow.conn {
                 Conn::Tcp(conn) => {
                     if let Some((reason, detail)) = conn.expired(now, self.cfg.compare_timeout) {
                         conn.timed_out = true;
-                        out.request(&mut conn.requested, reason, &flow.key, || detail);
+                        out.request(&mut conn.requested, reason, flow.key, || detail);
                     }
                 }
                 Conn::Datagram(d) => {
@@ -1421,7 +1106,7 @@ impl<F: Frame> Shard<F> {
         self.offsets_epoch += 1;
         self.evict_blocked = false;
         self.fruitless = 0;
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         // Slot order, not hash order: deterministic output for replay and tests. Flows
         // before partial datagrams before parked frames: each flow's own order is kept
         // (a datagram's fragments are either all in a flow or all still partial).
@@ -1459,7 +1144,7 @@ impl<F: Frame> Shard<F> {
         // the secondary, that is output the client still needs: forward it (in the client's
         // space) right after the primary's last frames; failing over to the primary, drop it.
         let proxy = self.cfg.mode == crate::Mode::Proxy;
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
+        let mut out = out!(self, now);
         for s in &mut self.slots {
             let Some(Flow { conn: Conn::Tcp(conn), .. }) = &mut s.flow else { continue };
             let held = conn.take_secondary();
@@ -1530,8 +1215,8 @@ impl<F: Frame> Shard<F> {
     /// The runtime reports mbuf exhaustion approaching (SPEC §6 `resource-pressure`): one
     /// shard-wide request per epoch; the flush it triggers returns the held mbufs.
     pub fn resource_pressure(&mut self, detail: &str, now: Timestamp) {
-        let mut out = Out { actions: &mut self.actions, counters: &mut self.counters, now, pool: &mut self.pool };
-        out.request_flow(&mut self.requested, CheckpointReason::ResourcePressure, None, || detail.to_string());
+        let mut out = out!(self, now);
+        out.request(&mut self.requested, CheckpointReason::ResourcePressure, "", || detail.to_string());
     }
 
     /// The comparison state of one flow, if present: its TCP connection, else the datagram

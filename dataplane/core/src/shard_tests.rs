@@ -4,6 +4,7 @@
 use core::time::Duration;
 
 use super::*;
+use crate::checkpoint::CheckpointRequest;
 use crate::fixtures::{flags, timestamp_option, Conn, TcpFrame};
 use crate::Mode;
 

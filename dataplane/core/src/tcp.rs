@@ -17,8 +17,9 @@
 use std::collections::VecDeque;
 
 use crate::checkpoint::{hex_window, CheckpointReason};
-use crate::datagram::{Item, Piece, Pieces};
-use crate::shard::{DropReason, Out, Via};
+use crate::datagram::{Item, Pieces};
+use crate::out::{Out, Piece};
+use crate::reasons::{DropReason, Via};
 use crate::time::Timestamp;
 use crate::wire::{payload, FlowKey, TcpSegment};
 use crate::{Config, Frame, Mode, Side};
