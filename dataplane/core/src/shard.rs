@@ -3,8 +3,8 @@
 //! Owns the flow table (bounded, ahash; evicts closed then idle flows, never wipes), the
 //! per-shard deadline queue, checkpoint-request aggregation per epoch, the counters, and the
 //! action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
-//! and other IP protocols to [`crate::datagram`]; fragments to [`crate::reasm`], whose whole
-//! datagrams then go to [`crate::datagram`] — or, for a reassembled TCP segment, to its
+//! and other IP protocols to `datagram`; fragments to `reasm`, whose whole
+//! datagrams then go to `datagram` — or, for a reassembled TCP segment, to its
 //! connection in [`crate::tcp`]; non-IP/malformed frames to the configured
 //! [`crate::NonIpPolicy`]. New flows pass the shard's new-flow budget first (SPEC §11).
 //!
