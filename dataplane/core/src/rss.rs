@@ -114,6 +114,20 @@ pub fn shard_for_hash(hash: u32, shards: usize) -> usize {
     (hash as usize & 127) % shards.max(1)
 }
 
+/// The shard a frame belongs to — the one dispatch rule the runtime's software dispatch and
+/// `colo-replay` share: symmetric Toeplitz over its L3 addresses (fragments stay with their
+/// flow, both directions meet); frames without a flow key (non-IP, malformed) go to shard 0,
+/// which keeps them in order. One shard takes everything without parsing.
+pub fn shard_of(frame: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    match crate::wire::parse(frame).key() {
+        Some(key) => shard_for_hash(shard_hash(key), shards),
+        None => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use colo_core::wire::{self, Class};
-use colo_core::{rss, Action, Config, Counters, Frame, Mode, NonIpPolicy, Shard, Side, Timestamp, Via};
+use colo_core::{Action, Config, Counters, Frame, Mode, NonIpPolicy, Shard, Side, Timestamp, Via};
 use serde::Serialize;
 
 pub use capture::{read_pcap, write_pcap, Capture, CapturedFrame, ReplayError};
@@ -313,14 +313,8 @@ impl Run<'_> {
     }
 }
 
-/// Picks a frame's shard: symmetric Toeplitz over its L3 addresses (as the runtime's software
-/// dispatch does); frames without addresses go to shard 0.
-pub fn shard_of(data: &[u8], shards: usize) -> usize {
-    match wire::parse(data).key() {
-        Some(key) => rss::shard_for_hash(rss::shard_hash(key), shards),
-        None => 0,
-    }
-}
+/// Picks a frame's shard exactly as the runtime's software dispatch does.
+pub use colo_core::rss::shard_of;
 
 /// Replays two captures through `opts.shards` shards with a virtual clock.
 pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome {

@@ -9,24 +9,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use colo_core::{rss, wire};
 use dpdk::{Mbuf, RxBurst, RxQueue, TxBatch, TxQueue};
 
 use crate::Shared;
 
-/// The shard a frame belongs to: symmetric Toeplitz over its L3 addresses (fragments stay
-/// with their flow); frames without a flow key (non-IP, malformed) go to shard 0, which keeps
-/// them in order.
-pub fn shard_of(bytes: &[u8], shards: usize) -> usize {
-    if shards <= 1 {
-        // One shard takes everything: no need to parse for it.
-        return 0;
-    }
-    match wire::parse(bytes).key() {
-        Some(key) => rss::shard_for_hash(rss::shard_hash(key), shards),
-        None => 0,
-    }
-}
+pub use colo_core::rss::shard_of;
 
 /// The output side drained by this lcore.
 pub struct TxDrain {
