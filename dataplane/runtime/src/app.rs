@@ -23,20 +23,13 @@ use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
 use crate::io_lcore::{IoContext, RxGate, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
+use crate::plan::{IoWork, Plan, DESCRIPTORS, RING_SLOTS};
 use crate::shard_lcore::{Outlets, ShardContext, ShardInput};
 use crate::tx::{Transmitter, TxPath};
 use crate::Shared;
 
-/// Slots of each dispatch and TX ring.
-const RING_SLOTS: usize = 1024;
-/// Frames a shard may hold before its mbufs would run short; sizes the pool (SPEC §8). Proxy
-/// mode lets a side run up to a client window ahead: 16,384 frames of 1448 bytes is a 23 MB
-/// window, or several connections with Linux's usual few-MB windows.
-const HELD_PER_SHARD: u32 = 16_384;
 /// Data room of each mbuf: a whole standard frame plus DPDK's headroom.
 const MBUF_DATA_ROOM: u16 = 2048 + 128;
-/// RX and TX descriptors per queue.
-const DESCRIPTORS: u16 = 1024;
 
 /// Final figures of a run.
 #[derive(Debug, Clone, Default)]
@@ -55,16 +48,6 @@ pub struct RunSummary {
     pub proxy: Option<serde_json::Value>,
     /// Each polling lcore's busy share and cycles per frame.
     pub lcores: Option<serde_json::Value>,
-}
-
-/// Mbufs needed: descriptors of every queue, the dispatch and TX rings, and the comparison
-/// window of every shard (held frames stay in their mbufs).
-pub fn pool_size(shards: usize) -> u32 {
-    let shards = shards as u32;
-    let descriptors = u32::from(DESCRIPTORS) * (2 + 1 + shards);
-    let rings = RING_SLOTS as u32 * shards * 3;
-    // Not rounded to 2^n - 1 (DPDK's most memory-efficient size): that could double it.
-    descriptors + rings + HELD_PER_SHARD * shards
 }
 
 /// Checks that hugepages exist unless the EAL options say `--no-huge` (SPEC §11).
@@ -86,108 +69,121 @@ pub fn check_hugepages(eal_args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the dataplane until a signal or idleness stops it.
-pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
-    let lookup = |name: &str, role: &str| {
-        Port::lookup(eal, name).map_err(|e| format!("--{role}: {e}; the EAL knows {} port(s)", eal.port_count()))
-    };
-    let primary_id = lookup(&cfg.primary, "primary")?;
-    let secondary_id = lookup(&cfg.secondary, "secondary")?;
-    let output_id = lookup(&cfg.output, "output")?;
-    let proxy = cfg.mode == crate::config::ModeArg::Proxy;
-    let client_id = match &cfg.client {
-        Some(c) => Some(lookup(c, "client")?),
-        None => None,
-    };
-    let mut ids = vec![("primary", primary_id), ("secondary", secondary_id), ("output", output_id)];
-    // The clients' port may also be the output port (frames go back where clients are).
-    if let Some(c) = client_id.filter(|c| *c != output_id) {
-        ids.push(("client", c));
-    }
-    for (i, (ra, a)) in ids.iter().enumerate() {
-        for (rb, b) in &ids[i + 1..] {
-            if a == b {
-                return Err(format!("--{ra} and --{rb} name the same port ({}); each role needs its own port", a.0));
+/// The ports of the four roles, looked up by name or id.
+struct PortIds {
+    primary: dpdk::PortId,
+    secondary: dpdk::PortId,
+    output: dpdk::PortId,
+    /// Proxy mode's client port, unless it is the output port (frames go back where the
+    /// clients are).
+    client: Option<dpdk::PortId>,
+}
+
+impl PortIds {
+    /// Looks every role up and checks that no port serves two roles.
+    fn resolve(eal: &Eal, cfg: &RunConfig) -> Result<PortIds, String> {
+        let lookup = |name: &str, role: &str| {
+            Port::lookup(eal, name).map_err(|e| format!("--{role}: {e}; the EAL knows {} port(s)", eal.port_count()))
+        };
+        let output = lookup(&cfg.output, "output")?;
+        let ids = PortIds {
+            primary: lookup(&cfg.primary, "primary")?,
+            secondary: lookup(&cfg.secondary, "secondary")?,
+            output,
+            client: match &cfg.client {
+                Some(c) => Some(lookup(c, "client")?).filter(|c| *c != output),
+                None => None,
+            },
+        };
+        let mut roles = vec![("primary", ids.primary), ("secondary", ids.secondary), ("output", ids.output)];
+        roles.extend(ids.client.map(|c| ("client", c)));
+        for (i, (ra, a)) in roles.iter().enumerate() {
+            for (rb, b) in &roles[i + 1..] {
+                if a == b {
+                    return Err(format!(
+                        "--{ra} and --{rb} name the same port ({}); each role needs its own port",
+                        a.0
+                    ));
+                }
             }
         }
+        Ok(ids)
+    }
+}
+
+/// The started ports.
+struct Ports {
+    primary: Port,
+    secondary: Port,
+    output: Port,
+    client: Option<Port>,
+}
+
+impl Ports {
+    /// Configures and starts every port as `plan` says.
+    fn start(eal: &Eal, ids: &PortIds, plan: &Plan, pool: &Mempool) -> Result<Ports, String> {
+        let input_cfg = PortConfig {
+            rx_queues: if plan.hw_rss { plan.shards as u16 } else { 1 },
+            tx_queues: 1,
+            rx_desc: DESCRIPTORS,
+            tx_desc: DESCRIPTORS,
+            rss: plan.hw_rss.then(RssConfig::ip_only),
+            ..Default::default()
+        };
+        let [primary, secondary] = Port::configure_pair(eal, [ids.primary, ids.secondary], &input_cfg, pool)
+            .map_err(|e| format!("cannot start the guest ports: {e}"))?;
+        let out_cfg = PortConfig {
+            rx_queues: 1,
+            tx_queues: if plan.per_shard_tx { plan.shards as u16 } else { 1 },
+            rss: None,
+            ..input_cfg
+        };
+        let output =
+            Port::configure(eal, ids.output, &out_cfg, pool).map_err(|e| format!("cannot start --output: {e}"))?;
+        let client = match ids.client {
+            Some(id) => {
+                Some(Port::configure(eal, id, &out_cfg, pool).map_err(|e| format!("cannot start --client: {e}"))?)
+            }
+            None => None,
+        };
+        Ok(Ports { primary, secondary, output, client })
     }
 
-    let endpoints = ControlEndpoints::open(cfg)?;
-
-    let workers = dpdk::worker_lcores();
-    if workers.len() < cfg.shards {
-        return Err(format!(
-            "{} shard(s) need at least {} worker lcores besides the main lcore (one more for a separate I/O \
-             lcore), the EAL has {}: pass e.g. --lcores '(0-{})@(0,1)' before --",
-            cfg.shards,
-            cfg.shards,
-            workers.len(),
-            cfg.shards + 1
-        ));
+    /// Each port's device counters, by role.
+    fn stats(&self) -> Vec<(String, String, dpdk::PortStats)> {
+        let mut v = Vec::new();
+        let roles = [("client", self.client.as_ref()), ("primary", Some(&self.primary))];
+        let roles = roles.into_iter().chain([("secondary", Some(&self.secondary)), ("output", Some(&self.output))]);
+        for (role, port) in roles {
+            if let Some(stats) = port.and_then(|p| p.stats().ok()) {
+                v.push((role.to_string(), port.map(Port::name).unwrap_or_default(), stats));
+            }
+        }
+        v
     }
+}
 
-    let mbufs = cfg.mbufs.unwrap_or_else(|| pool_size(cfg.shards));
-    // DPDK wants the per-lcore cache well below the pool size.
-    let cache = (mbufs / 16).min(256);
-    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, MBUF_DATA_ROOM).map_err(|e| {
-        format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
-    })?;
+/// The shards' contexts and the other ends of their rings, before anything is launched.
+struct Wiring {
+    contexts: Vec<ShardContext>,
+    /// Dispatch rings into the shards, per source (primary, secondary, client).
+    to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 3],
+    /// TX rings out of the shards (no TX queue per shard).
+    tx_rings: Vec<rtrb::Consumer<dpdk::Mbuf>>,
+    /// Proxy mode: mirrored client frames toward the primary's and the secondary's port.
+    mirror_rings: [Vec<rtrb::Consumer<dpdk::Mbuf>>; 2],
+    mirror_stats: Vec<Arc<crate::shard_lcore::MirrorStats>>,
+    links: ShardLinks,
+}
 
-    // Hardware RSS when both guest ports can spread IP flows over one queue per shard (the
-    // same symmetric key, hash types and RETA on both); software dispatch otherwise (every
-    // virtual device but net_null/net_tap lacks RSS). Chosen once, here (SPEC §8).
-    let guest_infos = [
-        Port::info(eal, primary_id).map_err(|e| format!("--primary: {e}"))?,
-        Port::info(eal, secondary_id).map_err(|e| format!("--secondary: {e}"))?,
-    ];
-    // Proxy mode dispatches client frames in software, so the guests' frames go that way too.
-    let hw_rss = cfg.shards > 1
-        && !proxy
-        && guest_infos[0].reta_size == guest_infos[1].reta_size
-        && guest_infos
-            .iter()
-            .all(|i| i.rss_offloads & dpdk::sys::RTE_ETH_RSS_IP != 0 && usize::from(i.max_rx_queues) >= cfg.shards);
-    let input_cfg = PortConfig {
-        rx_queues: if hw_rss { cfg.shards as u16 } else { 1 },
-        tx_queues: 1,
-        rx_desc: DESCRIPTORS,
-        tx_desc: DESCRIPTORS,
-        rss: hw_rss.then(RssConfig::ip_only),
-        ..Default::default()
-    };
-    let [primary, secondary] = Port::configure_pair(eal, [primary_id, secondary_id], &input_cfg, &pool)
-        .map_err(|e| format!("cannot start the guest ports: {e}"))?;
-    let out_info = Port::info(eal, output_id).map_err(|e| format!("--output: {e}"))?;
-    let per_shard_tx = usize::from(out_info.max_tx_queues) >= cfg.shards && cfg.shards > 1;
-    let out_cfg = PortConfig {
-        rx_queues: 1,
-        tx_queues: if per_shard_tx { cfg.shards as u16 } else { 1 },
-        rss: None,
-        ..input_cfg.clone()
-    };
-    let output = Port::configure(eal, output_id, &out_cfg, &pool).map_err(|e| format!("cannot start --output: {e}"))?;
-    let client = match client_id.filter(|c| *c != output_id) {
-        Some(id) => Some(Port::configure(eal, id, &out_cfg, &pool).map_err(|e| format!("cannot start --client: {e}"))?),
-        None => None,
-    };
-
-    let shared = Arc::new(Shared::default());
-    let clock = TscClock::start();
-    let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
-    let mut commands = Vec::new();
-    let mut published = Vec::new();
-    let mut to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut tx_rings = Vec::new();
-    let mut mirror_rings: [Vec<rtrb::Consumer<dpdk::Mbuf>>; 2] = [Vec::new(), Vec::new()];
-    let mut mirror_stats = Vec::new();
-    let mut contexts = Vec::new();
-    let shard_cfg = ShardConfig {
+/// The shards' configuration: the pool is their memory budget (held frames stay in their
+/// mbufs; the RX gate pauses intake before it runs dry, so frames then wait in the device,
+/// SPEC §6 "drop at RX", and a shard drops a primary frame only if the pool is exhausted).
+fn shard_config(cfg: &RunConfig, plan: &Plan, proxy: bool) -> ShardConfig {
+    ShardConfig {
         max_queue_size: cfg.max_queue_size,
-        // Held frames stay in their mbufs: the pool is the memory budget. The RX gate pauses
-        // intake before the pool runs dry (frames then wait in the device, SPEC §6 "drop at
-        // RX"), so a shard drops a primary frame only if the pool is truly exhausted.
-        held_frames_budget: mbufs as usize,
-        held_bytes_budget: u64::from(mbufs) * u64::from(MBUF_DATA_ROOM),
+        held_frames_budget: plan.mbufs as usize,
+        held_bytes_budget: u64::from(plan.mbufs) * u64::from(MBUF_DATA_ROOM),
         mode: if proxy { Mode::Proxy } else { Mode::Compare },
         non_ip_policy: match cfg.non_ip_policy {
             NonIpPolicyArg::Passthrough => colo_core::NonIpPolicy::Passthrough,
@@ -197,192 +193,234 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         new_flow_burst: cfg.new_flows.1,
         ..ShardConfig::default()
     }
-    .with_compare_timeout(cfg.compare_timeout);
-    for id in 0..cfg.shards {
-        let input = if hw_rss {
+    .with_compare_timeout(cfg.compare_timeout)
+}
+
+/// Proxy mode's mirror of one shard: client frames toward both guests, through rings the I/O
+/// work drains into the guests' ports.
+fn mirror(w: &mut Wiring) -> crate::shard_lcore::Mirror {
+    let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
+    let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
+    w.mirror_rings[0].push(pc);
+    w.mirror_rings[1].push(sc);
+    let stats = Arc::new(crate::shard_lcore::MirrorStats::default());
+    w.mirror_stats.push(stats.clone());
+    crate::shard_lcore::Mirror {
+        to_primary: Transmitter::new(TxPath::Ring(pp)),
+        to_secondary: Transmitter::new(TxPath::Ring(sp)),
+        pending: Default::default(),
+        waiting: Default::default(),
+        blocked: Default::default(),
+        seen_epoch: 0,
+        next_retry: colo_core::Timestamp::default(),
+        stats,
+    }
+}
+
+/// Builds every shard's context: its input (RSS queues or dispatch rings), its output (a TX
+/// queue or a ring), proxy mode's mirror, and its links to the control loop.
+fn wire_shards(
+    cfg: &RunConfig,
+    plan: &Plan,
+    ports: &Ports,
+    pool: &Mempool,
+    shared: &Arc<Shared>,
+    clock: TscClock,
+) -> Result<Wiring, String> {
+    let proxy = cfg.mode == crate::config::ModeArg::Proxy;
+    let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
+    let mut w = Wiring {
+        contexts: Vec::new(),
+        to_shards: [Vec::new(), Vec::new(), Vec::new()],
+        tx_rings: Vec::new(),
+        mirror_rings: [Vec::new(), Vec::new()],
+        mirror_stats: Vec::new(),
+        links: ShardLinks { commands: Vec::new(), published: Vec::new(), events: events.clone() },
+    };
+    let shard_cfg = shard_config(cfg, plan, proxy);
+    for id in 0..plan.shards {
+        let input = if plan.hw_rss {
             ShardInput::Queues {
-                primary: Some(primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
-                secondary: Some(secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
+                primary: Some(ports.primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
+                secondary: Some(ports.secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 burst: Box::new(RxBurst::new()),
                 gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
             }
         } else {
-            let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
-            let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
-            to_shards[0].push(pp);
-            to_shards[1].push(sp);
-            let client = proxy.then(|| {
-                let (cp, cc) = rtrb::RingBuffer::new(RING_SLOTS);
-                to_shards[2].push(cp);
-                cc
-            });
-            ShardInput::Rings { primary: pc, secondary: sc, client }
+            let mut ring = |source: usize| {
+                let (p, c) = rtrb::RingBuffer::new(RING_SLOTS);
+                w.to_shards[source].push(p);
+                c
+            };
+            let (primary, secondary) = (ring(0), ring(1));
+            let client = proxy.then(|| ring(2));
+            ShardInput::Rings { primary, secondary, client }
         };
-        let mirror = proxy.then(|| {
-            let (pp, pc) = rtrb::RingBuffer::new(RING_SLOTS);
-            let (sp, sc) = rtrb::RingBuffer::new(RING_SLOTS);
-            mirror_rings[0].push(pc);
-            mirror_rings[1].push(sc);
-            let stats = Arc::new(crate::shard_lcore::MirrorStats::default());
-            mirror_stats.push(stats.clone());
-            crate::shard_lcore::Mirror {
-                to_primary: Transmitter::new(TxPath::Ring(pp)),
-                to_secondary: Transmitter::new(TxPath::Ring(sp)),
-                pending: Default::default(),
-                waiting: Default::default(),
-                blocked: Default::default(),
-                seen_epoch: 0,
-                next_retry: colo_core::Timestamp::default(),
-                stats,
-            }
-        });
-        let path = if per_shard_tx {
+        let mirror = proxy.then(|| mirror(&mut w));
+        let path = if plan.per_shard_tx {
             TxPath::Queue {
-                queue: output.tx_queue(id as u16).map_err(|e| e.to_string())?,
+                queue: ports.output.tx_queue(id as u16).map_err(|e| e.to_string())?,
                 batch: Box::new(TxBatch::new()),
             }
         } else {
             let (tp, tc) = rtrb::RingBuffer::new(RING_SLOTS);
-            tx_rings.push(tc);
+            w.tx_rings.push(tc);
             TxPath::Ring(tp)
         };
-        let cmd = Arc::new(ArrayQueue::new(COMMAND_QUEUE));
-        commands.push(cmd.clone());
-        let publ = Arc::new(ArrayQueue::new(1));
-        published.push(publ.clone());
-        contexts.push(ShardContext {
+        let commands = Arc::new(ArrayQueue::new(COMMAND_QUEUE));
+        w.links.commands.push(commands.clone());
+        let published = Arc::new(ArrayQueue::new(1));
+        w.links.published.push(published.clone());
+        w.contexts.push(ShardContext {
             id,
             shard: Shard::new(shard_cfg.clone()),
             input,
             out: Outlets { tx: Transmitter::new(path), events: events.clone(), unsent_events: Default::default() },
-            commands: cmd,
+            commands,
             clock,
             shared: shared.clone(),
-            published: publ,
+            published,
             pool: pool.clone(),
-            shards: cfg.shards,
+            shards: plan.shards,
             mirror,
             backoff: crate::IdleBackoff::new(cfg.idle_sleep),
             load: shared.load_meter(format!("shard {id}")),
         });
     }
+    Ok(w)
+}
+
+/// The I/O work's contexts as `plan` lays it out: software dispatch from the input ports into
+/// the shards' rings, and draining the TX rings (released frames; proxy mode's mirrored
+/// client frames toward each guest's port).
+fn io_contexts(
+    cfg: &RunConfig,
+    plan: &Plan,
+    ports: &Ports,
+    pool: &Mempool,
+    shared: &Arc<Shared>,
+    w: &mut Wiring,
+) -> Result<Vec<IoContext>, String> {
+    let proxy = cfg.mode == crate::config::ModeArg::Proxy;
     let drain = |queue: dpdk::TxQueue, rings| TxDrain { queue, batch: TxBatch::new(), rings, next: 0 };
     let mut txs = Vec::new();
-    if !per_shard_tx {
-        txs.push(drain(output.tx_queue(0).map_err(|e| e.to_string())?, tx_rings));
+    if !plan.per_shard_tx {
+        txs.push(drain(ports.output.tx_queue(0).map_err(|e| e.to_string())?, std::mem::take(&mut w.tx_rings)));
     }
     if proxy {
-        // Mirrored client frames toward each guest's port.
-        let [to_primary, to_secondary] = mirror_rings;
-        txs.push(drain(primary.tx_queue(0).map_err(|e| e.to_string())?, to_primary));
-        txs.push(drain(secondary.tx_queue(0).map_err(|e| e.to_string())?, to_secondary));
+        let [to_primary, to_secondary] = std::mem::take(&mut w.mirror_rings);
+        txs.push(drain(ports.primary.tx_queue(0).map_err(|e| e.to_string())?, to_primary));
+        txs.push(drain(ports.secondary.tx_queue(0).map_err(|e| e.to_string())?, to_secondary));
     }
-    // The I/O work: software dispatch, and/or draining TX rings (none with hardware RSS and one
-    // output queue per shard). With two workers to spare each guest port gets its own RX lcore
-    // (SPEC §8); with one, a single I/O lcore serves both ports; with none, the main lcore
-    // does the I/O between control rounds (e.g. one shard on a 2-CPU machine).
-    let spare = workers.len() - cfg.shards;
-    let mut ios: Vec<IoContext> = Vec::new();
     let io_context = |inputs: Vec<(Source, dpdk::RxQueue)>, to_shards, txs| IoContext {
         inputs,
         to_shards,
         txs,
         shared: shared.clone(),
-        shards: cfg.shards,
+        shards: plan.shards,
         gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
         backoff: crate::IdleBackoff::new(cfg.idle_sleep),
         load: shared.load_meter("io".to_string()),
     };
     let rxq = |port: &Port| port.rx_queue(0).map_err(|e| e.to_string());
-    let client_rx = match (proxy, &client) {
+    let client_rx = match (proxy, &ports.client) {
         (false, _) => None,
         (true, Some(port)) => Some((Source::Client, rxq(port)?)),
-        (true, None) => Some((Source::Client, rxq(&output)?)),
+        (true, None) => Some((Source::Client, rxq(&ports.output)?)),
     };
-    if hw_rss {
-        if !txs.is_empty() {
-            ios.push(io_context(Vec::new(), [Vec::new(), Vec::new(), Vec::new()], txs));
+    let none = || [Vec::new(), Vec::new(), Vec::new()];
+    let [to_primary, to_secondary, to_client] = std::mem::take(&mut w.to_shards);
+    Ok(match plan.io {
+        IoWork::None => Vec::new(),
+        IoWork::DrainOnly => vec![io_context(Vec::new(), none(), txs)],
+        IoWork::PerPort => {
+            let mut inputs = vec![(Source::Secondary, rxq(&ports.secondary)?)];
+            inputs.extend(client_rx);
+            vec![
+                io_context(vec![(Source::Primary, rxq(&ports.primary)?)], [to_primary, Vec::new(), Vec::new()], txs),
+                io_context(inputs, [Vec::new(), to_secondary, to_client], Vec::new()),
+            ]
         }
-    } else if spare >= 2 {
-        let [to_primary, to_secondary, to_client] = to_shards;
-        ios.push(io_context(vec![(Source::Primary, rxq(&primary)?)], [to_primary, Vec::new(), Vec::new()], txs));
-        let mut inputs = vec![(Source::Secondary, rxq(&secondary)?)];
-        inputs.extend(client_rx);
-        ios.push(io_context(inputs, [Vec::new(), to_secondary, to_client], Vec::new()));
-    } else {
-        let mut inputs = vec![(Source::Primary, rxq(&primary)?), (Source::Secondary, rxq(&secondary)?)];
-        inputs.extend(client_rx);
-        ios.push(io_context(inputs, to_shards, txs));
-    }
-    shared.rx_running.store(ios.iter().filter(|io| !io.inputs.is_empty()).count(), Ordering::Release);
+        IoWork::Shared => {
+            let mut inputs = vec![(Source::Primary, rxq(&ports.primary)?), (Source::Secondary, rxq(&ports.secondary)?)];
+            inputs.extend(client_rx);
+            vec![io_context(inputs, [to_primary, to_secondary, to_client], txs)]
+        }
+    })
+}
 
+/// Proxy mode's mirroring counters, summed over the shards.
+fn proxy_summary(stats: &[Arc<crate::shard_lcore::MirrorStats>]) -> serde_json::Value {
+    let sum = |f: fn(&crate::shard_lcore::MirrorStats) -> &std::sync::atomic::AtomicU64| {
+        stats.iter().map(|m| f(m).load(Ordering::Relaxed)).sum::<u64>()
+    };
+    serde_json::json!({
+        "client_in": sum(|m| &m.client_in),
+        "to_primary": sum(|m| &m.to_primary),
+        "to_secondary": sum(|m| &m.to_secondary),
+        "rewritten": sum(|m| &m.rewritten),
+        "secondary_dropped": sum(|m| &m.secondary_dropped),
+    })
+}
+
+/// Runs the dataplane until a signal or idleness stops it.
+pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
+    let ids = PortIds::resolve(eal, cfg)?;
+    let endpoints = ControlEndpoints::open(cfg)?;
+    let proxy = cfg.mode == crate::config::ModeArg::Proxy;
+    let info = |id, role: &str| Port::info(eal, id).map_err(|e| format!("--{role}: {e}"));
+    let guests = [info(ids.primary, "primary")?, info(ids.secondary, "secondary")?];
+    let out_info = info(ids.output, "output")?;
+    let workers = dpdk::worker_lcores();
+    let plan = Plan::decide(cfg.shards, proxy, [&guests[0], &guests[1]], &out_info, workers.len(), cfg.mbufs)?;
+    // DPDK wants the per-lcore cache well below the pool size.
+    let (mbufs, cache) = (plan.mbufs, (plan.mbufs / 16).min(256));
+    let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, MBUF_DATA_ROOM).map_err(|e| {
+        format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
+    })?;
+    let ports = Ports::start(eal, &ids, &plan, &pool)?;
+    let shared = Arc::new(Shared::default());
+    let clock = TscClock::start();
+    let mut wiring = wire_shards(cfg, &plan, &ports, &pool, &shared, clock)?;
+    let ios = io_contexts(cfg, &plan, &ports, &pool, &shared, &mut wiring)?;
+    shared.rx_running.store(ios.iter().filter(|io| !io.inputs.is_empty()).count(), Ordering::Release);
     tracing::info!(
         shards = cfg.shards,
-        dispatch = if hw_rss { "hardware RSS (symmetric key)" } else { "software (symmetric Toeplitz)" },
-        io_lcores = if spare > 0 { ios.len() } else { 0 },
-        tx = if per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
+        dispatch = plan.dispatch(),
+        io_lcores = if plan.io_on_main { 0 } else { ios.len() },
+        tx = if plan.per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
         mbufs,
         "colo-dataplane starting"
     );
     let mut io_handles = Vec::new();
     let mut local_io = None;
-    let mut next_worker = 0;
+    let mut workers = workers.into_iter();
     for io in ios {
-        if spare > 0 {
-            let lcore = workers[next_worker];
-            next_worker += 1;
-            io_handles
-                .push(dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?);
-        } else {
+        // The plan gives every I/O context a worker of its own unless none is spare.
+        if plan.io_on_main {
             local_io = Some(io);
+            continue;
         }
+        let lcore = workers.next().ok_or("no worker lcore left for the I/O work")?;
+        io_handles.push(dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?);
     }
-    let shard_lcores = &workers[next_worker..];
     let mut shard_handles = Vec::new();
-    for (ctx, lcore) in contexts.into_iter().zip(shard_lcores) {
-        shard_handles.push(dpdk::launch(*lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
+    for (ctx, lcore) in wiring.contexts.into_iter().zip(workers) {
+        shard_handles.push(dpdk::launch(lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
-
-    let links = ShardLinks { commands, published, events };
-    let control = ControlLoop::new(cfg, links, shared.clone(), clock, local_io, endpoints)?;
+    let control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
     let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
-
-    for h in io_handles {
-        if let Err(p) = h.join() {
-            return Err(format!("an I/O lcore panicked: {}", panic_text(&p)));
-        }
-    }
-    for h in shard_handles {
-        if let Err(p) = h.join() {
-            return Err(format!("a shard lcore panicked: {}", panic_text(&p)));
+    for (what, handles) in [("an I/O", io_handles), ("a shard", shard_handles)] {
+        for h in handles {
+            h.join().map_err(|p| format!("{what} lcore panicked: {}", panic_text(&p)))?;
         }
     }
     summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
     summary.lcores = Some(shared.load_report());
-    if proxy {
-        let sum = |f: fn(&crate::shard_lcore::MirrorStats) -> &std::sync::atomic::AtomicU64| {
-            mirror_stats.iter().map(|m| f(m).load(Ordering::Relaxed)).sum::<u64>()
-        };
-        summary.proxy = Some(serde_json::json!({
-            "client_in": sum(|m| &m.client_in),
-            "to_primary": sum(|m| &m.to_primary),
-            "to_secondary": sum(|m| &m.to_secondary),
-            "rewritten": sum(|m| &m.rewritten),
-            "secondary_dropped": sum(|m| &m.secondary_dropped),
-        }));
-    }
-    if let Some(port) = &client {
-        if let Ok(stats) = port.stats() {
-            summary.ports.push(("client".to_string(), port.name(), stats));
-        }
-    }
-    for (role, port) in [("primary", &primary), ("secondary", &secondary), ("output", &output)] {
-        if let Ok(stats) = port.stats() {
-            summary.ports.push((role.to_string(), port.name(), stats));
-        }
-    }
+    summary.proxy = proxy.then(|| proxy_summary(&wiring.mirror_stats));
+    summary.ports = ports.stats();
     // Ports close when dropped here: net_pcap output files are complete after this.
-    drop((primary, secondary, output, client));
+    drop(ports);
     Ok(summary)
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod held;
 pub mod io_lcore;
 pub mod messages;
+pub mod plan;
 pub mod shard_lcore;
 pub mod tx;
 
