@@ -323,18 +323,7 @@ impl ShardContext {
             }
             if now >= next_pressure_check {
                 next_pressure_check = now.saturating_add(PRESSURE_EVERY);
-                let (free, size) = (self.pool.available(), self.pool.capacity());
-                let c = self.shard.counters();
-                let held = c.held_primary_frames + c.held_secondary_frames;
-                // Only a shard holding its share of the shortage asks: if the mbufs sit in TX
-                // backlogs (output slower than the guests) a flush would free nothing.
-                let share = u64::from(size / POOL_LOW_WATER_DIVISOR) / self.shards.max(1) as u64;
-                if free < size / POOL_LOW_WATER_DIVISOR && held >= share {
-                    // One request per epoch at most (the core aggregates); the detail is only
-                    // formatted here, once a millisecond at worst.
-                    self.shard.resource_pressure(&format!("mbuf pool: {free} of {size} free"), now);
-                    self.apply_actions();
-                }
+                self.check_pool(now);
             }
             let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
             work += self.take_client(now);
@@ -344,51 +333,7 @@ impl ShardContext {
             self.apply_actions();
             while let Some(cmd) = self.commands.pop() {
                 work += 1;
-                match cmd {
-                    ShardCommand::Flush { epoch, resync } => {
-                        if resync {
-                            self.shard.checkpoint_done(now);
-                        } else {
-                            self.shard.standalone_completion(now);
-                        }
-                        self.apply_actions();
-                        // Publish before acknowledging: whoever sees the epoch complete then
-                        // sees counters that include the flush.
-                        self.published.force_push(self.shard.counters().clone());
-                        self.send_event(ShardEvent::Flushed { shard: self.id, epoch });
-                    }
-                    ShardCommand::Failover(side) => {
-                        self.shard.failover(side, now);
-                        self.apply_actions();
-                        self.published.force_push(self.shard.counters().clone());
-                    }
-                    ShardCommand::ReportFlows { request, limit } => {
-                        let flows = self
-                            .shard
-                            .flows_by_held(limit)
-                            .into_iter()
-                            .map(|(key, st)| FlowRow {
-                                shard: self.id,
-                                flow: key.to_string(),
-                                held_primary: st.held_primary,
-                                held_secondary: st.held_secondary,
-                                head: st.head.map(|h| h.as_str()),
-                                diverged: st.diverged,
-                                closed: st.closed,
-                                base: st.base,
-                                compared: st.compared,
-                                secondary_ack: st.secondary_ack,
-                            })
-                            .collect();
-                        self.send_event(ShardEvent::Flows { shard: self.id, request, flows });
-                    }
-                    ShardCommand::SetCompareTimeout(d) => self.shard.set_compare_timeout(d),
-                    ShardCommand::SetMaxQueueSize(n) => self.shard.set_max_queue_size(n),
-                    ShardCommand::Stop => {
-                        stopping = true;
-                        self.input.stop();
-                    }
-                }
+                stopping |= self.command(cmd, now);
             }
             self.out.tx.flush();
             if let Some(mirror) = &mut self.mirror {
@@ -409,7 +354,78 @@ impl ShardContext {
             self.load.round(round_end.saturating_sub(round_start), work as u64);
             round_start = round_end;
         }
-        // Shut down as on a checkpoint completion (SPEC §8): release everything held.
+        self.shut_down();
+    }
+
+    /// Below 1/8 free mbufs, a shard holding its share of the shortage asks for
+    /// `resource-pressure`: if the mbufs sit in TX backlogs (output slower than the guests) a
+    /// flush would free nothing.
+    fn check_pool(&mut self, now: colo_core::Timestamp) {
+        let (free, size) = (self.pool.available(), self.pool.capacity());
+        let c = self.shard.counters();
+        let held = c.held_primary_frames + c.held_secondary_frames;
+        let share = u64::from(size / POOL_LOW_WATER_DIVISOR) / self.shards.max(1) as u64;
+        if free < size / POOL_LOW_WATER_DIVISOR && held >= share {
+            // One request per epoch at most (the core aggregates); the detail is only
+            // formatted here, once a millisecond at worst.
+            self.shard.resource_pressure(&format!("mbuf pool: {free} of {size} free"), now);
+            self.apply_actions();
+        }
+    }
+
+    /// Carries out one command of the control loop; true for `Stop`.
+    fn command(&mut self, cmd: ShardCommand, now: colo_core::Timestamp) -> bool {
+        match cmd {
+            ShardCommand::Flush { epoch, resync } => {
+                if resync {
+                    self.shard.checkpoint_done(now);
+                } else {
+                    self.shard.standalone_completion(now);
+                }
+                self.apply_actions();
+                // Publish before acknowledging: whoever sees the epoch complete then sees
+                // counters that include the flush.
+                self.published.force_push(self.shard.counters().clone());
+                self.send_event(ShardEvent::Flushed { shard: self.id, epoch });
+            }
+            ShardCommand::Failover(side) => {
+                self.shard.failover(side, now);
+                self.apply_actions();
+                self.published.force_push(self.shard.counters().clone());
+            }
+            ShardCommand::ReportFlows { request, limit } => {
+                let flows = self
+                    .shard
+                    .flows_by_held(limit)
+                    .into_iter()
+                    .map(|(key, st)| FlowRow {
+                        shard: self.id,
+                        flow: key.to_string(),
+                        held_primary: st.held_primary,
+                        held_secondary: st.held_secondary,
+                        head: st.head.map(|h| h.as_str()),
+                        diverged: st.diverged,
+                        closed: st.closed,
+                        base: st.base,
+                        compared: st.compared,
+                        secondary_ack: st.secondary_ack,
+                    })
+                    .collect();
+                self.send_event(ShardEvent::Flows { shard: self.id, request, flows });
+            }
+            ShardCommand::SetCompareTimeout(d) => self.shard.set_compare_timeout(d),
+            ShardCommand::SetMaxQueueSize(n) => self.shard.set_max_queue_size(n),
+            ShardCommand::Stop => {
+                self.input.stop();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Shutdown, once every input is handled: as a checkpoint completion (SPEC §8), then the
+    /// output drained (within a grace period) and the final counters reported.
+    fn shut_down(&mut self) {
         let now = self.clock.now();
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
