@@ -268,6 +268,53 @@ fn flags_str(seg: &wire::TcpSegment) -> String {
 }
 
 impl Run<'_> {
+    /// `--explain`: a frame of the explained flow arrives.
+    fn explain_arrival(&mut self, side: Side, index: usize, shard: usize, class: &Class, t: Timestamp) {
+        match side {
+            Side::Primary => self.explain_indices.insert(index),
+            Side::Secondary => self.explain_secondary.insert(index),
+        };
+        let what = match class {
+            Class::Tcp(_, seg) => {
+                format!("seq={} ack={} len={} flags={}", seg.seq, seg.ack, seg.payload_len, flags_str(seg))
+            }
+            Class::Datagram(_, span) | Class::OtherIp(_, span) => format!("datagram, {} bytes compared", span.len),
+            Class::Fragment(_, f) => {
+                format!("fragment id={} offset={} len={} more={}", f.id, f.offset, f.data.len, f.more)
+            }
+            Class::NonIp(_) | Class::Malformed(_) => String::new(),
+        };
+        self.explain.push(format!("t={}us {} #{} shard {} {what}", t.as_micros(), side.as_str(), index, shard));
+    }
+
+    /// `--explain`: the explained flow's state after one of its frames (a fragment's key has
+    /// no ports: the connection's key, once an unfragmented frame showed it, is used).
+    fn explain_state(&mut self, shard: usize, class: &Class, key: wire::FlowKey) {
+        if !matches!(class, Class::Fragment(..)) {
+            self.explain_key = Some(key);
+        }
+        let key = self.explain_key.unwrap_or(key);
+        let Some(st) = self.shards.get(shard).and_then(|s| s.flow_status(&key)) else { return };
+        let rel = match (st.compared, st.base) {
+            (Some(c), Some(b)) => format!(" (stream +{})", c.wrapping_sub(b)),
+            _ => String::new(),
+        };
+        let mut line = format!(
+            "  state: compared={}{rel} secondary_ack={} held primary/secondary={}/{}",
+            st.compared.map_or("-".into(), |c| c.to_string()),
+            st.secondary_ack.map_or("-".into(), |a| a.to_string()),
+            st.held_primary,
+            st.held_secondary
+        );
+        if let Some(h) = st.head {
+            let _ = write!(line, ", oldest primary held: {}", h.as_str());
+        }
+        if st.closed {
+            line.push_str(", closed");
+        }
+        self.explain.push(line);
+    }
+
     /// Runs completions and deadlines due at or before `until`, in time order.
     fn advance_to(&mut self, until: Timestamp) {
         // Each iteration either completes a checkpoint or runs due timers; a shard's
@@ -362,62 +409,20 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         run.advance_to(t);
         run.current = t;
         let shard = shard_of(&frame.data, n);
-        if let Some(wanted) = opts.explain.as_deref() {
+        // The explained flow's frames: what arrives, then the flow's state after it.
+        let explained = opts.explain.as_deref().and_then(|wanted| {
             let class = wire::parse(&frame.data);
-            if class.key().is_some_and(|key| explains(&class, key, wanted)) {
-                match side {
-                    Side::Primary => run.explain_indices.insert(index),
-                    Side::Secondary => run.explain_secondary.insert(index),
-                };
-                let what = match class {
-                    Class::Tcp(_, seg) => {
-                        format!("seq={} ack={} len={} flags={}", seg.seq, seg.ack, seg.payload_len, flags_str(&seg))
-                    }
-                    Class::Datagram(_, span) | Class::OtherIp(_, span) => {
-                        format!("datagram, {} bytes compared", span.len)
-                    }
-                    Class::Fragment(_, f) => {
-                        format!("fragment id={} offset={} len={} more={}", f.id, f.offset, f.data.len, f.more)
-                    }
-                    Class::NonIp(_) | Class::Malformed(_) => String::new(),
-                };
-                run.explain.push(format!("t={}us {} #{} shard {} {what}", t.as_micros(), side.as_str(), index, shard));
-            }
+            class.key().copied().filter(|key| explains(&class, key, wanted)).map(|key| (class, key))
+        });
+        if let Some((class, _)) = &explained {
+            run.explain_arrival(side, index, shard, class, t);
         }
         if let Some(s) = run.shards.get_mut(shard) {
             s.handle(side, ReplayFrame { side, index, data: frame.data.clone() }, t);
         }
         run.drain(shard);
-        if let Some(wanted) = opts.explain.as_deref() {
-            let class = wire::parse(&frame.data);
-            if let Some(key) = class.key().copied() {
-                if explains(&class, &key, wanted) {
-                    if !matches!(class, Class::Fragment(..)) {
-                        run.explain_key = Some(key);
-                    }
-                    let key = run.explain_key.unwrap_or(key);
-                    if let Some(st) = run.shards.get(shard).and_then(|s| s.flow_status(&key)) {
-                        let rel = match (st.compared, st.base) {
-                            (Some(c), Some(b)) => format!(" (stream +{})", c.wrapping_sub(b)),
-                            _ => String::new(),
-                        };
-                        let mut line = format!(
-                            "  state: compared={}{rel} secondary_ack={} held primary/secondary={}/{}",
-                            st.compared.map_or("-".into(), |c| c.to_string()),
-                            st.secondary_ack.map_or("-".into(), |a| a.to_string()),
-                            st.held_primary,
-                            st.held_secondary
-                        );
-                        if let Some(h) = st.head {
-                            let _ = write!(line, ", oldest primary held: {}", h.as_str());
-                        }
-                        if st.closed {
-                            line.push_str(", closed");
-                        }
-                        run.explain.push(line);
-                    }
-                }
-            }
+        if let Some((class, key)) = explained {
+            run.explain_state(shard, &class, key);
         }
     }
     // End of input: virtual time passes every timeout (SPEC §9.2).
