@@ -282,20 +282,10 @@ pub fn parse(bytes: &[u8]) -> Class {
         Ok(s) => s,
         Err(e) => return Class::Malformed(MalformedReason::from_slice_error(&e)),
     };
-    let mut vlans = [None, None];
-    let mut n = 0;
-    for ext in &sliced.link_exts {
-        match ext {
-            LinkExtSlice::Vlan(v) => {
-                if let Some(slot) = vlans.get_mut(n) {
-                    *slot = Some(v.vlan_identifier().value());
-                }
-                n += 1;
-            }
-            // MACsec: we cannot see inside; treat as non-IP (passthrough policy).
-            LinkExtSlice::Macsec(_) => return Class::NonIp(0x88e5),
-        }
-    }
+    let vlans = match vlans_of(&sliced) {
+        Ok(v) => v,
+        Err(class) => return class,
+    };
     // For fragments: (id, byte offset, more fragments, where the fragment's data starts).
     let mut frag: Option<(u32, u32, bool, &[u8])> = None;
     let (src, dst, payload) = match &sliced.net {
@@ -315,27 +305,7 @@ pub fn parse(bytes: &[u8]) -> Class {
         Some(NetSlice::Ipv6(ip)) => {
             let h = ip.header();
             if ip.payload().fragmented {
-                // The fragmentable part starts right after the fragment header (RFC 8200
-                // §4.5); etherparse may have walked further, so find the header itself.
-                let end = ip.payload().payload;
-                let end_ptr = (end.as_ptr() as usize).wrapping_add(end.len());
-                for ext in ip.extensions().clone() {
-                    if let etherparse::Ipv6ExtensionSlice::Fragment(fh) = ext {
-                        if fh.is_fragmenting_payload() {
-                            let start = (fh.slice().as_ptr() as usize).wrapping_add(fh.slice().len());
-                            let from = start.wrapping_sub(bytes.as_ptr() as usize);
-                            let to = end_ptr.wrapping_sub(bytes.as_ptr() as usize);
-                            let data = bytes.get(from..to).unwrap_or(&[]);
-                            frag = Some((
-                                fh.identification(),
-                                u32::from(fh.fragment_offset().byte_offset()),
-                                fh.more_fragments(),
-                                data,
-                            ));
-                            break;
-                        }
-                    }
-                }
+                frag = ipv6_fragment(bytes, ip);
             }
             (IpAddr::V6(Ipv6Addr::from(h.source())), IpAddr::V6(Ipv6Addr::from(h.destination())), ip.payload())
         }
@@ -369,37 +339,7 @@ pub fn parse(bytes: &[u8]) -> Class {
         return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
     };
     match &sliced.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            key.src_port = tcp.source_port();
-            key.dst_port = tcp.destination_port();
-            let data = tcp.payload();
-            // The payload is a sub-slice of `bytes`; its offset is the pointer distance.
-            let offset = (data.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
-            let (Ok(payload_offset), Ok(payload_len)) = (u32::try_from(offset), u32::try_from(data.len())) else {
-                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
-            };
-            if offset.checked_add(data.len()).is_none_or(|end| end > bytes.len()) {
-                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
-            }
-            let header = (tcp.slice().as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
-            let Ok(header_offset) = u32::try_from(header) else {
-                return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
-            };
-            Class::Tcp(
-                key,
-                TcpSegment {
-                    seq: tcp.sequence_number(),
-                    ack: tcp.acknowledgment_number(),
-                    syn: tcp.syn(),
-                    fin: tcp.fin(),
-                    rst: tcp.rst(),
-                    ack_flag: tcp.ack(),
-                    header_offset,
-                    payload_offset,
-                    payload_len,
-                },
-            )
-        }
+        Some(TransportSlice::Tcp(tcp)) => tcp_class(bytes, key, tcp),
         Some(TransportSlice::Icmpv6(_)) if is_link_local_control(key.proto, payload.payload) => {
             Class::NonIp(ETHERTYPE_IPV6)
         }
@@ -457,6 +397,75 @@ pub fn l4_ports(ip_proto: u8, l4: &[u8]) -> (u16, u16) {
 pub fn payload<'a>(bytes: &'a [u8], seg: &TcpSegment) -> Option<&'a [u8]> {
     let start = seg.payload_offset as usize;
     bytes.get(start..start.checked_add(seg.payload_len as usize)?)
+}
+
+/// The VLAN ids of a frame, outer first; MACsec hides what is inside (non-IP policy).
+fn vlans_of(sliced: &SlicedPacket<'_>) -> Result<[Option<u16>; 2], Class> {
+    let mut vlans = [None, None];
+    let mut n = 0;
+    for ext in &sliced.link_exts {
+        match ext {
+            LinkExtSlice::Vlan(v) => {
+                if let Some(slot) = vlans.get_mut(n) {
+                    *slot = Some(v.vlan_identifier().value());
+                }
+                n += 1;
+            }
+            LinkExtSlice::Macsec(_) => return Err(Class::NonIp(0x88e5)),
+        }
+    }
+    Ok(vlans)
+}
+
+/// An IPv6 fragment's (id, byte offset, more fragments, data). The fragmentable part starts
+/// right after the fragment header (RFC 8200 §4.5); etherparse may have walked further, so the
+/// header itself is found.
+fn ipv6_fragment<'a>(bytes: &'a [u8], ip: &etherparse::Ipv6Slice<'a>) -> Option<(u32, u32, bool, &'a [u8])> {
+    let end = ip.payload().payload;
+    let end_ptr = (end.as_ptr() as usize).wrapping_add(end.len());
+    ip.extensions().clone().into_iter().find_map(|ext| match ext {
+        etherparse::Ipv6ExtensionSlice::Fragment(fh) if fh.is_fragmenting_payload() => {
+            let start = (fh.slice().as_ptr() as usize).wrapping_add(fh.slice().len());
+            let from = start.wrapping_sub(bytes.as_ptr() as usize);
+            let to = end_ptr.wrapping_sub(bytes.as_ptr() as usize);
+            let data = bytes.get(from..to).unwrap_or(&[]);
+            Some((fh.identification(), u32::from(fh.fragment_offset().byte_offset()), fh.more_fragments(), data))
+        }
+        _ => None,
+    })
+}
+
+/// A TCP segment's class: the key gets its ports, the summary its offsets inside `bytes`.
+fn tcp_class(bytes: &[u8], mut key: FlowKey, tcp: &etherparse::TcpSlice<'_>) -> Class {
+    key.src_port = tcp.source_port();
+    key.dst_port = tcp.destination_port();
+    let data = tcp.payload();
+    // The payload is a sub-slice of `bytes`; its offset is the pointer distance.
+    let offset = (data.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+    let (Ok(payload_offset), Ok(payload_len)) = (u32::try_from(offset), u32::try_from(data.len())) else {
+        return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+    };
+    if offset.checked_add(data.len()).is_none_or(|end| end > bytes.len()) {
+        return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+    }
+    let header = (tcp.slice().as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+    let Ok(header_offset) = u32::try_from(header) else {
+        return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
+    };
+    Class::Tcp(
+        key,
+        TcpSegment {
+            seq: tcp.sequence_number(),
+            ack: tcp.acknowledgment_number(),
+            syn: tcp.syn(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            ack_flag: tcp.ack(),
+            header_offset,
+            payload_offset,
+            payload_len,
+        },
+    )
 }
 
 /// The TCP segment whose IP payload starts in `data` of `frame` (the first fragment of a
