@@ -142,23 +142,7 @@ impl<F: Frame> Reassembly<F> {
     ) -> Fed<F> {
         let id = FragId { side, vlans: key.vlans, src: key.src, dst: key.dst, proto: key.proto, id: frag.id };
         let len = frame.bytes().len() as u32;
-        let slot = match self.map.get(&id) {
-            Some(&s) => s,
-            None => {
-                let si = side_idx(side);
-                let full = |r: &Self| {
-                    r.partials[si] >= cfg.max_reassembly_datagrams
-                        || r.bytes[si].saturating_add(u64::from(len)) > cfg.max_reassembly_bytes as u64
-                };
-                if full(self) && self.tombstones > 0 {
-                    self.evict_tombstone(side);
-                }
-                if full(self) {
-                    return Fed::Full(frame);
-                }
-                self.insert(id, key, out.now, cfg, timers)
-            }
-        };
+        let Some(slot) = self.slot_for(id, key, len, out.now, cfg, timers) else { return Fed::Full(frame) };
         let Some(p) = self.slots.get_mut(slot as usize).and_then(|s| s.partial.as_mut()) else {
             return Fed::Full(frame);
         };
@@ -227,7 +211,40 @@ impl<F: Frame> Reassembly<F> {
         if p.state == State::Poisoned || p.total != Some(p.covered) {
             return Fed::Done;
         }
-        // Complete: no overlaps were admitted, so covering `total` bytes means no gaps.
+        self.complete(slot, si, out)
+    }
+
+    /// The partial datagram `id` belongs to, made if new; `None` when its side's bounds leave
+    /// no room (a tombstone is evicted first if one can be).
+    fn slot_for(
+        &mut self,
+        id: FragId,
+        key: FlowKey,
+        len: u32,
+        now: Timestamp,
+        cfg: &Config,
+        timers: &mut DeadlineQueue,
+    ) -> Option<u32> {
+        if let Some(&s) = self.map.get(&id) {
+            return Some(s);
+        }
+        let si = side_idx(id.side);
+        let full = |r: &Self| {
+            r.partials[si] >= cfg.max_reassembly_datagrams
+                || r.bytes[si].saturating_add(u64::from(len)) > cfg.max_reassembly_bytes as u64
+        };
+        if full(self) && self.tombstones > 0 {
+            self.evict_tombstone(id.side);
+        }
+        if full(self) {
+            return None;
+        }
+        Some(self.insert(id, key, now, cfg, timers))
+    }
+
+    /// Hands over a datagram its fragments now cover (no overlaps were admitted, so covering
+    /// `total` bytes means no gaps), with its flow key's ports read from the first fragment.
+    fn complete(&mut self, slot: u32, si: usize, out: &mut Out<'_, F>) -> Fed<F> {
         let Some(p) = self.take(slot) else { return Fed::Done };
         self.bytes[si] = self.bytes[si].saturating_sub(p.bytes);
         out.counters.reassembled += 1;
