@@ -4,7 +4,7 @@
 //! This is the one place that knows which DPDK versions are accepted (SPEC §2).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// DPDK releases these bindings are written and tested against.
@@ -58,16 +58,53 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let wrappers = out_dir.join("static_fns");
 
+    let builder = bindings_builder(&crate_dir, &out_dir, &wrappers, &cflags);
+    let bindings = builder.generate().unwrap_or_else(|e| fail(&format!("bindgen failed on the DPDK headers: {e}")));
+    bindings
+        .write_to_file(out_dir.join("bindings.rs"))
+        .unwrap_or_else(|e| fail(&format!("cannot write bindings: {e}")));
+
+    // The generated wrappers include wrapper.h by a relative name, hence the crate dir include.
+    let mut cc = cc::Build::new();
+    cc.file(wrappers.with_extension("c")).file(crate_dir.join("shim.c")).include(&crate_dir).warnings(false);
+    for flag in &cflags {
+        cc.flag(flag);
+    }
+    cc.compile("colo_dpdk_wrappers");
+
+    link(&libs);
+}
+
+/// Integer macros of the flag families (`RTE_ETH_RSS_*`, offload flags, mbuf flags) are bit
+/// masks that end up in `u64` fields; bindgen would otherwise pick `u32` from the value.
+#[derive(Debug)]
+struct FlagFamiliesAreU64;
+
+impl bindgen::callbacks::ParseCallbacks for FlagFamiliesAreU64 {
+    fn int_macro(&self, name: &str, _value: i64) -> Option<bindgen::callbacks::IntKind> {
+        const U64_FAMILIES: [&str; 5] =
+            ["RTE_ETH_RSS_", "RTE_ETH_RX_OFFLOAD_", "RTE_ETH_TX_OFFLOAD_", "RTE_MBUF_F_", "RTE_ETH_LINK_SPEED_"];
+        if U64_FAMILIES.iter().any(|p| name.starts_with(p)) {
+            Some(bindgen::callbacks::IntKind::U64)
+        } else {
+            None
+        }
+    }
+}
+
+/// The bindgen configuration: DPDK's headers through `wrapper.h`, with pkg-config's `cflags`,
+/// static inline functions wrapped in C, and only the API this crate uses allowlisted.
+fn bindings_builder(crate_dir: &Path, out_dir: &Path, wrappers: &Path, cflags: &[String]) -> bindgen::Builder {
     let mut builder = bindgen::Builder::default()
         .header(crate_dir.join("wrapper.h").to_string_lossy())
-        .clang_args(&cflags)
+        .clang_args(cflags)
         .clang_arg(format!("-I{}", crate_dir.display()))
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
         .parse_callbacks(Box::new(FlagFamiliesAreU64))
         .wrap_static_fns(true)
-        .wrap_static_fns_path(&wrappers)
+        .wrap_static_fns_path(wrappers)
         .clang_macro_fallback()
-        .clang_macro_fallback_build_dir(&out_dir)
+        .clang_macro_fallback_build_dir(out_dir)
         .prepend_enum_name(false)
         .derive_debug(false)
         .derive_default(true)
@@ -133,22 +170,13 @@ fn main() {
         builder = builder.allowlist_var(v);
     }
 
-    let bindings = builder.generate().unwrap_or_else(|e| fail(&format!("bindgen failed on the DPDK headers: {e}")));
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .unwrap_or_else(|e| fail(&format!("cannot write bindings: {e}")));
+    builder
+}
 
-    // The generated wrappers include wrapper.h by a relative name, hence the crate dir include.
-    let mut cc = cc::Build::new();
-    cc.file(wrappers.with_extension("c")).file(crate_dir.join("shim.c")).include(&crate_dir).warnings(false);
-    for flag in &cflags {
-        cc.flag(flag);
-    }
-    cc.compile("colo_dpdk_wrappers");
-
-    // Link the DPDK libraries dynamically. Debian's shared DPDK loads its PMDs from the driver
-    // directory at rte_eal_init, so --vdev drivers need no link flag; the ring PMD and the vdev bus
-    // are linked because their own APIs (rte_eth_from_rings, rte_vdev_init) are called.
+/// Links the DPDK libraries dynamically. Debian's shared DPDK loads its PMDs from the driver
+/// directory at rte_eal_init, so --vdev drivers need no link flag; the ring PMD and the vdev bus
+/// are linked because their own APIs (rte_eth_from_rings, rte_vdev_init) are called.
+fn link(libs: &str) {
     for token in libs.split_whitespace() {
         if let Some(dir) = token.strip_prefix("-L") {
             println!("cargo:rustc-link-search=native={dir}");
@@ -158,21 +186,4 @@ fn main() {
     }
     println!("cargo:rustc-link-lib=dylib=rte_net_ring");
     println!("cargo:rustc-link-lib=dylib=rte_bus_vdev");
-}
-
-/// Integer macros of the flag families (`RTE_ETH_RSS_*`, offload flags, mbuf flags) are bit
-/// masks that end up in `u64` fields; bindgen would otherwise pick `u32` from the value.
-#[derive(Debug)]
-struct FlagFamiliesAreU64;
-
-impl bindgen::callbacks::ParseCallbacks for FlagFamiliesAreU64 {
-    fn int_macro(&self, name: &str, _value: i64) -> Option<bindgen::callbacks::IntKind> {
-        const U64_FAMILIES: [&str; 5] =
-            ["RTE_ETH_RSS_", "RTE_ETH_RX_OFFLOAD_", "RTE_ETH_TX_OFFLOAD_", "RTE_MBUF_F_", "RTE_ETH_LINK_SPEED_"];
-        if U64_FAMILIES.iter().any(|p| name.starts_with(p)) {
-            Some(bindgen::callbacks::IntKind::U64)
-        } else {
-            None
-        }
-    }
 }
