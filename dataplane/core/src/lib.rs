@@ -42,9 +42,8 @@ pub use checkpoint::{CheckpointReason, CheckpointRequest};
 pub use counters::{Counters, HoldTime};
 pub use out::Action;
 pub use proxy::ClientRewrite;
-pub use reasons::{DropReason, Via};
-pub use shard::{ClientSegment, FlowStatus, Shard};
-pub use tcp::HoldReason;
+pub use reasons::{DropReason, FlowStatus, HoldReason, Via};
+pub use shard::{ClientSegment, Shard};
 pub use time::Timestamp;
 pub use wire::{FlowKey, MalformedReason};
 

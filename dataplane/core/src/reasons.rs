@@ -1,5 +1,6 @@
-//! The comparator's vocabulary of outcomes (SPEC §9.2, §10): why a primary frame was released
-//! and why a frame was handed back untransmitted. A leaf: the counters, the output sink and
+//! The comparator's vocabulary of outcomes (SPEC §9.2, §10): why a primary frame was released,
+//! why a frame was handed back untransmitted, why one is still held, and a flow's state as
+//! reports show it. A leaf: the counters, the output sink and
 //! every comparison module name these; it names nothing of theirs.
 //!
 //! Must never: change a reason's string (reports, counters and operators' dashboards use it)
@@ -107,4 +108,53 @@ impl DropReason {
             DropReason::Internal => "internal-error",
         }
     }
+}
+
+/// Why the head of a primary FIFO is still held (for `--explain` and timeout reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    /// Some of its positions are not yet verified against the secondary.
+    AwaitingSecondaryData,
+    /// Its ACK is ahead of the highest ACK the secondary sent (output commit, SPEC §5.1).
+    AwaitingAck,
+    /// A SYN/SYN-ACK whose secondary counterpart (same flags, same ACK) was not seen.
+    AwaitingSynCounterpart,
+    /// A RST the secondary has not matched yet.
+    AwaitingRst,
+    /// The flow diverged; everything waits for the checkpoint flush.
+    Diverged,
+}
+
+impl HoldReason {
+    /// Short name for `--explain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::AwaitingSecondaryData => "awaiting secondary data",
+            HoldReason::AwaitingAck => "awaiting secondary ack",
+            HoldReason::AwaitingSynCounterpart => "awaiting secondary syn",
+            HoldReason::AwaitingRst => "awaiting secondary rst",
+            HoldReason::Diverged => "diverged, awaiting checkpoint",
+        }
+    }
+}
+
+/// A flow's comparison state, for `--explain` and the admin socket's `flows`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowStatus {
+    /// First stream position.
+    pub base: Option<u32>,
+    /// Verified-equal frontier (absolute sequence number).
+    pub compared: Option<u32>,
+    /// Highest ACK the secondary sent.
+    pub secondary_ack: Option<u32>,
+    /// Primary frames held.
+    pub held_primary: usize,
+    /// Secondary frames held.
+    pub held_secondary: usize,
+    /// Why the oldest primary frame is held.
+    pub head: Option<HoldReason>,
+    /// A mismatch was requested; waiting for the checkpoint.
+    pub diverged: bool,
+    /// Both FINs compared or a RST pair.
+    pub closed: bool,
 }

@@ -20,7 +20,7 @@ use crate::counters::Counters;
 use crate::datagram::{DatagramFlow, Item, Pieces};
 pub use crate::out::Action;
 use crate::out::{Out, Piece};
-pub use crate::reasons::{DropReason, Via};
+pub use crate::reasons::{DropReason, FlowStatus, HoldReason, Via};
 
 /// The output sink over a shard's own fields at `now`. A macro rather than a method: the flow
 /// table (`slots`) stays borrowable beside it.
@@ -30,7 +30,7 @@ macro_rules! out {
     };
 }
 use crate::reasm::{Fed, Reassembly};
-use crate::tcp::{HoldReason, SegFrames, TcpConn};
+use crate::tcp::{SegFrames, TcpConn};
 use crate::time::Timestamp;
 use crate::timer::{DeadlineQueue, TimerKind};
 use crate::wire::{self, Class, FlowKey, Span, TcpSegment};
@@ -43,27 +43,6 @@ pub struct ClientSegment {
     pub conn: FlowKey,
     /// Where its fields are.
     pub seg: TcpSegment,
-}
-
-/// A flow's comparison state, for `--explain` and the admin socket's `flows`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowStatus {
-    /// First stream position.
-    pub base: Option<u32>,
-    /// Verified-equal frontier (absolute sequence number).
-    pub compared: Option<u32>,
-    /// Highest ACK the secondary sent.
-    pub secondary_ack: Option<u32>,
-    /// Primary frames held.
-    pub held_primary: usize,
-    /// Secondary frames held.
-    pub held_secondary: usize,
-    /// Why the oldest primary frame is held.
-    pub head: Option<HoldReason>,
-    /// A mismatch was requested; waiting for the checkpoint.
-    pub diverged: bool,
-    /// Both FINs compared or a RST pair.
-    pub closed: bool,
 }
 
 /// Slots the eviction hand looks at per new flow when the table is full.
@@ -1309,19 +1288,7 @@ impl<F: Frame> Shard<F> {
     fn status_of(&self, slot: u32) -> Option<FlowStatus> {
         let flow = self.slots.get(slot as usize)?.flow.as_ref()?;
         Some(match &flow.conn {
-            Conn::Tcp(conn) => {
-                let (base, compared, secondary_ack, head, diverged) = conn.status();
-                FlowStatus {
-                    base,
-                    compared,
-                    secondary_ack,
-                    held_primary: conn.primary.len(),
-                    held_secondary: conn.secondary.len(),
-                    head,
-                    diverged,
-                    closed: conn.is_closed(),
-                }
-            }
+            Conn::Tcp(conn) => conn.status(),
             Conn::Datagram(d) => {
                 let (held_primary, held_secondary) = d.held();
                 FlowStatus {

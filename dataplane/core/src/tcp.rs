@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use crate::checkpoint::{hex_window, CheckpointReason};
 use crate::datagram::{Item, Pieces};
 use crate::out::{Out, Piece};
-use crate::reasons::{DropReason, Via};
+use crate::reasons::{DropReason, FlowStatus, HoldReason, Via};
 use crate::time::Timestamp;
 use crate::wire::{payload, FlowKey, TcpSegment};
 use crate::{Config, Frame, Mode, Side};
@@ -38,34 +38,6 @@ fn seq_max(a: Option<u32>, b: u32) -> u32 {
     match a {
         Some(a) if seq_lt(b, a) => a,
         _ => b,
-    }
-}
-
-/// Why the head of a primary FIFO is still held (for `--explain` and timeout reasons).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HoldReason {
-    /// Some of its positions are not yet verified against the secondary.
-    AwaitingSecondaryData,
-    /// Its ACK is ahead of the highest ACK the secondary sent (output commit, SPEC §5.1).
-    AwaitingAck,
-    /// A SYN/SYN-ACK whose secondary counterpart (same flags, same ACK) was not seen.
-    AwaitingSynCounterpart,
-    /// A RST the secondary has not matched yet.
-    AwaitingRst,
-    /// The flow diverged; everything waits for the checkpoint flush.
-    Diverged,
-}
-
-impl HoldReason {
-    /// Short name for `--explain`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldReason::AwaitingSecondaryData => "awaiting secondary data",
-            HoldReason::AwaitingAck => "awaiting secondary ack",
-            HoldReason::AwaitingSynCounterpart => "awaiting secondary syn",
-            HoldReason::AwaitingRst => "awaiting secondary rst",
-            HoldReason::Diverged => "diverged, awaiting checkpoint",
-        }
     }
 }
 
@@ -520,14 +492,18 @@ impl<F: Frame> TcpConn<F> {
         frames > cfg.max_queue_size && self.client_window().is_none_or(|w| bytes > w + window_slack(w))
     }
 
-    pub(crate) fn status(&self) -> (Option<u32>, Option<u32>, Option<u32>, Option<HoldReason>, bool) {
-        (
-            self.base,
-            self.compared,
-            self.s_ack_max,
-            self.primary.front().and_then(|h| self.hold_reason(h)),
-            self.diverged,
-        )
+    /// The connection's comparison state, for `--explain` and the admin socket's `flows`.
+    pub(crate) fn status(&self) -> FlowStatus {
+        FlowStatus {
+            base: self.base,
+            compared: self.compared,
+            secondary_ack: self.s_ack_max,
+            held_primary: self.primary.len(),
+            held_secondary: self.secondary.len(),
+            head: self.primary.front().and_then(|h| self.hold_reason(h)),
+            diverged: self.diverged,
+            closed: self.is_closed(),
+        }
     }
 
     pub(crate) fn on_primary(
