@@ -412,8 +412,12 @@ impl<F: Frame> DatagramFlow<F> {
         if !(p_stuck || s_stuck) {
             return;
         }
+        let (Some(p), Some(s)) = (self.primary.front(), self.secondary.front()) else {
+            // Both queues hold unmatched datagrams here (checked above): unreachable.
+            debug_assert!(false, "a stuck datagram flow without both queue heads");
+            return;
+        };
         self.diverged = true;
-        let (Some(p), Some(s)) = (self.primary.front(), self.secondary.front()) else { return };
         let detail = mismatch_detail(p, s, Some(w));
         let reason = self.mismatch;
         self.request(out, reason, key, || detail);

@@ -245,7 +245,11 @@ impl<F: Frame> Reassembly<F> {
     /// Hands over a datagram its fragments now cover (no overlaps were admitted, so covering
     /// `total` bytes means no gaps), with its flow key's ports read from the first fragment.
     fn complete(&mut self, slot: u32, si: usize, out: &mut Out<'_, F>) -> Fed<F> {
-        let Some(p) = self.take(slot) else { return Fed::Done };
+        let Some(p) = self.take(slot) else {
+            // The caller just added a fragment to this slot's partial datagram: unreachable.
+            debug_assert!(false, "a completed datagram's slot is empty");
+            return Fed::Done;
+        };
         self.bytes[si] = self.bytes[si].saturating_sub(p.bytes);
         out.counters.reassembled += 1;
         let first = p.pieces.iter().find(|q| !q.dup && q.at == 0);
