@@ -173,6 +173,55 @@ impl Counters {
     }
 
     /// Adds another shard's counters (the control thread's sum). Gauges add too.
+    /// The statistics schema every report uses (`--stats-json`, `colo-ctl stats`, colo-replay's
+    /// report): stable names from the reasons' `as_str`, zero drop and request counts left
+    /// out, and the accounting check's verdict.
+    pub fn to_json(&self) -> serde_json::Value {
+        let named =
+            |pairs: &mut dyn Iterator<Item = (&'static str, u64)>| -> serde_json::Map<String, serde_json::Value> {
+                pairs.filter(|(_, n)| *n > 0).map(|(k, n)| (k.to_string(), n.into())).collect()
+            };
+        let dropped = |side: Side| {
+            named(
+                &mut DropReason::ALL
+                    .into_iter()
+                    .filter(|r| !matches!(r, DropReason::Consumed | DropReason::Flushed))
+                    .map(|r| (r.as_str(), self.dropped(side, r))),
+            )
+        };
+        let released: serde_json::Map<_, _> =
+            Via::ALL.iter().map(|v| (v.as_str().to_string(), self.released_via(*v).into())).collect();
+        serde_json::json!({
+            "primary_in": self.primary_in,
+            "secondary_in": self.secondary_in,
+            "released": released,
+            "released_total": self.released_total(),
+            "secondary_consumed": self.secondary_consumed,
+            "secondary_flushed": self.secondary_flushed,
+            "secondary_forwarded": self.secondary_forwarded,
+            "failover_rewritten": self.failover_rewritten,
+            "primary_dropped": dropped(Side::Primary),
+            "secondary_dropped": dropped(Side::Secondary),
+            "malformed": named(&mut MalformedReason::ALL.into_iter().map(|r| (r.as_str(), self.malformed_count(r)))),
+            "held_primary_frames": self.held_primary_frames,
+            "held_primary_bytes": self.held_primary_bytes,
+            "held_secondary_frames": self.held_secondary_frames,
+            "held_secondary_bytes": self.held_secondary_bytes,
+            "flows": self.flows,
+            "flows_evicted": self.flows_evicted,
+            "reassembled": self.reassembled,
+            "reassembly_failed": self.reassembly_failed,
+            "checkpoint_requests": named(&mut CheckpointReason::ALL.into_iter().map(|r| (r.as_str(), self.requests(r)))),
+            "checkpoints_completed": self.checkpoints_completed,
+            "hold_time_us": {
+                "p50": self.hold_time.quantile(0.5).as_micros() as u64,
+                "p99": self.hold_time.quantile(0.99).as_micros() as u64,
+                "max": self.hold_time.max_ns / 1_000,
+            },
+            "accounting": match self.check_accounting() { Ok(()) => "ok".to_string(), Err(e) => e },
+        })
+    }
+
     pub fn merge(&mut self, o: &Counters) {
         self.primary_in += o.primary_in;
         self.secondary_in += o.secondary_in;

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use colo_core::wire::{self, Class};
-use colo_core::{Action, Config, Counters, Frame, Mode, NonIpPolicy, Shard, Side, Timestamp, Via};
+use colo_core::{Action, Config, Counters, Frame, Mode, NonIpPolicy, Shard, Side, Timestamp};
 use serde::Serialize;
 
 pub use capture::{read_pcap, write_pcap, Capture, CapturedFrame, ReplayError};
@@ -455,39 +455,12 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
     Outcome { report, output: run.output, explain: run.explain, counters, checkpoints_completed: run.completions }
 }
 
-/// The SPEC §10 counters as JSON (names are the stable `as_str` names).
+/// The SPEC §10 counters as JSON, in the schema every report uses ([`Counters::to_json`]);
+/// `checkpoints_completed` counts the replay's completions (each shard counts each one).
 pub fn counters_json(c: &Counters, completions: u64) -> serde_json::Value {
-    let released: BTreeMap<_, _> = Via::ALL.into_iter().map(|v| (v.as_str(), c.released_via(v))).collect();
-    let requests: BTreeMap<_, _> = colo_core::CheckpointReason::ALL
-        .into_iter()
-        .filter(|r| c.requests(*r) > 0)
-        .map(|r| (r.as_str(), c.requests(r)))
-        .collect();
-    let malformed: BTreeMap<_, _> = colo_core::MalformedReason::ALL
-        .into_iter()
-        .filter(|r| c.malformed_count(*r) > 0)
-        .map(|r| (r.as_str(), c.malformed_count(r)))
-        .collect();
-    let h = &c.hold_time;
-    serde_json::json!({
-        "primary_in": c.primary_in,
-        "secondary_in": c.secondary_in,
-        "released": released,
-        "secondary_consumed": c.secondary_consumed,
-        "secondary_flushed": c.secondary_flushed,
-        "malformed": malformed,
-        "held_primary_frames": c.held_primary_frames,
-        "held_secondary_frames": c.held_secondary_frames,
-        "flows": c.flows,
-        "flows_evicted": c.flows_evicted,
-        "checkpoint_requests": requests,
-        "checkpoints_completed": completions,
-        "hold_time_us": {
-            "p50": h.quantile(0.5).as_micros() as u64,
-            "p99": h.quantile(0.99).as_micros() as u64,
-            "max": h.max_ns / 1_000,
-        },
-    })
+    let mut v = c.to_json();
+    v["checkpoints_completed"] = completions.into();
+    v
 }
 
 /// The short human summary `colo-replay` prints.

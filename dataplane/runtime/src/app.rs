@@ -949,47 +949,7 @@ fn lcore_died(stage: &str) -> ! {
 
 /// The final statistics as JSON (`--stats-json`), with the accounting check.
 pub fn summary_json(s: &RunSummary) -> serde_json::Value {
-    use colo_core::{CheckpointReason, DropReason, Via};
-    let counters = |c: &Counters| {
-        let released: serde_json::Map<_, _> =
-            Via::ALL.iter().map(|v| (v.as_str().to_string(), c.released_via(*v).into())).collect();
-        let dropped = |side: Side| -> serde_json::Map<String, serde_json::Value> {
-            DropReason::ALL
-                .iter()
-                .filter(|r| !matches!(r, DropReason::Consumed | DropReason::Flushed))
-                .filter(|r| c.dropped(side, **r) > 0)
-                .map(|r| (r.as_str().to_string(), c.dropped(side, *r).into()))
-                .collect()
-        };
-        let requests: serde_json::Map<_, _> = CheckpointReason::ALL
-            .iter()
-            .filter(|r| c.requests(**r) > 0)
-            .map(|r| (r.as_str().to_string(), c.requests(*r).into()))
-            .collect();
-        serde_json::json!({
-            "primary_in": c.primary_in,
-            "secondary_in": c.secondary_in,
-            "released": released,
-            "released_total": c.released_total(),
-            "secondary_consumed": c.secondary_consumed,
-            "secondary_flushed": c.secondary_flushed,
-            "secondary_forwarded": c.secondary_forwarded,
-            "failover_rewritten": c.failover_rewritten,
-            "primary_dropped": dropped(Side::Primary),
-            "secondary_dropped": dropped(Side::Secondary),
-            "held_primary_frames": c.held_primary_frames,
-            "held_secondary_frames": c.held_secondary_frames,
-            "flows": c.flows,
-            "checkpoint_requests": requests,
-            "checkpoints_completed": c.checkpoints_completed,
-            "hold_time_us": {
-                "p50": c.hold_time.quantile(0.5).as_micros() as u64,
-                "p99": c.hold_time.quantile(0.99).as_micros() as u64,
-                "max": c.hold_time.quantile(1.0).as_micros() as u64,
-            },
-            "accounting": match c.check_accounting() { Ok(()) => "ok".to_string(), Err(e) => e },
-        })
-    };
+    let counters = Counters::to_json;
     serde_json::json!({
         "total": counters(&s.total),
         "shards": s.shards.iter().map(counters).collect::<Vec<_>>(),
