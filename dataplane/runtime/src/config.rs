@@ -50,8 +50,10 @@ pub enum FrameLossArg {
     Hold,
 }
 
-/// Application options (after EAL's `--`).
-#[derive(Debug, Clone, Parser, Default)]
+/// Application options (after EAL's `--`), from the command line and, the same struct, from
+/// the TOML file `--config` names (keys are the long options' names with `_` for `-`).
+#[derive(Debug, Clone, Parser, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[command(
     name = "colo-dataplane",
     about = "COLO network comparator on DPDK: compares primary and secondary guest output, releases \
@@ -155,38 +157,26 @@ pub struct Args {
     pub frame_peer_addr: Option<std::net::IpAddr>,
     /// TOML file with any of these options.
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-/// The same options as a TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    primary: Option<String>,
-    secondary: Option<String>,
-    output: Option<String>,
-    client: Option<String>,
-    mode: Option<ModeArg>,
-    shards: Option<usize>,
-    frame: Option<String>,
-    admin: Option<PathBuf>,
-    compare_timeout_ms: Option<u64>,
-    max_queue_size: Option<usize>,
-    checkpoint_mode: Option<CheckpointModeArg>,
-    frame_timeout_ms: Option<u64>,
-    on_frame_loss: Option<FrameLossArg>,
-    exit_when_idle_ms: Option<u64>,
-    stats_json: Option<PathBuf>,
-    idle_sleep_us: Option<u64>,
-    mbufs: Option<u32>,
-    non_ip_policy: Option<NonIpPolicyArg>,
-    new_flows_per_sec: Option<u32>,
-    new_flow_burst: Option<u32>,
-    socket_mode: Option<String>,
-    socket_owner: Option<u32>,
-    socket_group: Option<u32>,
-    frame_peer_uid: Option<u32>,
-    frame_peer_addr: Option<std::net::IpAddr>,
+/// Command-line values over the file's, field by field (a field left out of the list does not
+/// compile: the struct literal names every one).
+macro_rules! over {
+    ($cli:ident, $file:ident; $($field:ident),* $(,)?) => {
+        Args { $($field: $cli.$field.or($file.$field),)* config: $cli.config }
+    };
+}
+
+impl Args {
+    /// These options over `file`'s.
+    fn over(self, file: Args) -> Args {
+        over!(self, file; primary, secondary, output, client, mode, shards, frame, admin, compare_timeout_ms,
+            max_queue_size, checkpoint_mode, frame_timeout_ms, on_frame_loss, exit_when_idle_ms, stats_json,
+            idle_sleep_us, mbufs, non_ip_policy, new_flows_per_sec, new_flow_burst, socket_mode, socket_owner,
+            socket_group, frame_peer_uid, frame_peer_addr)
+    }
 }
 
 /// Everything the runtime needs, checked.
@@ -250,57 +240,55 @@ impl RunConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                toml::from_str::<Args>(&text).map_err(|e| {
                     // One line: where, then what (the parser's message may span lines).
                     let line = e.span().map_or(0, |s| text.get(..s.start).unwrap_or(&text).matches('\n').count() + 1);
                     let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
                     format!("bad config file {} line {line}: {what}", path.display())
                 })?
             }
-            None => FileConfig::default(),
+            None => Args::default(),
         };
+        let a = args.over(file);
         let need = |v: Option<String>, name: &str| {
             v.ok_or_else(|| format!("missing --{name} (a DPDK port name such as net_pcap0, or a port id)"))
         };
+        // The comparator's defaults are the core's own (SPEC §5, §6, §11).
+        let core = colo_core::Config::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let cfg = RunConfig {
-            primary: need(args.primary.or(file.primary), "primary")?,
-            secondary: need(args.secondary.or(file.secondary), "secondary")?,
-            output: need(args.output.or(file.output), "output")?,
-            client: args.client.or(file.client),
-            mode: args.mode.or(file.mode).unwrap_or(ModeArg::Compare),
-            shards: args.shards.or(file.shards).unwrap_or(1),
-            frame: args.frame.or(file.frame),
-            admin: args.admin.or(file.admin),
-            compare_timeout: Duration::from_millis(args.compare_timeout_ms.or(file.compare_timeout_ms).unwrap_or(3000)),
-            max_queue_size: args.max_queue_size.or(file.max_queue_size).unwrap_or(1024),
-            checkpoint_mode: args.checkpoint_mode.or(file.checkpoint_mode).unwrap_or(CheckpointModeArg::Frame),
-            frame_timeout: Duration::from_millis(args.frame_timeout_ms.or(file.frame_timeout_ms).unwrap_or(5000)),
-            on_frame_loss: args.on_frame_loss.or(file.on_frame_loss).unwrap_or(FrameLossArg::FailoverPrimary),
-            exit_when_idle: args.exit_when_idle_ms.or(file.exit_when_idle_ms).map(Duration::from_millis),
-            stats_json: args.stats_json.or(file.stats_json),
-            idle_sleep: args.idle_sleep_us.or(file.idle_sleep_us).filter(|&us| us > 0).map(Duration::from_micros),
-            mbufs: args.mbufs.or(file.mbufs),
-            non_ip_policy: args.non_ip_policy.or(file.non_ip_policy).unwrap_or(NonIpPolicyArg::Passthrough),
-            new_flows: {
-                let core = colo_core::Config::default();
-                (
-                    args.new_flows_per_sec.or(file.new_flows_per_sec).unwrap_or(core.new_flows_per_sec),
-                    args.new_flow_burst.or(file.new_flow_burst).unwrap_or(core.new_flow_burst),
-                )
-            },
-            socket_mode: match args.socket_mode.or(file.socket_mode) {
+            primary: need(a.primary, "primary")?,
+            secondary: need(a.secondary, "secondary")?,
+            output: need(a.output, "output")?,
+            client: a.client,
+            mode: a.mode.unwrap_or(ModeArg::Compare),
+            shards: a.shards.unwrap_or(1),
+            frame: a.frame,
+            admin: a.admin,
+            compare_timeout: Duration::from_millis(a.compare_timeout_ms.unwrap_or(ms(core.compare_timeout))),
+            max_queue_size: a.max_queue_size.unwrap_or(core.max_queue_size),
+            checkpoint_mode: a.checkpoint_mode.unwrap_or(CheckpointModeArg::Frame),
+            frame_timeout: Duration::from_millis(a.frame_timeout_ms.unwrap_or(5000)),
+            on_frame_loss: a.on_frame_loss.unwrap_or(FrameLossArg::FailoverPrimary),
+            exit_when_idle: a.exit_when_idle_ms.map(Duration::from_millis),
+            stats_json: a.stats_json,
+            idle_sleep: a.idle_sleep_us.filter(|&us| us > 0).map(Duration::from_micros),
+            mbufs: a.mbufs,
+            non_ip_policy: a.non_ip_policy.unwrap_or(NonIpPolicyArg::Passthrough),
+            new_flows: (
+                a.new_flows_per_sec.unwrap_or(core.new_flows_per_sec),
+                a.new_flow_burst.unwrap_or(core.new_flow_burst),
+            ),
+            socket_mode: match a.socket_mode {
                 None => 0o600,
                 Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
                     .ok()
                     .filter(|m| *m <= 0o777)
                     .ok_or_else(|| format!("--socket-mode must be an octal mode such as 0600, not {m:?}"))?,
             },
-            socket_owner: args.socket_owner.or(file.socket_owner),
-            socket_group: args.socket_group.or(file.socket_group),
-            frame_peer: colo_control::frame_server::PeerFilter {
-                uid: args.frame_peer_uid.or(file.frame_peer_uid),
-                addr: args.frame_peer_addr.or(file.frame_peer_addr),
-            },
+            socket_owner: a.socket_owner,
+            socket_group: a.socket_group,
+            frame_peer: colo_control::frame_server::PeerFilter { uid: a.frame_peer_uid, addr: a.frame_peer_addr },
         };
         cfg.check()?;
         Ok(cfg)
