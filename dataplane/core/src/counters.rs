@@ -172,7 +172,6 @@ impl Counters {
         Ok(())
     }
 
-    /// Adds another shard's counters (the control thread's sum). Gauges add too.
     /// The statistics schema every report uses (`--stats-json`, `colo-ctl stats`, colo-replay's
     /// report): stable names from the reasons' `as_str`, zero drop and request counts left
     /// out, and the accounting check's verdict.
@@ -222,6 +221,7 @@ impl Counters {
         })
     }
 
+    /// Adds another shard's counters (the control thread's sum). Gauges add too.
     pub fn merge(&mut self, o: &Counters) {
         self.primary_in += o.primary_in;
         self.secondary_in += o.secondary_in;

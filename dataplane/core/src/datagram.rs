@@ -505,6 +505,12 @@ impl<F: Frame> DatagramFlow<F> {
         None
     }
 
+    /// Takes the held secondary datagrams (oldest first) out of the comparison: a failover
+    /// decides what becomes of them.
+    pub(crate) fn take_secondary(&mut self) -> VecDeque<Item<F>> {
+        std::mem::take(&mut self.secondary)
+    }
+
     /// Checkpoint completion (SPEC §6): release every held primary frame in order, drop the
     /// secondary's; both sides restart at the same position.
     ///
@@ -525,6 +531,11 @@ impl<F: Frame> DatagramFlow<F> {
             p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);
         }
         let ahead = !resync && self.s_next > self.p_next;
+        if ahead {
+            // The secondary already sent every position the flush released: no late copies
+            // of them can come, and a new datagram equal to one of them is new output.
+            self.absorb.clear();
+        }
         let mut i = 0;
         while i < self.secondary.len() {
             let keep = ahead && self.secondary.get(i).is_some_and(|s| !s.kept && s.pos >= self.p_next);

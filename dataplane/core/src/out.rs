@@ -156,6 +156,15 @@ impl<F> Out<'_, F> {
         self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason });
     }
 
+    /// After a failover to the secondary: one of its held frames goes to the clients.
+    pub(crate) fn forward_secondary_held(&mut self, frame: F, len: u32) {
+        let c = &mut *self.counters;
+        c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
+        c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
+        c.secondary_forwarded += 1;
+        self.actions.push_back(Action::Release { frame, via: Via::Passthrough });
+    }
+
     pub(crate) fn consume_new(&mut self, frame: F) {
         self.count_secondary(DropReason::Consumed);
         self.actions.push_back(Action::Drop { side: Side::Secondary, frame, reason: DropReason::Consumed });

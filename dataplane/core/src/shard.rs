@@ -292,7 +292,9 @@ impl NewFlowBudget {
             }
             return true;
         }
-        if let Some(e) = entry {
+        // Only a fresh refusal starts the memory: renewing it on every refused frame would keep
+        // a steady flow (a media stream, a connection picked up mid-stream) refused for good.
+        if let Some(e) = entry.filter(|_| !recently) {
             *e = (hash, now);
         }
         false
@@ -1119,35 +1121,44 @@ impl<F: Frame> Shard<F> {
     pub fn failover(&mut self, to: Side, now: Timestamp) {
         self.flush(now, false);
         self.failed_over = Some(to);
-        // The flush kept the secondary's TCP data beyond what the primary sent. Failing over to
-        // the secondary, that is output the client still needs: forward it (in the client's
+        // The flush kept the secondary's data beyond what the primary sent. Failing over to the
+        // secondary, that is output the client still needs: forward it (TCP in the client's
         // space) right after the primary's last frames; failing over to the primary, drop it.
         let proxy = self.cfg.mode == crate::Mode::Proxy;
         let mut out = out!(self, now);
         for s in &mut self.slots {
-            let Some(Flow { conn: Conn::Tcp(conn), .. }) = &mut s.flow else { continue };
-            let held = conn.take_secondary();
-            if held.is_empty() {
-                continue;
-            }
-            let (seq, ts) = conn.offsets().unwrap_or((0, 0));
-            for h in held {
-                if to != Side::Secondary {
-                    h.frames.discard_secondary(&mut out, DropReason::Flushed);
-                    continue;
-                }
-                let seg = h.seg;
-                h.frames.each(&mut out, |out, mut frame, len, head| {
-                    let c = &mut *out.counters;
-                    c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
-                    c.held_secondary_bytes = c.held_secondary_bytes.saturating_sub(u64::from(len));
-                    if proxy && head && (seq, ts) != (0, 0) {
-                        let moved = crate::proxy::shift_guest_output(frame.bytes_mut(), &seg, seq, ts);
-                        c.failover_rewritten += u64::from(moved);
+            match &mut s.flow {
+                Some(Flow { conn: Conn::Tcp(conn), .. }) => {
+                    let held = conn.take_secondary();
+                    let (seq, ts) = conn.offsets().unwrap_or((0, 0));
+                    for h in held {
+                        if to != Side::Secondary {
+                            h.frames.discard_secondary(&mut out, DropReason::Flushed);
+                            continue;
+                        }
+                        let seg = h.seg;
+                        h.frames.each(&mut out, |out, mut frame, len, head| {
+                            if proxy && head && (seq, ts) != (0, 0) {
+                                let moved = crate::proxy::shift_guest_output(frame.bytes_mut(), &seg, seq, ts);
+                                out.counters.failover_rewritten += u64::from(moved);
+                            }
+                            out.forward_secondary_held(frame, len);
+                        });
                     }
-                    c.secondary_forwarded += 1;
-                    out.actions.push_back(Action::Release { frame, via: Via::Passthrough });
-                });
+                }
+                // Datagrams the secondary sent ahead of the primary (kept by the flush): the
+                // same fate, in their order.
+                Some(Flow { conn: Conn::Datagram(d), .. }) => {
+                    for item in d.take_secondary() {
+                        for (frame, len) in item.into_frames() {
+                            match to {
+                                Side::Secondary => out.forward_secondary_held(frame, len),
+                                Side::Primary => out.release_secondary_held(frame, len, DropReason::Flushed),
+                            }
+                        }
+                    }
+                }
+                None => {}
             }
         }
     }

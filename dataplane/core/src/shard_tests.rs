@@ -2045,3 +2045,69 @@ fn test_a_one_sided_flood_holds_at_most_an_eighth_of_the_memory_budget() {
     h.done(3006);
     assert!(h.p(&flood(700), 3007).is_empty(), "admitted again");
 }
+
+#[test]
+fn test_a_refused_flow_that_keeps_sending_is_admitted_once_its_refusal_is_old() {
+    // A steady flow refused once must not stay refused because its own frames renew the
+    // refusal: 20 ms apart, it is admitted after REFUSAL_MEMORY (100 ms) from the first one.
+    let mut h = H::with(Config { new_flows_per_sec: 1000, new_flow_burst: 1, ..Config::default() });
+    let first = udp_to(1, b"takes the only token");
+    h.p(&first, 0);
+    h.s(&first, 0);
+    let stream = |i: u8| udp_to(2, &[i; 8]);
+    let mut refused_until = None;
+    for i in 0..10u8 {
+        let t = 20 * u64::from(i);
+        let evs = h.p(&stream(i), t);
+        if evs == vec![Ev::Drop(Side::Primary, DropReason::NewFlowBudget)] {
+            h.s(&stream(i), t);
+            continue;
+        }
+        refused_until.get_or_insert(t);
+        assert_eq!(rels(&h.s(&stream(i), t)), vec![(stream(i), Via::Match)]);
+    }
+    assert_eq!(refused_until, Some(100), "refused from 0 ms, admitted at 100 ms");
+}
+
+#[test]
+fn test_failover_forwards_or_drops_secondary_datagrams_kept_ahead() {
+    let d = |i: u8| udp(&[i; 20]).build();
+    for to in [Side::Secondary, Side::Primary] {
+        let mut h = H::new();
+        h.p(&d(0), 0);
+        for i in 0..4 {
+            h.s(&d(i), 1);
+        }
+        h.shard.failover(to, Timestamp::from_millis(2));
+        let evs = h.drain();
+        let forwarded: Vec<Vec<u8>> = rels(&evs).into_iter().map(|(f, _)| f).collect();
+        match to {
+            Side::Secondary => assert_eq!(forwarded, vec![d(1), d(2), d(3)], "the output the client still needs"),
+            Side::Primary => {
+                assert!(forwarded.is_empty());
+                assert_eq!(evs.iter().filter(|e| **e == Ev::Drop(Side::Secondary, DropReason::Flushed)).count(), 3);
+            }
+        }
+        assert_eq!(h.shard.counters().held_secondary_frames, 0);
+        assert!(H::ckpts(&h.tick(10_000)).is_empty(), "nothing left to time out");
+    }
+}
+
+#[test]
+fn test_a_secondary_ahead_at_a_standalone_completion_absorbs_nothing() {
+    // The primary's A is flushed unmatched while the secondary, ahead, already sent B (instead
+    // of A) and C. A later A from both (a heartbeat) is new output on both sides: it must match,
+    // not be swallowed as a late copy of the flushed one.
+    let (a, b, c) = (udp(b"heartbeat").build(), udp(b"other one").build(), udp(b"third one").build());
+    let mut h = H::new();
+    h.p(&a, 0);
+    h.s(&b, 0);
+    h.s(&c, 0);
+    h.shard.standalone_completion(Timestamp::from_millis(1));
+    h.drain();
+    h.p(&c, 2);
+    let mut evs = h.s(&a, 3);
+    evs.extend(h.p(&a, 3));
+    assert_eq!(rels(&evs), vec![(a.clone(), Via::Match)], "{:?}", h.requests);
+    assert!(H::ckpts(&h.tick(10_000)).is_empty(), "{:?}", h.requests);
+}
