@@ -366,11 +366,15 @@ fn a_syn_flood_is_held_to_the_new_flow_budget_while_established_flows_all_match(
             s.push(if primary_only { arp.clone() } else { syn_ack(i as u32, 11 * i as u32 + 3) });
         }
         let dir = scratch_dir(&format!("hostile-syn-flood-{primary_only}"));
-        // B: a small rate budget; C: no rate budget, only the one-sided flows' share.
+        // B: a rate budget of one flow a second after a burst of 100 (so what is refused does
+        // not depend on how fast this machine runs the test); C: no rate budget, only the
+        // one-sided flows' share of memory.
+        // A compare timeout longer than any run: the one-sided flows C admits hold their
+        // SYN-ACKs until the end, however slowly a busy machine runs this.
         let budget: &[&str] = if primary_only {
-            &["--new-flows-per-sec", "0"]
+            &["--new-flows-per-sec", "0", "--compare-timeout-ms", "60000"]
         } else {
-            &["--new-flows-per-sec", "1000", "--new-flow-burst", "100"]
+            &["--new-flows-per-sec", "1", "--new-flow-burst", "100", "--compare-timeout-ms", "60000"]
         };
         let run = run_dataplane(&dir, &p, &s, 1, budget);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -383,8 +387,10 @@ fn a_syn_flood_is_held_to_the_new_flow_budget_while_established_flows_all_match(
         let refused = t["primary_dropped"]["new-flow-budget"].as_u64().unwrap_or(0);
         assert!(refused >= 15_000, "most of the 19,000 flood flows refused: {t}");
         if !primary_only {
-            // Both guests' copies of a refused flow share its fate.
-            assert_eq!(t["secondary_dropped"]["new-flow-budget"].as_u64(), Some(refused), "{t}");
+            // Both guests' copies of a refused flow share its fate (a token that accrued
+            // between the two copies may admit a few late ones: one a second).
+            let secondary = t["secondary_dropped"]["new-flow-budget"].as_u64().unwrap_or(0);
+            assert!(secondary + 20 >= refused && secondary <= refused + 20, "{t}");
         }
         let requests: u64 =
             t["checkpoint_requests"].as_object().map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
