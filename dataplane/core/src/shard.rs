@@ -240,8 +240,11 @@ enum NoFlow {
 /// it admitted again if the budget allows).
 const REFUSAL_MEMORY: core::time::Duration = core::time::Duration::from_millis(100);
 
-/// Remembered refusals (a direct-mapped table of key hashes: bounded, allocation-free).
+/// Remembered refusals (a table of key hashes: bounded, allocation-free after its first use).
 const REFUSALS: usize = 4096;
+
+/// Entries a refusal may use: its own and the next ones.
+const REFUSAL_WAYS: usize = 4;
 
 /// The shard's new-flow budget (SPEC §11): a token bucket on flow creation. A flow costs
 /// `1 s / new_flows_per_sec` of credit; credit accrues with time up to `new_flow_burst` flows.
@@ -282,10 +285,14 @@ impl NewFlowBudget {
             self.last = self.last.max(now);
         }
         if self.refused.is_empty() {
-            self.refused = vec![(0, Timestamp(0)); REFUSALS].into_boxed_slice();
+            self.refused = vec![(0, Timestamp(0)); REFUSALS + REFUSAL_WAYS].into_boxed_slice();
         }
-        let entry = self.refused.get_mut(hash as usize % REFUSALS);
-        let recently = entry.as_ref().is_some_and(|(h, t)| *h == hash && now.saturating_since(*t) < REFUSAL_MEMORY);
+        // A refusal is looked for, and stored, among REFUSAL_WAYS neighbouring entries, so
+        // two flows refused together rarely push each other out.
+        let at = hash as usize % REFUSALS;
+        let live = |(h, t): &(u64, Timestamp)| *h == hash && now.saturating_since(*t) < REFUSAL_MEMORY;
+        let ways = self.refused.get_mut(at..at + REFUSAL_WAYS).unwrap_or_default();
+        let recently = ways.iter().any(live);
         if !recently && room && (!limited || self.credit >= cost) {
             if limited {
                 self.credit -= cost;
@@ -294,8 +301,17 @@ impl NewFlowBudget {
         }
         // Only a fresh refusal starts the memory: renewing it on every refused frame would keep
         // a steady flow (a media stream, a connection picked up mid-stream) refused for good.
-        if let Some(e) = entry.filter(|_| !recently) {
-            *e = (hash, now);
+        // It takes the oldest of its entries.
+        if !recently {
+            // A free entry (never used, or its refusal is old) first, else the oldest.
+            let free = |(h, t): &(u64, Timestamp)| *h == 0 || now.saturating_since(*t) >= REFUSAL_MEMORY;
+            let pick = match ways.iter().position(free) {
+                Some(i) => Some(i),
+                None => ways.iter().enumerate().min_by_key(|(_, (_, t))| *t).map(|(i, _)| i),
+            };
+            if let Some(e) = pick.and_then(|i| ways.get_mut(i)) {
+                *e = (hash, now);
+            }
         }
         false
     }
