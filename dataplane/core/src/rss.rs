@@ -119,13 +119,18 @@ pub fn shard_for_hash(hash: u32, shards: usize) -> usize {
 /// flow, both directions meet); frames without a flow key (non-IP, malformed) go to shard 0,
 /// which keeps them in order. One shard takes everything without parsing.
 pub fn shard_of(frame: &[u8], shards: usize) -> usize {
+    dispatch(frame, shards).0
+}
+
+/// [`shard_of`], with the parse it took (none for one shard): the frame's class travels with
+/// it to its shard ([`crate::Shard::handle_parsed`]), so a frame is parsed once.
+pub fn dispatch(frame: &[u8], shards: usize) -> (usize, Option<crate::wire::Class>) {
     if shards <= 1 {
-        return 0;
+        return (0, None);
     }
-    match crate::wire::parse(frame).key() {
-        Some(key) => shard_for_hash(shard_hash(key), shards),
-        None => 0,
-    }
+    let class = crate::wire::parse(frame);
+    let shard = class.key().map_or(0, |key| shard_for_hash(shard_hash(key), shards));
+    (shard, Some(class))
 }
 
 #[cfg(test)]

@@ -438,6 +438,15 @@ impl<F: Frame> Shard<F> {
 
     /// Takes one frame from `side` at `now`.
     pub fn handle(&mut self, side: Side, frame: F, now: Timestamp) {
+        let class = wire::parse(frame.bytes());
+        self.handle_parsed(side, frame, class, now);
+    }
+
+    /// [`Shard::handle`] for a frame whose parse travelled with it: `class` must be
+    /// [`wire::parse`] of these very bytes (the runtime's dispatcher parses each frame once to
+    /// pick its shard and hands the result over, SPEC §8).
+    pub fn handle_parsed(&mut self, side: Side, frame: F, class: Class, now: Timestamp) {
+        debug_assert!(class == wire::parse(frame.bytes()), "a class parsed from other bytes");
         match side {
             Side::Primary => self.counters.primary_in += 1,
             Side::Secondary => self.counters.secondary_in += 1,
@@ -447,7 +456,7 @@ impl<F: Frame> Shard<F> {
         }
         let mut out = out!(self, now);
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
-        match wire::parse(frame.bytes()) {
+        match class {
             Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
             Class::Datagram(key, span) => self.handle_datagram(side, frame, key, Kind::Datagram, span, now),
             Class::OtherIp(key, span) => self.handle_datagram(side, frame, key, Kind::OtherIp, span, now),
@@ -1243,7 +1252,13 @@ impl<F: Frame> Shard<F> {
     /// Returns the frame's TCP summary for [`Shard::rewrite_client_segment`] (`None` for
     /// anything but TCP), so a client frame is parsed once however often its copy is tried.
     pub fn observe_client(&mut self, frame: &[u8], now: Timestamp) -> Option<ClientSegment> {
-        let Class::Tcp(key, seg) = wire::parse(frame) else { return None };
+        self.observe_client_parsed(frame, &wire::parse(frame), now)
+    }
+
+    /// [`Shard::observe_client`] for a client frame whose parse travelled with it (`class` is
+    /// [`wire::parse`] of `frame`).
+    pub fn observe_client_parsed(&mut self, frame: &[u8], class: &Class, now: Timestamp) -> Option<ClientSegment> {
+        let &Class::Tcp(key, seg) = class else { return None };
         // The comparator keys a connection by its guest → client direction.
         let cs = ClientSegment { conn: key.reversed(), seg };
         let (slot, created) = match self.map.get(&(cs.conn, Kind::Tcp)) {

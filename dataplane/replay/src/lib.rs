@@ -408,7 +408,8 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
         let t = to_ts(frame.ts).max(run.current);
         run.advance_to(t);
         run.current = t;
-        let shard = shard_of(&frame.data, n);
+        // The runtime's dispatch, and its parse travelling with the frame (SPEC §8).
+        let (shard, class) = colo_core::rss::dispatch(&frame.data, n);
         // The explained flow's frames: what arrives, then the flow's state after it.
         let explained = opts.explain.as_deref().and_then(|wanted| {
             let class = wire::parse(&frame.data);
@@ -418,7 +419,11 @@ pub fn replay(primary: &Capture, secondary: &Capture, opts: &Options) -> Outcome
             run.explain_arrival(side, index, shard, class, t);
         }
         if let Some(s) = run.shards.get_mut(shard) {
-            s.handle(side, ReplayFrame { side, index, data: frame.data.clone() }, t);
+            let f = ReplayFrame { side, index, data: frame.data.clone() };
+            match class {
+                Some(class) => s.handle_parsed(side, f, class, t),
+                None => s.handle(side, f, t),
+            }
         }
         run.drain(shard);
         if let Some((class, key)) = explained {

@@ -21,7 +21,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
-use crate::io_lcore::{IoContext, RxGate, Source, TxDrain};
+use crate::io_lcore::{Dispatched, IoContext, RxGate, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::plan::{IoWork, Plan, DESCRIPTORS, RING_SLOTS};
 use crate::shard_lcore::{Outlets, ShardContext, ShardInput};
@@ -167,7 +167,7 @@ impl Ports {
 struct Wiring {
     contexts: Vec<ShardContext>,
     /// Dispatch rings into the shards, per source (primary, secondary, client).
-    to_shards: [Vec<rtrb::Producer<dpdk::Mbuf>>; 3],
+    to_shards: [Vec<rtrb::Producer<Dispatched>>; 3],
     /// TX rings out of the shards (no TX queue per shard).
     tx_rings: Vec<rtrb::Consumer<dpdk::Mbuf>>,
     /// Proxy mode: mirrored client frames toward the primary's and the secondary's port.

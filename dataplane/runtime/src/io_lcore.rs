@@ -15,6 +15,10 @@ use crate::Shared;
 
 pub use colo_core::rss::shard_of;
 
+/// A frame on its way to its shard, with the parse that chose the shard (none with one shard:
+/// nothing was parsed), so the shard does not parse it again.
+pub type Dispatched = (Mbuf, Option<colo_core::wire::Class>);
+
 /// The output side drained by this lcore.
 pub struct TxDrain {
     /// The output queue.
@@ -97,7 +101,7 @@ pub struct IoContext {
     /// Input queues with what they carry.
     pub inputs: Vec<(Source, RxQueue)>,
     /// Per source (primary, secondary, client), one producer per shard.
-    pub to_shards: [Vec<rtrb::Producer<Mbuf>>; 3],
+    pub to_shards: [Vec<rtrb::Producer<Dispatched>>; 3],
     /// TX draining: the output port when shards do not own output queues, and in proxy mode
     /// the mirrored client frames toward each guest port.
     pub txs: Vec<TxDrain>,
@@ -208,8 +212,8 @@ impl IoContext {
             self.gate.took(n);
             work += n;
             for m in burst.by_ref() {
-                let shard = shard_of(m.data(), self.shards);
-                let mut m = m;
+                let (shard, class) = colo_core::rss::dispatch(m.data(), self.shards);
+                let mut m = (m, class);
                 loop {
                     let producer = &mut self.to_shards[source.index()][shard];
                     match producer.push(m) {

@@ -24,11 +24,11 @@ pub enum ShardInput {
     /// Software dispatch: the I/O lcore hands frames over one SPSC ring per side.
     Rings {
         /// Frames from the primary port.
-        primary: rtrb::Consumer<Mbuf>,
+        primary: rtrb::Consumer<crate::io_lcore::Dispatched>,
         /// Frames from the secondary port.
-        secondary: rtrb::Consumer<Mbuf>,
+        secondary: rtrb::Consumer<crate::io_lcore::Dispatched>,
         /// Frames from the clients' port (proxy mode), to mirror to both guests.
-        client: Option<rtrb::Consumer<Mbuf>>,
+        client: Option<rtrb::Consumer<crate::io_lcore::Dispatched>>,
     },
     /// Hardware RSS: the shard polls queue *i* of both ports itself (`None` once stopped).
     Queues {
@@ -153,8 +153,18 @@ impl Mirror {
     /// Mirrors one client frame. After a failover only the surviving guest gets it: the
     /// failed one is gone (its port may not even take frames), and copies for it would only
     /// pile up.
-    fn client_frame(&mut self, shard: &mut Shard<HeldFrame>, pool: &dpdk::Mempool, m: Mbuf, now: colo_core::Timestamp) {
-        let cs = shard.observe_client(m.data(), now);
+    fn client_frame(
+        &mut self,
+        shard: &mut Shard<HeldFrame>,
+        pool: &dpdk::Mempool,
+        m: Mbuf,
+        class: Option<colo_core::wire::Class>,
+        now: colo_core::Timestamp,
+    ) {
+        let cs = match class {
+            Some(class) => shard.observe_client_parsed(m.data(), &class, now),
+            None => shard.observe_client(m.data(), now),
+        };
         let stats = &self.stats;
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match shard.failed_over() {
@@ -470,8 +480,8 @@ impl ShardContext {
         };
         let mut n = 0;
         while n < BURST_SIZE {
-            let Ok(m) = ring.pop() else { break };
-            mirror.client_frame(&mut self.shard, &self.pool, m, now);
+            let Ok((m, class)) = ring.pop() else { break };
+            mirror.client_frame(&mut self.shard, &self.pool, m, class, now);
             n += 1;
         }
         n
@@ -486,9 +496,9 @@ impl ShardContext {
                     Side::Secondary => secondary,
                 };
                 while n < BURST_SIZE {
-                    let Ok(m) = ring.pop() else { break };
+                    let Ok((m, class)) = ring.pop() else { break };
                     n += 1;
-                    self.out.handle_one(&mut self.shard, self.id, side, m, now);
+                    self.out.handle_one(&mut self.shard, self.id, side, m, class, now);
                 }
             }
             ShardInput::Queues { primary, secondary, burst, gate } => {
@@ -503,7 +513,7 @@ impl ShardContext {
                 n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    self.out.handle_one(&mut self.shard, self.id, side, m, now);
+                    self.out.handle_one(&mut self.shard, self.id, side, m, None, now);
                 }
             }
         }
@@ -538,8 +548,19 @@ pub struct Outlets {
 impl Outlets {
     /// Hands one frame to the comparator and carries out its actions at once: released
     /// frames leave in order, and held frames never wait behind a burst.
-    fn handle_one(&mut self, shard: &mut Shard<HeldFrame>, id: usize, side: Side, m: Mbuf, now: colo_core::Timestamp) {
-        shard.handle(side, HeldFrame(m), now);
+    fn handle_one(
+        &mut self,
+        shard: &mut Shard<HeldFrame>,
+        id: usize,
+        side: Side,
+        m: Mbuf,
+        class: Option<colo_core::wire::Class>,
+        now: colo_core::Timestamp,
+    ) {
+        match class {
+            Some(class) => shard.handle_parsed(side, HeldFrame(m), class, now),
+            None => shard.handle(side, HeldFrame(m), now),
+        }
         while let Some(action) = shard.poll_action() {
             self.apply(action, id);
         }
