@@ -1,0 +1,206 @@
+//! Steady-state benchmarks of the comparator core (SPEC §12): a shard that already knows its
+//! flows, frames built before the clock starts and handed over without a copy, nothing
+//! allocated in the timed loop — the per-frame cost a DPDK lcore pays, next to a `memcmp` of
+//! the same bytes from the same memory. After criterion's wall-clock figures, each case is run
+//! once more under `perf-event` counters and reports cycles and instructions per pair (hardware
+//! counters), or task-clock nanoseconds per pair where the machine has none (a VM).
+//!
+//! Cases: matched 64 B UDP pairs over 10,000 flows; 1460 B TCP pairs in lock-step (same
+//! segmentation), over 64 connections.
+//!
+//! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use colo_core::fixtures::{Conn, IpFrame, TcpFrame};
+use colo_core::{Action, Config, Frame, Shard, Side, Timestamp};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// A prebuilt frame handed over without a copy. Compare mode never writes into a frame, so a
+/// write gets an empty slice.
+#[derive(Clone, Copy)]
+struct Prebuilt(&'static [u8]);
+
+impl Frame for Prebuilt {
+    fn bytes(&self) -> &[u8] {
+        self.0
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut []
+    }
+}
+
+/// Frames that live for the whole run.
+fn leak(frames: Vec<Vec<u8>>) -> Vec<Prebuilt> {
+    frames.into_iter().map(|f| Prebuilt(Box::leak(f.into_boxed_slice()))).collect()
+}
+
+/// One case: primary/secondary pairs (in feeding order), and how a fresh shard is primed with
+/// its flows (untimed).
+struct Case {
+    pairs: Vec<(Prebuilt, Prebuilt)>,
+    prime: Vec<(Prebuilt, Prebuilt)>,
+}
+
+impl Case {
+    /// A shard with the case's flows known and matched once.
+    fn shard(&self) -> Shard<Prebuilt> {
+        let mut shard = Shard::new(Config { new_flows_per_sec: 0, ..Config::default() });
+        let mut t = 0;
+        for pair in &self.prime {
+            feed(&mut shard, pair, &mut t);
+        }
+        shard
+    }
+
+    /// Feeds `n` pairs, from a fresh primed shard each time the prepared pairs run out; only
+    /// the feeding is timed.
+    fn timed(&self, n: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut done = 0u64;
+        while done < n {
+            let mut shard = self.shard();
+            let mut t = 1_000_000;
+            let take = (n - done).min(self.pairs.len() as u64) as usize;
+            let start = Instant::now();
+            let mut released = 0;
+            for pair in &self.pairs[..take] {
+                released += feed(&mut shard, pair, &mut t);
+            }
+            total += start.elapsed();
+            assert_eq!(released, take, "every primary frame released by match");
+            done += take as u64;
+        }
+        total
+    }
+}
+
+/// Hands one pair to the shard at the next instant; returns the frames released.
+fn feed(shard: &mut Shard<Prebuilt>, (p, s): &(Prebuilt, Prebuilt), t: &mut u64) -> usize {
+    *t += 100;
+    shard.handle(Side::Primary, *p, Timestamp::from_nanos(*t));
+    shard.handle(Side::Secondary, *s, Timestamp::from_nanos(*t));
+    let mut released = 0;
+    while let Some(a) = shard.poll_action() {
+        released += usize::from(matches!(a, Action::Release { .. }));
+    }
+    black_box(released)
+}
+
+/// 64 B UDP datagrams, one per flow per round, over 10,000 flows; the secondary's differ in IP
+/// ID and TTL only. 16 rounds are prepared (160,000 pairs).
+fn udp_case() -> Case {
+    const FLOWS: usize = 10_000;
+    let pair = |f: usize, round: u8| {
+        let dst = std::net::Ipv4Addr::new(10, 1 + (f >> 16) as u8, (f >> 8) as u8, f as u8);
+        let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[round; 22]);
+        let data = colo_core::fixtures::udp_payload(base.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[round; 22]);
+        let p = IpFrame { dst: dst.into(), payload: data.clone(), ip_id: 1, ..base.clone() }.build();
+        let s = IpFrame { dst: dst.into(), payload: data, ip_id: 2, ttl: 63, ..base }.build();
+        assert_eq!(p.len(), 64);
+        (p, s)
+    };
+    let build = |rounds: std::ops::Range<u8>| {
+        let (p, s): (Vec<_>, Vec<_>) = rounds.flat_map(|r| (0..FLOWS).map(move |f| pair(f, r))).unzip();
+        leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
+    };
+    Case { prime: build(0..1), pairs: build(1..17) }
+}
+
+/// 1460 B TCP segments in lock-step over 64 connections (round robin), 1,024 segments each
+/// (65,536 pairs, 96 MB a side); the secondary's headers differ in IP ID and TTL.
+fn tcp_case() -> Case {
+    const CONNS: u16 = 64;
+    const SEGMENTS: u32 = 1024;
+    let conn = |c: u16, ip_id: u16, ttl: u8| Conn {
+        template: TcpFrame { dport: 40_000 + c, ip_id, ttl, ..TcpFrame::default() },
+        ..Conn::default()
+    };
+    let payload = |c: u16, k: u32| -> Vec<u8> { (0..1460u32).map(|i| (i * 7 + k + u32::from(c)) as u8).collect() };
+    let mut prime = Vec::new();
+    let mut pairs = Vec::new();
+    for c in 0..CONNS {
+        let (p, s) = (conn(c, 1, 64), conn(c, 2, 63));
+        prime.push((p.data(0, &payload(c, 0)), s.data(0, &payload(c, 0))));
+    }
+    for k in 1..SEGMENTS {
+        for c in 0..CONNS {
+            let (p, s) = (conn(c, 1, 64), conn(c, 2, 63));
+            let data = payload(c, k);
+            pairs.push((p.data(k * 1460, &data), s.data(k * 1460, &data)));
+        }
+    }
+    let zip = |v: Vec<(Vec<u8>, Vec<u8>)>| {
+        let (p, s): (Vec<_>, Vec<_>) = v.into_iter().unzip();
+        leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
+    };
+    Case { prime: zip(prime), pairs: zip(pairs) }
+}
+
+/// The compared bytes (everything after the Ethernet and IPv4 headers, which differ between
+/// the guests) compared with `==`, pair by pair, from the same memory: the floor a comparator
+/// cannot beat.
+fn memcmp(case: &Case, n: u64) -> Duration {
+    let start = Instant::now();
+    let mut equal = 0usize;
+    for (p, s) in case.pairs.iter().cycle().take(n as usize) {
+        equal += usize::from(black_box(&p.0[34..]) == black_box(&s.0[34..]));
+    }
+    black_box(equal);
+    start.elapsed()
+}
+
+/// Cycles and instructions (hardware counters) or task-clock ns per pair, over one pass.
+fn counters(name: &str, case: &Case) {
+    use perf_event::events::{Hardware, Software};
+    use perf_event::{Builder, Group};
+    let n = case.pairs.len() as u64;
+    let hardware = Group::new().and_then(|mut g| {
+        let cycles = Builder::new().group(&mut g).kind(Hardware::CPU_CYCLES).build()?;
+        let instructions = Builder::new().group(&mut g).kind(Hardware::INSTRUCTIONS).build()?;
+        Ok((g, cycles, instructions))
+    });
+    let mut shard = case.shard();
+    let mut t = 1_000_000;
+    match hardware {
+        Ok((mut g, cycles, instructions)) => {
+            let _ = g.enable();
+            for pair in &case.pairs {
+                feed(&mut shard, pair, &mut t);
+            }
+            let _ = g.disable();
+            if let Ok(counts) = g.read() {
+                let per = |c: &perf_event::Counter| counts[c] as f64 / n as f64;
+                println!("{name}: {:.0} cycles, {:.0} instructions per pair", per(&cycles), per(&instructions));
+            }
+        }
+        Err(_) => {
+            let Ok(mut clock) = Builder::new().kind(Software::TASK_CLOCK).build() else {
+                println!("{name}: no perf counters on this machine");
+                return;
+            };
+            let _ = clock.enable();
+            for pair in &case.pairs {
+                feed(&mut shard, pair, &mut t);
+            }
+            let _ = clock.disable();
+            let ns = clock.read().unwrap_or(0);
+            println!("{name}: {:.0} ns task-clock per pair (no hardware counters here)", ns as f64 / n as f64);
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for (group, case) in [("steady_udp64_10k_flows", udp_case()), ("steady_tcp1460_64_conns", tcp_case())] {
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n)));
+        g.bench_function("memcmp_baseline", |b| b.iter_custom(|n| memcmp(&case, n)));
+        g.finish();
+        counters(group, &case);
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
