@@ -435,6 +435,24 @@ fn ipv6_fragment<'a>(bytes: &'a [u8], ip: &etherparse::Ipv6Slice<'a>) -> Option<
     })
 }
 
+/// The comparator's summary of a TCP header (etherparse's `TcpSlice` or `TcpHeaderSlice`) with
+/// where its header and payload lie.
+macro_rules! segment {
+    ($tcp:expr, $header_offset:expr, $payload_offset:expr, $payload_len:expr) => {
+        TcpSegment {
+            seq: $tcp.sequence_number(),
+            ack: $tcp.acknowledgment_number(),
+            syn: $tcp.syn(),
+            fin: $tcp.fin(),
+            rst: $tcp.rst(),
+            ack_flag: $tcp.ack(),
+            header_offset: $header_offset,
+            payload_offset: $payload_offset,
+            payload_len: $payload_len,
+        }
+    };
+}
+
 /// A TCP segment's class: the key gets its ports, the summary its offsets inside `bytes`.
 fn tcp_class(bytes: &[u8], mut key: FlowKey, tcp: &etherparse::TcpSlice<'_>) -> Class {
     key.src_port = tcp.source_port();
@@ -452,20 +470,7 @@ fn tcp_class(bytes: &[u8], mut key: FlowKey, tcp: &etherparse::TcpSlice<'_>) -> 
     let Ok(header_offset) = u32::try_from(header) else {
         return Class::Malformed(MalformedReason::IpLengthBeyondFrame);
     };
-    Class::Tcp(
-        key,
-        TcpSegment {
-            seq: tcp.sequence_number(),
-            ack: tcp.acknowledgment_number(),
-            syn: tcp.syn(),
-            fin: tcp.fin(),
-            rst: tcp.rst(),
-            ack_flag: tcp.ack(),
-            header_offset,
-            payload_offset,
-            payload_len,
-        },
-    )
+    Class::Tcp(key, segment!(tcp, header_offset, payload_offset, payload_len))
 }
 
 /// The TCP segment whose IP payload starts in `data` of `frame` (the first fragment of a
@@ -474,17 +479,7 @@ fn tcp_class(bytes: &[u8], mut key: FlowKey, tcp: &etherparse::TcpSlice<'_>) -> 
 pub(crate) fn tcp_in_fragment(frame: &[u8], data: Span, total: u32) -> Option<TcpSegment> {
     let tcp = etherparse::TcpHeaderSlice::from_slice(data.of(frame)?).ok()?;
     let header_len = u32::try_from(tcp.slice().len()).ok()?;
-    Some(TcpSegment {
-        seq: tcp.sequence_number(),
-        ack: tcp.acknowledgment_number(),
-        syn: tcp.syn(),
-        fin: tcp.fin(),
-        rst: tcp.rst(),
-        ack_flag: tcp.ack(),
-        header_offset: data.offset,
-        payload_offset: data.offset.checked_add(header_len)?,
-        payload_len: total.checked_sub(header_len)?,
-    })
+    Some(segment!(tcp, data.offset, data.offset.checked_add(header_len)?, total.checked_sub(header_len)?))
 }
 
 #[cfg(test)]
