@@ -343,3 +343,35 @@ fn a_bad_admin_path_fails_before_any_traffic() {
     assert!(run.output.is_empty(), "no traffic before the sockets are ready");
     assert_eq!(std::fs::read(dir.join("not-a-socket")).unwrap(), b"keep me");
 }
+
+/// Single-lcore mode (EAL `-l 0`: no worker lcore): the I/O work, the shard and the control
+/// loop share the main lcore, as `dpdk-testpmd` forwards on one core. Equal streams all leave
+/// by match; a divergent flow is caught and flushed; the shutdown drains TX through the same
+/// lcore.
+#[test]
+fn everything_on_one_lcore_compares_releases_and_shuts_down() {
+    let dir = scratch_dir("dp-one-lcore");
+    let (primary, mut secondary) = resegmented_flows(20, 4);
+    let last = secondary.len() - 1;
+    let at = secondary[last].len() - 1;
+    secondary[last][at] ^= 0x20;
+    colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+    colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+    cmd.args(colo_suite::dataplane_eal_args(&dir, 1))
+        .arg("--")
+        .env("RUNTIME_DIRECTORY", &dir)
+        .stdin(std::process::Stdio::null())
+        .args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
+        .args(["--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300", "--stats-json"])
+        .arg(dir.join("stats.json"));
+    let run = colo_suite::collect_run(&dir, cmd);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_same_per_flow(&run.output, &primary);
+    let total = &run.stats["total"];
+    assert_eq!(total["accounting"], "ok", "{total}");
+    assert_eq!(total["checkpoint_requests"]["tcp-payload-mismatch"], 1, "{total}");
+    assert!(total["released"]["flush"].as_u64() >= Some(1), "{total}");
+    let lcores = run.stats["lcores"].as_array().map_or(0, Vec::len);
+    assert_eq!(lcores, 2, "one I/O and one shard load meter, both on the main lcore: {}", run.stats["lcores"]);
+}

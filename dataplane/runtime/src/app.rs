@@ -405,10 +405,13 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         io_handles.push(dpdk::launch(lcore, move || io.run()).map_err(|e| format!("cannot launch an I/O lcore: {e}"))?);
     }
     let mut shard_handles = Vec::new();
-    for (ctx, lcore) in wiring.contexts.into_iter().zip(workers) {
+    let mut contexts = wiring.contexts.into_iter();
+    let local_shard = if plan.shard_on_main { contexts.next() } else { None };
+    for (ctx, lcore) in contexts.zip(workers) {
         shard_handles.push(dpdk::launch(lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
-    let control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
+    let mut control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
+    control.local_shard = local_shard.map(|ctx| LocalShard { ctx, state: Default::default(), finished: false });
     let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
     for (what, handles) in [("an I/O", io_handles), ("a shard", shard_handles)] {
         for h in handles {
@@ -452,6 +455,8 @@ struct ControlLoop {
     next_refresh: Instant,
     /// The I/O work, when no worker lcore was left for it: run between control rounds.
     local_io: Option<(IoContext, RxBurst)>,
+    /// The shard, when it runs on the main lcore too (no worker lcore at all).
+    local_shard: Option<LocalShard>,
     /// `flows` requests waiting for every shard's answer.
     pending_flows: Vec<PendingFlows>,
     next_request: u64,
@@ -505,6 +510,33 @@ struct ShardLinks {
     commands: Vec<Arc<ArrayQueue<ShardCommand>>>,
     published: Vec<Arc<ArrayQueue<Counters>>>,
     events: Arc<ArrayQueue<ShardEvent>>,
+}
+
+/// A shard on the main lcore (single-lcore mode): polled between the I/O work and the control
+/// rounds.
+struct LocalShard {
+    ctx: ShardContext,
+    state: crate::shard_lcore::RoundState,
+    finished: bool,
+}
+
+impl LocalShard {
+    /// One round; at the end, its shutdown, draining TX through the local I/O work.
+    fn round(&mut self, io: &mut Option<(IoContext, RxBurst)>) {
+        if self.finished {
+            // Its `Stopped` report may still wait for room in the event queue.
+            return self.ctx.retry_events();
+        }
+        if self.ctx.round(&mut self.state) {
+            let mut pump = || {
+                if let Some((io, _)) = io.as_mut() {
+                    io.drain_tx();
+                }
+            };
+            self.ctx.shut_down(&mut pump, false);
+            self.finished = true;
+        }
+    }
 }
 
 /// The control plane's sockets and the signal flag, opened before any port starts so that a
@@ -609,6 +641,7 @@ impl ControlLoop {
             telemetry,
             next_refresh: Instant::now(),
             local_io: local_io.map(|io| (io, RxBurst::new())),
+            local_shard: None,
             pending_flows: Vec::new(),
             next_request: 1,
             resync_on_completion: mode == CheckpointMode::Frame,
@@ -619,23 +652,27 @@ impl ControlLoop {
         self.start.elapsed()
     }
 
-    /// Waits `d` between control rounds: sleeps, or runs the local I/O work meanwhile.
+    /// Waits `d` between control rounds: sleeps, or runs the local I/O work (and the local
+    /// shard) meanwhile.
     fn idle(&mut self, d: Duration) {
-        match &mut self.local_io {
-            None => std::thread::sleep(d),
-            Some((io, burst)) => {
-                let until = Instant::now() + d;
-                while Instant::now() < until {
-                    let start = dpdk::tsc();
-                    let moved = if io.shared.stop_rx.load(Ordering::Relaxed) {
-                        // RX is closed: only TX is left to drain.
-                        io.drain_tx()
-                    } else {
-                        io.poll(burst)
-                    };
-                    io.backoff.round(moved > 0);
-                    io.load.round(dpdk::tsc().saturating_sub(start), moved as u64);
-                }
+        if self.local_io.is_none() && self.local_shard.is_none() {
+            return std::thread::sleep(d);
+        }
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some((io, burst)) = &mut self.local_io {
+                let start = dpdk::tsc();
+                let moved = if io.shared.stop_rx.load(Ordering::Relaxed) {
+                    // RX is closed: only TX is left to drain.
+                    io.drain_tx()
+                } else {
+                    io.poll(burst)
+                };
+                io.backoff.round(moved > 0);
+                io.load.round(dpdk::tsc().saturating_sub(start), moved as u64);
+            }
+            if let Some(shard) = &mut self.local_shard {
+                shard.round(&mut self.local_io);
             }
         }
     }

@@ -57,6 +57,10 @@ pub struct Plan {
     /// No worker is spare: the I/O work runs on the main lcore between control rounds (e.g.
     /// one shard on a two-CPU machine).
     pub io_on_main: bool,
+    /// No worker at all (EAL `-l 0`) and one shard: the shard runs on the main lcore too,
+    /// between the I/O work and the control rounds — everything on one core, as
+    /// `dpdk-testpmd` forwards on one.
+    pub shard_on_main: bool,
     /// Mbufs in the pool (the shards' memory budget).
     pub mbufs: u32,
 }
@@ -72,7 +76,8 @@ impl Plan {
         workers: usize,
         mbufs: Option<u32>,
     ) -> Result<Plan, String> {
-        if workers < shards {
+        let shard_on_main = workers == 0 && shards == 1;
+        if workers < shards && !shard_on_main {
             return Err(format!(
                 "{shards} shard(s) need at least {shards} worker lcores besides the main lcore (one more for a \
                  separate I/O lcore), the EAL has {workers}: pass e.g. --lcores '(0-{})@(0,1)' before --",
@@ -89,7 +94,7 @@ impl Plan {
                 .all(|i| i.rss_offloads & dpdk::sys::RTE_ETH_RSS_IP != 0 && usize::from(i.max_rx_queues) >= shards);
         let per_shard_tx = shards > 1 && usize::from(output.max_tx_queues) >= shards;
         let drains = !per_shard_tx || proxy;
-        let spare = workers - shards;
+        let spare = workers.saturating_sub(shards);
         let io = match (hw_rss, drains) {
             (true, false) => IoWork::None,
             (true, true) => IoWork::DrainOnly,
@@ -102,6 +107,7 @@ impl Plan {
             per_shard_tx,
             io,
             io_on_main: spare == 0,
+            shard_on_main,
             mbufs: mbufs.unwrap_or_else(|| pool_size(shards)),
         })
     }
@@ -168,6 +174,15 @@ mod tests {
         // RSS in, but an output port with one TX queue: released frames go through rings.
         let p = Plan::decide(4, false, [&nic, &nic], &port(1, 1, false), 4, None).unwrap();
         assert_eq!((p.hw_rss, p.per_shard_tx, p.io, p.io_on_main), (true, false, IoWork::DrainOnly, true));
+    }
+
+    #[test]
+    fn one_shard_without_workers_runs_everything_on_the_main_lcore() {
+        let pcap = port(1, 1, false);
+        let p = Plan::decide(1, false, [&pcap, &pcap], &pcap, 0, None).unwrap();
+        assert_eq!((p.shard_on_main, p.io_on_main, p.io), (true, true, IoWork::Shared));
+        assert!(!Plan::decide(1, false, [&pcap, &pcap], &pcap, 1, None).unwrap().shard_on_main);
+        assert!(Plan::decide(2, false, [&pcap, &pcap], &pcap, 0, None).is_err());
     }
 
     #[test]

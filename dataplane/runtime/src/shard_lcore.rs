@@ -63,6 +63,26 @@ impl ShardInput {
     }
 }
 
+/// What a shard's polling loop carries from one round to the next.
+#[derive(Debug)]
+pub struct RoundState {
+    stopping: bool,
+    next_publish: colo_core::Timestamp,
+    next_pressure_check: colo_core::Timestamp,
+    round_start: u64,
+}
+
+impl Default for RoundState {
+    fn default() -> Self {
+        RoundState {
+            stopping: false,
+            next_publish: colo_core::Timestamp::default(),
+            next_pressure_check: colo_core::Timestamp::default(),
+            round_start: dpdk::tsc(),
+        }
+    }
+}
+
 /// Everything one shard lcore owns.
 pub struct ShardContext {
     /// Shard index.
@@ -320,51 +340,53 @@ impl ShardContext {
     /// Runs until told to stop; returns when every input frame has been handled, the shard
     /// flushed and every released frame handed to TX.
     pub fn run(mut self) {
-        let mut stopping = false;
-        let mut next_publish = colo_core::Timestamp::default();
-        let mut next_pressure_check = colo_core::Timestamp::default();
-        let mut round_start = dpdk::tsc();
-        loop {
-            let now = self.clock.now();
-            if now >= next_publish {
-                // Off the per-packet path: a copy of plain integers every few milliseconds.
-                self.published.force_push(self.shard.counters().clone());
-                next_publish = now.saturating_add(PUBLISH_EVERY);
-            }
-            if now >= next_pressure_check {
-                next_pressure_check = now.saturating_add(PRESSURE_EVERY);
-                self.check_pool(now);
-            }
-            let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
-            work += self.take_client(now);
-            if self.shard.next_deadline().is_some_and(|d| d <= now) {
-                self.shard.handle_timeout(now);
-            }
-            self.apply_actions();
-            while let Some(cmd) = self.commands.pop() {
-                work += 1;
-                stopping |= self.command(cmd, now);
-            }
-            self.out.tx.flush();
-            if let Some(mirror) = &mut self.mirror {
-                // Secondary SYNs (or a flush) handled above may have made offsets known.
-                mirror.retry(&self.shard, now);
-                mirror.flush();
-            }
-            self.retry_events();
-            // The dispatcher has stopped before Stop is sent, so empty rings mean all input
-            // has been handled.
-            if stopping && self.input.is_drained() {
-                break;
-            }
-            // Timers and TX backlogs still need the loop; a back-off sleep delays them by at
-            // most the configured sleep.
-            self.backoff.round(work > 0 || self.out.tx.pending() > 0);
-            let round_end = dpdk::tsc();
-            self.load.round(round_end.saturating_sub(round_start), work as u64);
-            round_start = round_end;
+        let mut state = RoundState::default();
+        while !self.round(&mut state) {}
+        self.shut_down(&mut std::thread::yield_now, true);
+    }
+
+    /// One polling round: publish and pool checks when due, input, timers, commands, TX.
+    /// True once `Stop` came and every input is handled (then call [`ShardContext::shut_down`]).
+    pub fn round(&mut self, state: &mut RoundState) -> bool {
+        let now = self.clock.now();
+        if now >= state.next_publish {
+            // Off the per-packet path: a copy of plain integers every few milliseconds.
+            self.published.force_push(self.shard.counters().clone());
+            state.next_publish = now.saturating_add(PUBLISH_EVERY);
         }
-        self.shut_down();
+        if now >= state.next_pressure_check {
+            state.next_pressure_check = now.saturating_add(PRESSURE_EVERY);
+            self.check_pool(now);
+        }
+        let mut work = self.take_input(Side::Primary, now) + self.take_input(Side::Secondary, now);
+        work += self.take_client(now);
+        if self.shard.next_deadline().is_some_and(|d| d <= now) {
+            self.shard.handle_timeout(now);
+        }
+        self.apply_actions();
+        while let Some(cmd) = self.commands.pop() {
+            work += 1;
+            state.stopping |= self.command(cmd, now);
+        }
+        self.out.tx.flush();
+        if let Some(mirror) = &mut self.mirror {
+            // Secondary SYNs (or a flush) handled above may have made offsets known.
+            mirror.retry(&self.shard, now);
+            mirror.flush();
+        }
+        self.retry_events();
+        // The dispatcher has stopped before Stop is sent, so empty rings mean all input has
+        // been handled.
+        if state.stopping && self.input.is_drained() {
+            return true;
+        }
+        // Timers and TX backlogs still need the loop; a back-off sleep delays them by at most
+        // the configured sleep.
+        self.backoff.round(work > 0 || self.out.tx.pending() > 0);
+        let round_end = dpdk::tsc();
+        self.load.round(round_end.saturating_sub(state.round_start), work as u64);
+        state.round_start = round_end;
+        false
     }
 
     /// Below 1/8 free mbufs, a shard holding its share of the shortage asks for
@@ -435,7 +457,12 @@ impl ShardContext {
 
     /// Shutdown, once every input is handled: as a checkpoint completion (SPEC §8), then the
     /// output drained (within a grace period) and the final counters reported.
-    fn shut_down(&mut self) {
+    ///
+    /// `pump` runs while it waits for the TX rings to drain (a yield on a shard lcore; the I/O
+    /// work itself when the shard runs on the main lcore next to it). `wait_for_events` says
+    /// whether to wait here until the `Stopped` report is queued (on the main lcore the
+    /// control loop keeps calling [`ShardContext::retry_events`] instead).
+    pub fn shut_down(&mut self, pump: &mut dyn FnMut(), wait_for_events: bool) {
         let now = self.clock.now();
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
@@ -449,7 +476,7 @@ impl ShardContext {
             mirror.stats.secondary_dropped.fetch_add(stranded, Ordering::Relaxed);
             while mirror.pending_tx() > 0 && std::time::Instant::now() < give_up {
                 if mirror.flush() == 0 {
-                    std::thread::yield_now();
+                    pump();
                 }
             }
         }
@@ -460,13 +487,13 @@ impl ShardContext {
                     self.shared.tx_abandoned_at_shutdown.fetch_add(n, Ordering::Relaxed);
                     break;
                 }
-                std::thread::yield_now();
+                pump();
             }
         }
         let counters = Box::new(self.shard.counters().clone());
         self.published.force_push((*counters).clone());
         self.send_event(ShardEvent::Stopped { shard: self.id, counters });
-        while !self.out.unsent_events.is_empty() {
+        while wait_for_events && !self.out.unsent_events.is_empty() {
             self.retry_events();
             std::thread::yield_now();
         }
@@ -530,7 +557,8 @@ impl ShardContext {
         self.out.send_event(ev);
     }
 
-    fn retry_events(&mut self) {
+    /// Queues the events the control loop's queue had no room for.
+    pub fn retry_events(&mut self) {
         self.out.retry_events();
     }
 }
