@@ -273,6 +273,14 @@ impl NewFlowBudget {
         1_000_000_000 / u64::from(cfg.new_flows_per_sec.max(1))
     }
 
+    /// Gives back the credit of a flow admitted but not made (the table was full).
+    fn refund(&mut self, cfg: &Config) {
+        if cfg.new_flows_per_sec != 0 {
+            let cap = self.cost(cfg).saturating_mul(u64::from(cfg.new_flow_burst.max(1)));
+            self.credit = self.credit.saturating_add(self.cost(cfg)).min(cap);
+        }
+    }
+
     /// Whether the flow with key hash `hash` may be created at `now` (and pays for it);
     /// `room` says whether the shard has room for another young one-sided flow.
     fn admit(&mut self, hash: u64, now: Timestamp, cfg: &Config, room: bool) -> bool {
@@ -514,7 +522,12 @@ impl<F: Frame> Shard<F> {
         if !self.admit(key, kind, now) {
             return Err(NoFlow::Budget);
         }
-        self.insert(key, kind, now).ok_or(NoFlow::TableFull)
+        let slot = self.insert(key, kind, now);
+        if slot.is_none() {
+            // No flow was made: the credit it took goes back.
+            self.budget.refund(&self.cfg);
+        }
+        slot.ok_or(NoFlow::TableFull)
     }
 
     /// Whether a new flow may be made now (SPEC §11): room among the young one-sided flows

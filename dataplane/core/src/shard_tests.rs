@@ -2111,3 +2111,19 @@ fn test_a_secondary_ahead_at_a_standalone_completion_absorbs_nothing() {
     assert_eq!(rels(&evs), vec![(a.clone(), Via::Match)], "{:?}", h.requests);
     assert!(H::ckpts(&h.tick(10_000)).is_empty(), "{:?}", h.requests);
 }
+
+#[test]
+fn test_a_flow_the_full_table_could_not_take_costs_no_new_flow_credit() {
+    // Burst of 5 at a rate of 1 a second: four flows fill a 4-flow table (each holding its
+    // frame); a fifth finds the table full (parked for the flush) and must give its credit
+    // back, so that after the flush one more new flow still fits the burst.
+    let cfg = Config { max_flows: 4, new_flows_per_sec: 1, new_flow_burst: 5, ..Config::default() };
+    let mut h = H::with(cfg);
+    for c in 0..4 {
+        assert!(h.p(&udp_to(c, b"held"), 0).is_empty());
+    }
+    assert_eq!(H::ckpts(&h.p(&udp_to(9, b"no room"), 0)), vec!["resource-pressure"]);
+    h.done(0);
+    assert!(h.p(&udp_to(10, b"after the flush"), 0).is_empty(), "admitted on the credit given back");
+    assert_eq!(h.shard.counters().primary_dropped[DropReason::NewFlowBudget as usize], 0);
+}
