@@ -25,6 +25,18 @@ enum Step {
         truncate: Option<usize>,
         flip: Option<(usize, u8)>,
     },
+    /// A TCP segment sent as IPv4 fragments cut at `cut` (maybe inside the TCP header), in
+    /// order or reversed, maybe with a fragment missing.
+    TcpFragmented {
+        primary: bool,
+        flow: u8,
+        seq: u16,
+        flags: u8,
+        payload: Vec<u8>,
+        cut: usize,
+        reverse: bool,
+        skip: Option<usize>,
+    },
     /// A client frame (proxy mode's observe + rewrite for the secondary).
     Client {
         flow: u8,
@@ -63,6 +75,26 @@ fn step() -> impl Strategy<Value = Step> {
                 payload,
                 truncate,
                 flip,
+            }),
+        2 => (
+            any::<bool>(),
+            0u8..6,
+            0u16..64,
+            any::<u8>(),
+            proptest::collection::vec(0u8..3, 8..64),
+            0usize..80,
+            any::<bool>(),
+            proptest::option::weighted(0.1, 0usize..3),
+        )
+            .prop_map(|(primary, flow, seq, flags, payload, cut, reverse, skip)| Step::TcpFragmented {
+                primary,
+                flow,
+                seq,
+                flags,
+                payload,
+                cut,
+                reverse,
+                skip,
             }),
         2 => (0u8..12, 0u8..4, any::<u8>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..16))
             .prop_map(|(flow, ack, flags, window, options)| Step::Client { flow, ack, flags, window, options }),
@@ -129,6 +161,33 @@ proptest! {
                     }
                     let side = if primary { Side::Primary } else { Side::Secondary };
                     feed(&mut shard, &mut log, Indexed { side, index, data }, t);
+                }
+                Step::TcpFragmented { primary, flow, seq, flags, payload, cut, reverse, skip } => {
+                    let ip = colo_core::fixtures::IpFrame {
+                        ip_id: u32::from(seq) + 7,
+                        ..{
+                            let t = TcpFrame {
+                                sport: 80,
+                                dport: 40000 + u16::from(flow % 6),
+                                seq: 1000u32.wrapping_add(u32::from(seq)),
+                                ack: 5000,
+                                flags: flags & (flags::FIN | flags::RST | flags::PSH | flags::ACK),
+                                payload,
+                                ..TcpFrame::default()
+                            };
+                            t.to_ip(std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst), &[])
+                        }
+                    };
+                    let mut frags = ip.fragments(&[cut]);
+                    if reverse {
+                        frags.reverse();
+                    }
+                    let side = if primary { Side::Primary } else { Side::Secondary };
+                    for (k, data) in frags.into_iter().enumerate() {
+                        if skip != Some(k) {
+                            feed(&mut shard, &mut log, Indexed { side, index: index * 16 + k, data }, t);
+                        }
+                    }
                 }
                 Step::Advance(ns) => now += u64::from(ns),
                 Step::Timeout => {
