@@ -283,7 +283,7 @@ impl NewFlowBudget {
 
     /// Whether the flow with key hash `hash` may be created at `now` (and pays for it);
     /// `room` says whether the shard has room for another young one-sided flow.
-    fn admit(&mut self, hash: u64, now: Timestamp, cfg: &Config, room: bool) -> bool {
+    fn admit(&mut self, hash: impl FnOnce() -> u64, now: Timestamp, cfg: &Config, room: bool) -> bool {
         let limited = cfg.new_flows_per_sec != 0;
         let cost = self.cost(cfg);
         if limited {
@@ -292,16 +292,25 @@ impl NewFlowBudget {
             self.credit = self.credit.saturating_add(earned).min(cap);
             self.last = self.last.max(now);
         }
+        let paid = !limited || self.credit >= cost;
         if self.refused.is_empty() {
+            // Nothing refused yet (the usual case): no refusal to look up, no key to hash.
+            if room && paid {
+                if limited {
+                    self.credit -= cost;
+                }
+                return true;
+            }
             self.refused = vec![(0, Timestamp(0)); REFUSALS + REFUSAL_WAYS].into_boxed_slice();
         }
         // A refusal is looked for, and stored, among REFUSAL_WAYS neighbouring entries, so
         // two flows refused together rarely push each other out.
+        let hash = hash();
         let at = hash as usize % REFUSALS;
         let live = |(h, t): &(u64, Timestamp)| *h == hash && now.saturating_since(*t) < REFUSAL_MEMORY;
         let ways = self.refused.get_mut(at..at + REFUSAL_WAYS).unwrap_or_default();
         let recently = ways.iter().any(live);
-        if !recently && room && (!limited || self.credit >= cost) {
+        if !recently && room && paid {
             if limited {
                 self.credit -= cost;
             }
@@ -545,7 +554,8 @@ impl<F: Frame> Shard<F> {
             }
         }
         let room = self.one_sided < self.one_sided_cap();
-        self.budget.admit(self.map.hasher().hash_one((key, kind)), now, &self.cfg, room)
+        let hasher = self.map.hasher();
+        self.budget.admit(|| hasher.hash_one((key, kind)), now, &self.cfg, room)
     }
 
     /// Young one-sided flows a shard keeps at most: an eighth of the memory budget, so what
