@@ -6,8 +6,9 @@
 //! testpmd's txonly generator drops on full rings independently per port, so the two streams
 //! are not identical: this test checks the ports and their lifecycle, not the verdicts (which
 //! standalone checkpoints resolve). Needs root (2 MB hugepages, reserved here if too few are
-//! free: vhost-user shares guest memory through them); fails when it cannot run, unless
-//! `COLO_SKIP_E2E=1` says to skip.
+//! free: vhost-user shares guest memory through them; both processes run `--in-memory`, so no
+//! hugepage file outlives them); fails when it cannot run, unless `COLO_SKIP_E2E=1` says to
+//! skip.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -62,16 +63,25 @@ fn stats(admin: &Path) -> serde_json::Value {
 /// Two virtio_user "guests" sending for `secs` seconds, then going away.
 fn guests(dir: &Path, run: u32, secs: u64) {
     let mut g = Command::new("dpdk-testpmd");
-    g.args(["--single-file-segments", "-m", "128", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"])
-        .arg(format!("--file-prefix=colo-vh-guest-{}-{run}", std::process::id()))
-        .arg(format!("--vdev=net_virtio_user0,path={}", dir.join("p.sock").display()))
-        .arg(format!("--vdev=net_virtio_user1,path={}", dir.join("s.sock").display()))
-        .args(["--", "--forward-mode=txonly", "--txpkts=64", "--total-num-mbufs=4096", "-a", "--nb-cores=1"])
-        // Without a period testpmd reads stdin for "press enter" and stops at once on EOF.
-        .args(["--stats-period", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    g.args([
+        "--in-memory",
+        "--single-file-segments",
+        "-m",
+        "128",
+        "--no-pci",
+        "-l",
+        "0-1",
+        "--log-level=lib.eal:error",
+    ])
+    .arg(format!("--file-prefix=colo-vh-guest-{}-{run}", std::process::id()))
+    .arg(format!("--vdev=net_virtio_user0,path={}", dir.join("p.sock").display()))
+    .arg(format!("--vdev=net_virtio_user1,path={}", dir.join("s.sock").display()))
+    .args(["--", "--forward-mode=txonly", "--txpkts=64", "--total-num-mbufs=4096", "-a", "--nb-cores=1"])
+    // Without a period testpmd reads stdin for "press enter" and stops at once on EOF.
+    .args(["--stats-period", "1"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let child = ChildGuard::new(g.spawn().expect("dpdk-testpmd (ci/setup installs it)"));
     std::thread::sleep(Duration::from_secs(secs));
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
@@ -94,7 +104,7 @@ fn vhost_user_guests_are_served_and_served_again_after_they_reconnect() {
     let dir = scratch_dir("vhost");
     let admin = dir.join("admin.sock");
     let mut cmd = Command::new(workspace_bin("colo-dataplane"));
-    cmd.args(["--single-file-segments", "-m", "256", "--no-pci", "--log-level=lib.eal:error"])
+    cmd.args(["--in-memory", "--single-file-segments", "-m", "256", "--no-pci", "--log-level=lib.eal:error"])
         .arg(format!("--file-prefix=colo-vh-dp-{}", std::process::id()))
         .args(["--lcores", "(0-1)@(0,1)"])
         .arg(format!("--vdev=net_vhost0,iface={},queues=1", dir.join("p.sock").display()))
