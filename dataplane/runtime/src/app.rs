@@ -85,10 +85,11 @@ impl PortIds {
         let lookup = |name: &str, role: &str| {
             Port::lookup(eal, name).map_err(|e| format!("--{role}: {e}; the EAL knows {} port(s)", eal.port_count()))
         };
+        let (primary, secondary) = (lookup(&cfg.primary, "primary")?, lookup(&cfg.secondary, "secondary")?);
         let output = lookup(&cfg.output, "output")?;
         let ids = PortIds {
-            primary: lookup(&cfg.primary, "primary")?,
-            secondary: lookup(&cfg.secondary, "secondary")?,
+            primary,
+            secondary,
             output,
             client: match &cfg.client {
                 Some(c) => Some(lookup(c, "client")?).filter(|c| *c != output),
@@ -411,7 +412,11 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shard_handles.push(dpdk::launch(lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
     let mut control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
-    control.local_shard = local_shard.map(|ctx| LocalShard { ctx, state: Default::default(), finished: false });
+    control.local_shard = local_shard.map(|mut ctx| {
+        // The I/O work's back-off already waits on this lcore: the shard's must not add to it.
+        ctx.backoff = crate::IdleBackoff::new(None);
+        LocalShard { ctx, state: Default::default(), finished: false }
+    });
     let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
     for (what, handles) in [("an I/O", io_handles), ("a shard", shard_handles)] {
         for h in handles {
@@ -527,6 +532,9 @@ impl LocalShard {
             // Its `Stopped` report may still wait for room in the event queue.
             return self.ctx.retry_events();
         }
+        // One shard round per I/O poll: the I/O work pushes at most a burst per ring, the round
+        // takes up to a burst per ring, so the I/O work never waits on a full ring here.
+        self.state.start_round();
         if self.ctx.round(&mut self.state) {
             let mut pump = || {
                 if let Some((io, _)) = io.as_mut() {

@@ -72,6 +72,14 @@ pub struct RoundState {
     round_start: u64,
 }
 
+impl RoundState {
+    /// Starts the next round's load measurement now (a shard sharing its lcore with other
+    /// work must not count that work as its own).
+    pub fn start_round(&mut self) {
+        self.round_start = dpdk::tsc();
+    }
+}
+
 impl Default for RoundState {
     fn default() -> Self {
         RoundState {
