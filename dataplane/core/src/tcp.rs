@@ -117,6 +117,14 @@ impl<F: Frame> SegFrames<F> {
         self.head().map_or(&[], |f| f.bytes())
     }
 
+    /// Frames it holds (one, or its fragments).
+    fn frame_count(&self) -> usize {
+        match self {
+            SegFrames::One(_) => 1,
+            SegFrames::Fragments(v) => v.len(),
+        }
+    }
+
     /// Wire bytes of all its frames (the held-bytes gauges and queue bounds).
     pub(crate) fn wire_len(&self) -> u32 {
         match self {
@@ -498,8 +506,9 @@ impl<F: Frame> TcpConn<F> {
             base: self.base,
             compared: self.compared,
             secondary_ack: self.s_ack_max,
-            held_primary: self.primary.len(),
-            held_secondary: self.secondary.len(),
+            // Frames, as the datagram flows count them (a fragmented segment holds several).
+            held_primary: self.primary.iter().map(|h| h.frames.frame_count()).sum(),
+            held_secondary: self.secondary.iter().map(|h| h.frames.frame_count()).sum(),
             head: self.primary.front().and_then(|h| self.hold_reason(h)),
             diverged: self.diverged,
             closed: self.is_closed(),

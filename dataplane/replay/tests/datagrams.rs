@@ -137,8 +137,11 @@ fn explain_traces_a_fragmented_tcp_segment_through_its_stream() {
     assert!(text.contains("primary #2 shard 0 fragment id=4369 offset=0 len=1000 more=true"), "{text}");
     assert!(text.contains("primary #3 shard 0 fragment id=4369 offset=1000 len=632 more=false"), "{text}");
     assert!(
-        text.contains("held primary/secondary=1/0, oldest primary held: awaiting secondary data"),
-        "the reassembled segment waits in the connection: {text}"
+        text.contains(
+            "primary #3 shard 0 fragment id=4369 offset=1000 len=632 more=false\n  state: compared=1000201 (stream \
+             +200) secondary_ack=5001 held primary/secondary=2/0, oldest primary held: awaiting secondary data"
+        ),
+        "the reassembled segment (both its fragments) waits in the connection: {text}"
     );
     for i in 2..=3 {
         assert!(text.contains(&format!("released primary #{i} via match")), "{text}");
