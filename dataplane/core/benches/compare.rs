@@ -151,22 +151,24 @@ fn feed(shard: &mut Shard<Vec<u8>>, (p, s): &(Vec<u8>, Vec<u8>), t: &mut u64) ->
     released
 }
 
+/// A 64 B UDP datagram of flow `f` (client 10.x.y.z), as the primary and the secondary send
+/// it (IP ID and TTL differ).
+fn flow_pair(f: usize) -> (Vec<u8>, Vec<u8>) {
+    let dst = std::net::Ipv4Addr::new(10, (f >> 16) as u8, (f >> 8) as u8, f as u8);
+    let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+    let data = colo_core::fixtures::udp_payload(base.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
+    let p = IpFrame { dst: dst.into(), payload: data.clone(), ..base.clone() }.build();
+    let s = IpFrame { dst: dst.into(), payload: data, ip_id: 9, ttl: 63, ..base }.build();
+    (p, s)
+}
+
 /// Matched 64 B UDP pairs hitting a shard that holds 1 000 000 concurrent flows (SPEC §12):
 /// the flow-table lookups miss the caches. The shard is filled once; each iteration hands one
 /// primary/secondary pair of a pseudo-randomly chosen existing flow (including the copy of
 /// the two 64 B frames the shard takes ownership of).
 fn bench_million_flows(c: &mut Criterion) {
     const FLOWS: usize = 1_000_000;
-    let pair = |f: usize| {
-        let dst = std::net::Ipv4Addr::new(10, (f >> 16) as u8, (f >> 8) as u8, f as u8);
-        let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
-        let data =
-            colo_core::fixtures::udp_payload(base.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
-        let p = IpFrame { dst: dst.into(), payload: data.clone(), ..base.clone() }.build();
-        let s = IpFrame { dst: dst.into(), payload: data, ip_id: 9, ttl: 63, ..base }.build();
-        (p, s)
-    };
-    let frames: Vec<(Vec<u8>, Vec<u8>)> = (0..FLOWS).map(pair).collect();
+    let frames: Vec<(Vec<u8>, Vec<u8>)> = (0..FLOWS).map(flow_pair).collect();
     // The table is filled at nanosecond intervals: no new-flow budget would admit that.
     let cfg = Config { max_flows: 2 * FLOWS, new_flows_per_sec: 0, ..Config::default() };
     let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
@@ -193,17 +195,8 @@ fn bench_million_flows(c: &mut Criterion) {
 /// new flow scanned the whole table.
 fn bench_new_flow_flood(c: &mut Criterion) {
     const TABLE: usize = 65_536;
-    let pair = |f: usize| {
-        let dst = std::net::Ipv4Addr::new(10, (f >> 16) as u8, (f >> 8) as u8, f as u8);
-        let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
-        let p = IpFrame { dst: dst.into(), ..base.clone() };
-        let payload =
-            colo_core::fixtures::udp_payload(p.src, dst.into(), 53, 1024 + (f % 60_000) as u16, &[f as u8; 22]);
-        let p = IpFrame { payload, ..p }.build();
-        (p.clone(), p)
-    };
-    let established: Vec<_> = (0..1000).map(pair).collect();
-    let flood: Vec<_> = (1000..1000 + 4 * TABLE).map(pair).collect();
+    let established: Vec<_> = (0..1000).map(flow_pair).collect();
+    let flood: Vec<_> = (1000..1000 + 4 * TABLE).map(flow_pair).collect();
     // Eviction is measured here, so no new-flow budget; the refused case follows below.
     let cfg = Config { max_flows: TABLE, new_flows_per_sec: 0, ..Config::default() };
     let mut shard: Shard<Vec<u8>> = Shard::new(cfg.clone());

@@ -26,6 +26,10 @@ pub struct Pair {
     pub expect_checkpoints: Vec<&'static str>,
     /// Whether every primary frame must be released via `match`/`retransmission`.
     pub expect_all_matched: bool,
+    /// Whether primary frames are still held when the first request is made, so that some
+    /// leave by the checkpoint's flush (divergent pairs; not where one side's lone action is
+    /// timed after everything already matched).
+    pub expect_flush: bool,
 }
 
 /// Capture time origin: 2024-01-01T00:00:00Z, so timestamps look like a real capture.
@@ -129,6 +133,7 @@ fn pair(
         name,
         primary: capture(primary, primary_at),
         secondary: capture(secondary, secondary_at),
+        expect_flush: !expect_all_matched,
         expect_checkpoints,
         expect_all_matched,
     }
@@ -309,7 +314,14 @@ fn raw(frames: Vec<Vec<u8>>, at: fn(usize) -> Duration) -> Capture {
 
 fn raw_pair(name: &'static str, p: Vec<Vec<u8>>, s: Vec<Vec<u8>>, expect_checkpoints: Vec<&'static str>) -> Pair {
     let expect_all_matched = expect_checkpoints.is_empty();
-    Pair { name, primary: raw(p, primary_at), secondary: raw(s, secondary_at), expect_checkpoints, expect_all_matched }
+    Pair {
+        name,
+        primary: raw(p, primary_at),
+        secondary: raw(s, secondary_at),
+        expect_flush: !expect_all_matched,
+        expect_checkpoints,
+        expect_all_matched,
+    }
 }
 
 /// Datagram `i` of a 20-datagram UDP exchange (guest 10.0.0.2:53 → client 10.0.0.1:40000).
@@ -571,6 +583,7 @@ pub fn port_reuse_secondary_first() -> Pair {
         secondary,
         expect_checkpoints: vec![],
         expect_all_matched: true,
+        expect_flush: false,
     }
 }
 
@@ -636,6 +649,7 @@ fn tcp_fragmented_pair(name: &'static str, flip: bool, expect: Vec<&'static str>
         primary: raw(primary, primary_at),
         secondary: raw(secondary, secondary_at),
         expect_all_matched: expect.is_empty(),
+        expect_flush: !expect.is_empty(),
         expect_checkpoints: expect,
     }
 }
@@ -703,12 +717,14 @@ pub fn link_local_at_different_moments() -> Pair {
 pub fn secondary_rst_alone() -> Pair {
     let (p, s) = (Server::primary(), Server::secondary());
     let rst = TcpFrame { flags: flags::RST | flags::ACK, payload: Vec::new(), ..s.data(5, &[]) };
-    pair(
+    // Both primary frames matched before the lone RST's compare_timeout: nothing to flush.
+    let pair = pair(
         "secondary-rst-alone",
         vec![p.syn_ack(), p.data(0, b"hello")],
         vec![s.syn_ack(), s.data(0, b"hello"), rst],
         vec!["tcp-rst-mismatch"],
-    )
+    );
+    Pair { expect_flush: false, ..pair }
 }
 
 /// Proxy mode (SPEC §3, §5.1): port reuse while the old connection never closed, the
@@ -739,7 +755,14 @@ pub fn port_reuse_proxy_mode() -> Pair {
     let data = |srv: &Server| TcpFrame { seq: srv.isn.wrapping_add(1), ..srv.data(0, b"new incarnation") };
     primary.push(primary_at(16), data(&p2).build());
     secondary.push(secondary_at(16), data(&s2).build());
-    Pair { name: "port-reuse-proxy-mode", primary, secondary, expect_checkpoints: vec![], expect_all_matched: true }
+    Pair {
+        name: "port-reuse-proxy-mode",
+        primary,
+        secondary,
+        expect_checkpoints: vec![],
+        expect_all_matched: true,
+        expect_flush: false,
+    }
 }
 
 /// A 50 datagrams/s UDP stream (guest port 53 → client 40000) whose secondary runs 30 ms
@@ -765,6 +788,7 @@ pub fn udp_lagging_secondary_across_a_checkpoint() -> Pair {
         secondary,
         expect_checkpoints: vec!["datagram-mismatch"],
         expect_all_matched: false,
+        expect_flush: true,
     }
 }
 
