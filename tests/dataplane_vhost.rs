@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use colo_suite::{scratch_dir, workspace_bin, ChildGuard};
+use colo_suite::{hugepages, scratch_dir, workspace_bin, ChildGuard};
 
 fn runnable() -> bool {
     if std::env::var("COLO_SKIP_E2E").is_ok_and(|v| v == "1") {
@@ -24,30 +24,6 @@ fn runnable() -> bool {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     assert!(root, "needs root for hugepages (COLO_SKIP_E2E=1 skips)");
     true
-}
-
-/// At least `pages` free 2 MB hugepages and hugetlbfs mounted.
-fn hugepages(pages: u64) {
-    let free = |name: &str| -> u64 {
-        std::fs::read_to_string("/proc/meminfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let (total, have) = (free("HugePages_Total:"), free("HugePages_Free:"));
-    if have < pages {
-        let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
-        std::fs::write(knob, (total + pages - have).to_string()).expect("reserve hugepages");
-    }
-    assert!(free("HugePages_Free:") >= pages, "could not reserve {pages} hugepages");
-    let mounted = std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains("hugetlbfs");
-    if !mounted {
-        std::fs::create_dir_all("/dev/hugepages").expect("mount point");
-        let ok = Command::new("mount").args(["-t", "hugetlbfs", "none", "/dev/hugepages"]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "cannot mount hugetlbfs");
-    }
 }
 
 fn stats(admin: &Path) -> serde_json::Value {

@@ -275,3 +275,27 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// At least `pages` free 2 MB hugepages and hugetlbfs mounted.
+pub fn hugepages(pages: u64) {
+    let free = |name: &str| -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (total, have) = (free("HugePages_Total:"), free("HugePages_Free:"));
+    if have < pages {
+        let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+        std::fs::write(knob, (total + pages - have).to_string()).expect("reserve hugepages");
+    }
+    assert!(free("HugePages_Free:") >= pages, "could not reserve {pages} hugepages");
+    let mounted = std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains("hugetlbfs");
+    if !mounted {
+        std::fs::create_dir_all("/dev/hugepages").expect("mount point");
+        let ok = std::process::Command::new("mount").args(["-t", "hugetlbfs", "none", "/dev/hugepages"]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "cannot mount hugetlbfs");
+    }
+}
