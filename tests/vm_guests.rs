@@ -331,8 +331,8 @@ fn bad_frames(pcap: &Path) -> (Vec<String>, usize) {
 /// The whole acceptance run on one rig: downloads, round trips and short connections with no
 /// checkpoint and only valid frames on the client's wire; both guests shut down and boot again
 /// (the secondary now serving one different byte): served again, one checkpoint, byte kept.
-fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, vhost_args: &str) {
-    let rig = Rig::start(test, vhost_args);
+fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, tso: bool) {
+    let rig = Rig::start(test, if tso { ",tso=1" } else { "" });
     let t = Instant::now();
     let [p, s] = rig.boot(None);
     eprintln!("{test}: both guests up after {:?}", t.elapsed());
@@ -353,6 +353,11 @@ fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, vhost_args:
     let (bad, checked) = bad_frames(&pcap);
     assert!(checked as u64 > size / 1500, "only {checked} TCP/UDP frames captured");
     assert!(bad.is_empty(), "{} bad frames of {checked}, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert_eq!(st["egress"]["too_long_dropped"], 0, "{}", st["egress"]);
+    if tso {
+        // The guests handed over frames longer than the client's MTU, and they were cut.
+        assert!(st["egress"]["split"].as_u64() > Some(100), "{}", st["egress"]);
+    }
 
     // Both guests power off and boot again on the same sockets; the dataplane keeps running.
     p.shut_down();
@@ -372,6 +377,15 @@ fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, vhost_args:
 #[test]
 fn two_qemu_guests_on_vhost_user_ports_are_compared_through_the_proxy() {
     if runnable() {
-        guests_are_served_rebooted_and_a_difference_is_caught("vm-default", "");
+        guests_are_served_rebooted_and_a_difference_is_caught("vm-default", false);
+    }
+}
+
+/// The vhost ports offer TCP segmentation offload: the guests hand over frames of up to 64 KiB
+/// in chained mbufs, compared whole and cut to the client's MTU on the way out.
+#[test]
+fn guests_offered_tso_hand_over_64k_frames_that_leave_cut_to_the_client_mtu() {
+    if runnable() {
+        guests_are_served_rebooted_and_a_difference_is_caught("vm-tso", true);
     }
 }

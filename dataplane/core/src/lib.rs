@@ -32,6 +32,7 @@ pub mod proxy;
 mod reasm;
 pub mod reasons;
 pub mod rss;
+pub mod segment;
 pub mod shard;
 pub mod tcp;
 mod time;

@@ -21,6 +21,7 @@ use dpdk::{Eal, Mempool, Port, PortConfig, RssConfig, RxBurst, TxBatch};
 
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
+use crate::egress::Egress;
 use crate::io_lcore::{Dispatched, IoContext, RxGate, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::plan::{IoWork, Plan, DESCRIPTORS, RING_SLOTS};
@@ -44,6 +45,8 @@ pub struct RunSummary {
     pub ports: Vec<(String, String, dpdk::PortStats)>,
     /// Released frames freed at shutdown because the output device would not take them.
     pub tx_abandoned_at_shutdown: u64,
+    /// Released frames cut to the output port's MTU, or dropped as too long to cut.
+    pub egress: Option<serde_json::Value>,
     /// Proxy mode's mirroring counters.
     pub proxy: Option<serde_json::Value>,
     /// Each polling lcore's busy share and cycles per frame.
@@ -239,6 +242,7 @@ fn wire_shards(
         links: ShardLinks { commands: Vec::new(), published: Vec::new(), events: events.clone() },
     };
     let shard_cfg = shard_config(cfg, plan, proxy);
+    let output_mtu = ports.output.mtu().map_err(|e| e.to_string())?;
     for id in 0..plan.shards {
         let input = if plan.hw_rss {
             ShardInput::Queues {
@@ -276,7 +280,12 @@ fn wire_shards(
             id,
             shard: Shard::new(shard_cfg.clone()),
             input,
-            out: Outlets { tx: Transmitter::new(path), events: events.clone(), unsent_events: Default::default() },
+            out: Outlets {
+                tx: Transmitter::new(path),
+                egress: Egress::new(pool.clone(), output_mtu, shared.clone()),
+                events: events.clone(),
+                unsent_events: Default::default(),
+            },
             commands,
             clock,
             shared: shared.clone(),
@@ -424,6 +433,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         }
     }
     summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
+    summary.egress = Some(shared.egress.report());
     summary.lcores = Some(shared.load_report());
     summary.proxy = proxy.then(|| proxy_summary(&wiring.mirror_stats));
     summary.ports = ports.stats();
@@ -819,6 +829,7 @@ impl ControlLoop {
                     v["epoch"] = self.coordinator.epoch().into();
                     v["checkpoint_pending"] = self.coordinator.checkpoint_pending().into();
                     v["lcores"] = self.shared.load_report();
+                    v["egress"] = self.shared.egress.report();
                     v
                 }
                 AdminRequest::CheckpointDone => {
@@ -1007,6 +1018,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
             "failovers": s.coordinator.failovers,
         },
         "tx_abandoned_at_shutdown": s.tx_abandoned_at_shutdown,
+        "egress": s.egress,
         "proxy": s.proxy,
         "lcores": s.lcores,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({

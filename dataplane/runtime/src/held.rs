@@ -1,22 +1,61 @@
 //! The frame handle the shards hold: an owned mbuf. Held frames stay in their mbufs (zero
 //! copy); the core gives them back in its actions to be transmitted or freed.
+//!
+//! A frame that arrived as a chain of segments (a virtio guest's 64 KiB TSO frame over
+//! vhost-user, a jumbo frame longer than one mbuf) is copied once into one contiguous buffer
+//! on receipt: the comparator reads and rewrites that copy, and the copy is what leaves (see
+//! `egress`). Frames that fit one mbuf, nearly all, are never copied.
 
 use colo_core::Frame;
 use dpdk::Mbuf;
 
 /// An mbuf as a comparator frame.
 #[derive(Debug)]
-pub struct HeldFrame(pub Mbuf);
+pub struct HeldFrame {
+    mbuf: Mbuf,
+    /// The whole frame, when the mbuf is a chain.
+    whole: Option<Box<[u8]>>,
+    /// The payload size per segment a guest asked for, for a frame it handed over for
+    /// segmentation (TSO/GSO).
+    segment_size: Option<u16>,
+}
+
+impl HeldFrame {
+    /// A frame as received from a port.
+    pub fn received(mbuf: Mbuf) -> HeldFrame {
+        let whole = (!mbuf.is_contiguous()).then(|| mbuf.to_contiguous_vec().into_boxed_slice());
+        HeldFrame { segment_size: mbuf.segment_size(), mbuf, whole }
+    }
+
+    /// Whether the mbuf can be sent as it is on a port taking frames of up to `max_frame`
+    /// bytes: one segment, not waiting for segmentation, short enough.
+    pub fn sendable_as_is(&self, max_frame: usize) -> bool {
+        self.whole.is_none() && self.segment_size.is_none() && self.mbuf.len() <= max_frame
+    }
+
+    /// The payload size per segment the guest asked for, if it handed the frame over for
+    /// segmentation.
+    pub fn segment_size(&self) -> Option<u16> {
+        self.segment_size
+    }
+
+    /// The mbuf (the first segment's bytes only, for a chained frame whose copy is dropped).
+    pub fn into_mbuf(self) -> Mbuf {
+        self.mbuf
+    }
+}
 
 impl Frame for HeldFrame {
-    /// The first segment. Ports are set up without scatter and the pool's buffers hold a
-    /// whole standard frame, so that is the whole frame; a longer (chained) frame shows only
-    /// its first segment, whose IP length then exceeds the bytes and it is classified
-    /// malformed (passed through on the primary, never compared wrongly).
     fn bytes(&self) -> &[u8] {
-        self.0.data()
+        match &self.whole {
+            Some(whole) => whole,
+            None => self.mbuf.data(),
+        }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        self.0.data_mut()
+        match &mut self.whole {
+            Some(whole) => whole,
+            None => self.mbuf.data_mut(),
+        }
     }
 }

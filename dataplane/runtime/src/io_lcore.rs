@@ -9,15 +9,17 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use colo_core::Frame;
 use dpdk::{Mbuf, RxBurst, RxQueue, TxBatch, TxQueue};
 
+use crate::held::HeldFrame;
 use crate::Shared;
 
 pub use colo_core::rss::shard_of;
 
 /// A frame on its way to its shard, with the parse that chose the shard (none with one shard:
 /// nothing was parsed), so the shard does not parse it again.
-pub type Dispatched = (Mbuf, Option<colo_core::wire::Class>);
+pub type Dispatched = (HeldFrame, Option<colo_core::wire::Class>);
 
 /// The output side drained by this lcore.
 pub struct TxDrain {
@@ -212,7 +214,8 @@ impl IoContext {
             self.gate.took(n);
             work += n;
             for m in burst.by_ref() {
-                let (shard, class) = colo_core::rss::dispatch(m.data(), self.shards);
+                let m = HeldFrame::received(m);
+                let (shard, class) = colo_core::rss::dispatch(m.bytes(), self.shards);
                 let mut m = (m, class);
                 loop {
                     let producer = &mut self.to_shards[source.index()][shard];

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod egress;
 pub mod held;
 pub mod io_lcore;
 pub mod messages;
@@ -38,6 +39,8 @@ pub struct Shared {
     /// Released frames the output device still had not taken [`SHUTDOWN_TX_GRACE`] into the
     /// shutdown: freed and counted instead of hanging the exit.
     pub tx_abandoned_at_shutdown: AtomicU64,
+    /// What the shards' egress had to cut or drop for the output port's MTU.
+    pub egress: egress::EgressStats,
 }
 
 /// One polling lcore's busy and idle cycles (TSC ticks) and the frames it moved, alone on its

@@ -516,7 +516,7 @@ impl ShardContext {
         let mut n = 0;
         while n < BURST_SIZE {
             let Ok((m, class)) = ring.pop() else { break };
-            mirror.client_frame(&mut self.shard, &self.pool, m, class, now);
+            mirror.client_frame(&mut self.shard, &self.pool, m.into_mbuf(), class, now);
             n += 1;
         }
         n
@@ -548,7 +548,7 @@ impl ShardContext {
                 n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    self.out.handle_one(&mut self.shard, self.id, side, m, None, now);
+                    self.out.handle_one(&mut self.shard, self.id, side, HeldFrame::received(m), None, now);
                 }
             }
         }
@@ -575,6 +575,8 @@ impl ShardContext {
 pub struct Outlets {
     /// Released frames out.
     pub tx: Transmitter,
+    /// How they fit the output port's wire.
+    pub egress: crate::egress::Egress,
     /// Events to the control thread.
     pub events: Arc<ArrayQueue<ShardEvent>>,
     /// Events the queue had no room for yet (kept in order, never lost).
@@ -589,13 +591,13 @@ impl Outlets {
         shard: &mut Shard<HeldFrame>,
         id: usize,
         side: Side,
-        m: Mbuf,
+        frame: HeldFrame,
         class: Option<colo_core::wire::Class>,
         now: colo_core::Timestamp,
     ) {
         match class {
-            Some(class) => shard.handle_parsed(side, HeldFrame(m), class, now),
-            None => shard.handle(side, HeldFrame(m), now),
+            Some(class) => shard.handle_parsed(side, frame, class, now),
+            None => shard.handle(side, frame, now),
         }
         while let Some(action) = shard.poll_action() {
             self.apply(action, id);
@@ -604,7 +606,7 @@ impl Outlets {
 
     fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
         match action {
-            Action::Release { frame, .. } => self.tx.push(frame.0),
+            Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
             // Dropping the handle frees the mbuf; the shard has counted it by reason.
             Action::Drop { frame, .. } => drop(frame),
             Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request }),

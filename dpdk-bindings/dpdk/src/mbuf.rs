@@ -107,6 +107,37 @@ impl Mbuf {
         Ok(())
     }
 
+    /// The whole packet, every segment's bytes in order, as one contiguous copy.
+    pub fn to_contiguous_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pkt_len());
+        let mut seg: *const dpdk_sys::rte_mbuf = self.raw.as_ptr();
+        while !seg.is_null() {
+            // SAFETY: seg is self's first segment or a `next` link of the chain self owns; each
+            // segment's buf_addr + data_off .. + data_len lies inside its buffer (an mbuf
+            // invariant), and nothing writes the chain while &self is borrowed.
+            unsafe {
+                let m = &*seg;
+                let start = (m.buf_addr as *const u8).add(usize::from(m.data_off));
+                out.extend_from_slice(std::slice::from_raw_parts(start, usize::from(m.data_len)));
+                seg = m.next;
+            }
+        }
+        out
+    }
+
+    /// For a packet handed over for segmentation (a virtio guest's TSO/GSO frame, flagged
+    /// large-receive on RX or TCP segmentation for TX), the payload size of each segment.
+    pub fn segment_size(&self) -> Option<u16> {
+        let m = self.raw();
+        if m.ol_flags & (dpdk_sys::RTE_MBUF_F_RX_LRO | dpdk_sys::RTE_MBUF_F_TX_TCP_SEG) == 0 {
+            return None;
+        }
+        // SAFETY: the tx_offload union is plain integers; its bitfield view is always valid to
+        // read, and the flags above say tso_segsz was set.
+        let size = unsafe { m.__bindgen_anon_3.__bindgen_anon_1.tso_segsz() };
+        u16::try_from(size).ok().filter(|&s| s > 0)
+    }
+
     /// The port the packet arrived on.
     pub fn port(&self) -> u16 {
         self.raw().port

@@ -422,6 +422,15 @@ impl Port {
         Ok(LinkStatus { up: l.link_status() != 0, speed_mbps: l.link_speed, full_duplex: l.link_duplex() != 0 })
     }
 
+    /// The device's MTU: the largest IP packet it sends (a frame is that plus its Ethernet
+    /// header).
+    pub fn mtu(&self) -> Result<u16> {
+        let mut mtu = 0u16;
+        // SAFETY: mtu is a valid out-pointer for the call.
+        check("rte_eth_dev_get_mtu", unsafe { dpdk_sys::rte_eth_dev_get_mtu(self.inner.id.0, &mut mtu) })?;
+        Ok(mtu)
+    }
+
     /// Device name.
     pub fn name(&self) -> String {
         port_name(self.inner.id).unwrap_or_else(|_| self.inner.id.to_string())

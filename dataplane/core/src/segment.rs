@@ -1,0 +1,244 @@
+//! Software TCP segmentation for frames too long for the output port.
+//!
+//! A virtio guest offered TCP segmentation offload hands over TCP frames of up to 64 KiB
+//! (GSO) and leaves the cutting to the NIC. The comparator compares them as the byte streams
+//! they are; what it releases must still fit the output port's MTU. [`split_tcp`] cuts such a
+//! frame the way a NIC's TSO does: the same headers on every piece, the sequence number
+//! advanced by the bytes before it, IPv4 identification counting up, FIN and PSH only on the
+//! last piece, CWR only on the first, and every length and checksum written anew (a GSO
+//! frame's TCP checksum holds only the pseudo-header sum).
+
+/// Why a frame cannot be cut into TCP segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSplittable {
+    /// Not Ethernet (optionally one VLAN tag) + IPv4 or IPv6 + TCP, or headers cut short.
+    NotTcp,
+    /// An IPv4 fragment, or IPv6 with extension headers before TCP.
+    Unsupported,
+    /// The headers alone leave no room for payload within the limit.
+    NoRoom,
+}
+
+/// The ones' complement sum of `bytes` (RFC 1071), added to `sum`, not yet folded.
+fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
+    let mut words = bytes.chunks_exact(2);
+    for w in words.by_ref() {
+        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
+        // Fold as we go: a 64 KiB frame cannot overflow, but keep the invariant local.
+        if sum > 0xFFFF_0000 {
+            sum = (sum & 0xFFFF) + (sum >> 16);
+        }
+    }
+    if let [last] = words.remainder() {
+        sum = sum.wrapping_add(u32::from(*last) << 8);
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Where the headers of a TCP frame are.
+struct Layout {
+    /// Offset of the IP header.
+    ip: usize,
+    /// Offset of the TCP header.
+    tcp: usize,
+    /// Offset of the payload (end of the TCP header).
+    payload: usize,
+    /// End of the IP packet within the frame (Ethernet padding excluded).
+    end: usize,
+    ipv4: bool,
+}
+
+fn layout(frame: &[u8]) -> Result<Layout, NotSplittable> {
+    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut ip = 14;
+    let mut ethertype = be16(12).ok_or(NotSplittable::NotTcp)?;
+    if ethertype == 0x8100 || ethertype == 0x88A8 {
+        ethertype = be16(16).ok_or(NotSplittable::NotTcp)?;
+        ip = 18;
+    }
+    let (ipv4, tcp, end) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(frame.get(ip).ok_or(NotSplittable::NotTcp)? & 0x0F) * 4;
+            let total = usize::from(be16(ip + 2).ok_or(NotSplittable::NotTcp)?);
+            if frame.get(ip + 9) != Some(&6) || ihl < 20 {
+                return Err(NotSplittable::NotTcp);
+            }
+            let frag = be16(ip + 6).ok_or(NotSplittable::NotTcp)?;
+            if frag & 0x3FFF != 0 {
+                return Err(NotSplittable::Unsupported);
+            }
+            // A GSO frame of 64 KiB may carry a total length of 0 (too long for the field).
+            let end = if total == 0 { frame.len() } else { ip + total };
+            (true, ip + ihl, end)
+        }
+        0x86DD => {
+            let payload_len = usize::from(be16(ip + 4).ok_or(NotSplittable::NotTcp)?);
+            match frame.get(ip + 6) {
+                Some(6) => {}
+                Some(0 | 43 | 44 | 60) => return Err(NotSplittable::Unsupported),
+                _ => return Err(NotSplittable::NotTcp),
+            }
+            let end = if payload_len == 0 { frame.len() } else { ip + 40 + payload_len };
+            (false, ip + 40, end)
+        }
+        _ => return Err(NotSplittable::NotTcp),
+    };
+    let offset = usize::from(frame.get(tcp + 12).ok_or(NotSplittable::NotTcp)? >> 4) * 4;
+    let payload = tcp + offset;
+    if offset < 20 || payload > end || end > frame.len() {
+        return Err(NotSplittable::NotTcp);
+    }
+    Ok(Layout { ip, tcp, payload, end, ipv4 })
+}
+
+/// Cuts the TCP frame `frame` into frames of at most `max_frame` bytes, each carrying at most
+/// `mss` payload bytes (0: as many as fit), and hands each to `emit` in stream order. Returns
+/// how many frames were emitted. A frame that already fits is emitted once, with its lengths
+/// and checksums rewritten like every piece.
+pub fn split_tcp(
+    frame: &[u8],
+    mss: usize,
+    max_frame: usize,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, NotSplittable> {
+    let l = layout(frame)?;
+    let headers = l.payload;
+    let room = max_frame.checked_sub(headers).filter(|&r| r > 0).ok_or(NotSplittable::NoRoom)?;
+    let step = if mss == 0 { room } else { mss.min(room) };
+    let payload = &frame[l.payload..l.end];
+    let seq = u32::from_be_bytes([frame[l.tcp + 4], frame[l.tcp + 5], frame[l.tcp + 6], frame[l.tcp + 7]]);
+    let flags = frame[l.tcp + 13];
+    let ip_id = u16::from_be_bytes([frame[l.ip + 4], frame[l.ip + 5]]);
+    let pieces = payload.len().div_ceil(step).max(1);
+    let mut out = Vec::with_capacity(headers + step);
+    for i in 0..pieces {
+        let chunk = &payload[(i * step).min(payload.len())..((i + 1) * step).min(payload.len())];
+        out.clear();
+        out.extend_from_slice(&frame[..headers]);
+        out.extend_from_slice(chunk);
+        let l4_len = headers - l.tcp + chunk.len();
+        // IP: lengths, identification, header checksum.
+        if l.ipv4 {
+            let total = (headers - l.ip + chunk.len()) as u16;
+            out[l.ip + 2..l.ip + 4].copy_from_slice(&total.to_be_bytes());
+            out[l.ip + 4..l.ip + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
+            out[l.ip + 10..l.ip + 12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum_words(&out[l.ip..l.tcp], 0));
+            out[l.ip + 10..l.ip + 12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            out[l.ip + 4..l.ip + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        // TCP: sequence number, flags, checksum over the pseudo-header.
+        let piece_seq = seq.wrapping_add((i * step) as u32);
+        out[l.tcp + 4..l.tcp + 8].copy_from_slice(&piece_seq.to_be_bytes());
+        let (fin_psh, cwr) = (0x01 | 0x08, 0x80);
+        let mut f = flags;
+        if i + 1 < pieces {
+            f &= !fin_psh;
+        }
+        if i > 0 {
+            f &= !cwr;
+        }
+        out[l.tcp + 13] = f;
+        out[l.tcp + 16..l.tcp + 18].copy_from_slice(&[0, 0]);
+        let addrs = if l.ipv4 { &out[l.ip + 12..l.ip + 20] } else { &out[l.ip + 8..l.ip + 40] };
+        let mut sum = sum_words(addrs, 0);
+        sum = sum_words(&[0, 6], sum);
+        sum = sum_words(&(l4_len as u32).to_be_bytes(), sum);
+        let c = !fold(sum_words(&out[l.tcp..], sum));
+        out[l.tcp + 16..l.tcp + 18].copy_from_slice(&c.to_be_bytes());
+        emit(&out);
+    }
+    Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{v6_pair, IpFrame};
+
+    /// An IPv4 or IPv6 TCP frame (timestamps option) with `payload`; its checksum is left 0.
+    fn tcp_frame(v6: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut tcp = vec![0u8; 32];
+        tcp[0..2].copy_from_slice(&80u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[12] = 8 << 4;
+        tcp[13] = flags;
+        tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
+        tcp[20..32].copy_from_slice(&crate::fixtures::timestamp_option(7, 9));
+        tcp.extend_from_slice(payload);
+        let mut f = IpFrame { proto: 6, payload: tcp, ..IpFrame::default() };
+        if v6 {
+            (f.src, f.dst) = v6_pair();
+        }
+        f.build()
+    }
+
+    fn valid_checksums(f: &[u8]) -> bool {
+        let l = layout(f).expect("layout");
+        let ip_ok = !l.ipv4 || fold(sum_words(&f[l.ip..l.tcp], 0)) == 0xFFFF;
+        let addrs = if l.ipv4 { &f[l.ip + 12..l.ip + 20] } else { &f[l.ip + 8..l.ip + 40] };
+        let mut sum = sum_words(addrs, 0);
+        sum = sum_words(&[0, 6], sum);
+        sum = sum_words(&((l.end - l.tcp) as u32).to_be_bytes(), sum);
+        ip_ok && fold(sum_words(&f[l.tcp..l.end], sum)) == 0xFFFF
+    }
+
+    fn pieces(frame: &[u8], mss: usize, max: usize) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        split_tcp(frame, mss, max, |f| v.push(f.to_vec())).expect("splittable");
+        v
+    }
+
+    #[test]
+    fn a_gso_frame_becomes_mss_sized_segments_with_valid_checksums_in_stream_order() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let big = tcp_frame(v6, 4_000_000_000, 0x18 | 0x01 | 0x80, &payload);
+            let segs = pieces(&big, 1448, 1514);
+            // IPv6's longer header leaves 1428 bytes of payload in 1514.
+            let step = if v6 { 1428 } else { 1448 };
+            assert_eq!(segs.len(), 10_000usize.div_ceil(step));
+            let mut joined = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                assert!(s.len() <= 1514 && valid_checksums(s), "piece {i}");
+                let l = layout(s).unwrap();
+                let seq = u32::from_be_bytes(s[l.tcp + 4..l.tcp + 8].try_into().unwrap());
+                assert_eq!(seq, 4_000_000_000u32.wrapping_add(joined.len() as u32));
+                let last = i + 1 == segs.len();
+                assert_eq!(s[l.tcp + 13] & 0x09 != 0, last, "FIN/PSH only on the last piece");
+                assert_eq!(s[l.tcp + 13] & 0x80 != 0, i == 0, "CWR only on the first");
+                joined.extend_from_slice(&s[l.payload..l.end]);
+            }
+            assert_eq!(joined, payload);
+        }
+    }
+
+    #[test]
+    fn the_limit_caps_the_guest_segment_size_and_headers_that_leave_no_room_are_refused() {
+        let big = tcp_frame(false, 1, 0x10, &[7u8; 5000]);
+        // mss 9000 from the guest, but the port takes 1514-byte frames.
+        assert!(pieces(&big, 9000, 1514).iter().all(|s| s.len() <= 1514));
+        assert_eq!(split_tcp(&big, 0, 40, |_| {}), Err(NotSplittable::NoRoom));
+        let udp = IpFrame::udp(1, 2, &[0u8; 3000]).build();
+        assert_eq!(split_tcp(&udp, 0, 1514, |_| {}), Err(NotSplittable::NotTcp));
+    }
+
+    #[test]
+    fn a_partial_checksum_left_by_the_guest_is_replaced() {
+        let mut f = tcp_frame(false, 1, 0x18, b"hello");
+        let l = layout(&f).unwrap();
+        f[l.tcp + 16] ^= 0x5A; // what a guest's offload leaves: not the final sum
+        let out = pieces(&f, 0, 1514);
+        assert_eq!(out.len(), 1);
+        assert!(valid_checksums(&out[0]));
+    }
+}
