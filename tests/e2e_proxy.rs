@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use colo_suite::{scratch_dir, workspace_bin, ChildGuard};
+use colo_suite::{requests, scratch_dir, sh, workspace_bin, ChildGuard};
 
 const WORKLOAD: &str = include_str!("support/workload.py");
 /// The guests' address (both the same, as COLO's two VMs) and the client's.
@@ -25,23 +25,9 @@ const GUEST: &str = "10.77.0.2";
 const CLIENT: &str = "10.77.0.1";
 const MB: u64 = 1_000_000;
 
-fn sh(cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Whether this test may run; panics (a failure, not a silent pass) when it cannot.
+/// Whether this test may run (see `colo_suite::e2e_runnable`).
 fn runnable() -> bool {
-    if std::env::var("COLO_SKIP_E2E").is_ok_and(|v| v == "1") {
-        eprintln!("COLO_SKIP_E2E=1: skipped");
-        return false;
-    }
-    let root = sh("id -u").is_ok_and(|u| u.trim() == "0");
-    assert!(root && sh("ip netns list").is_ok(), "needs root and network namespaces (COLO_SKIP_E2E=1 skips)");
-    true
+    colo_suite::e2e_runnable()
 }
 
 /// Three namespaces and their veth pairs, removed on drop.
@@ -226,10 +212,6 @@ impl Drop for Proxy {
             let _ = c.wait();
         }
     }
-}
-
-fn requests(stats: &serde_json::Value) -> u64 {
-    stats["total"]["checkpoint_requests"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
 }
 
 /// `download HOST PORT SIZE` → (bytes, sha256 ok, MB/s).

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use colo_suite::{hugepages, read_pcap, scratch_dir, workspace_bin, ChildGuard};
+use colo_suite::{hugepages, read_pcap, requests, scratch_dir, sh, workspace_bin, ChildGuard};
 
 const WORKLOAD: &str = include_str!("support/workload.py");
 const GUEST: &str = "10.77.0.2";
@@ -30,22 +30,11 @@ const MB: u64 = 1_000_000;
 /// The client's MTU (the veth default), and so the largest frame it may receive.
 const CLIENT_MTU: usize = 1500;
 
-fn sh(cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Whether this test may run; panics with the reason (a failure, not a silent pass) when not.
 fn runnable() -> bool {
-    if std::env::var("COLO_SKIP_E2E").is_ok_and(|v| v == "1") {
-        eprintln!("COLO_SKIP_E2E=1: skipped");
+    if !colo_suite::e2e_runnable() {
         return false;
     }
-    let root = sh("id -u").is_ok_and(|u| u.trim() == "0");
-    assert!(root && sh("ip netns list").is_ok(), "needs root and network namespaces (COLO_SKIP_E2E=1 skips)");
     assert!(
         sh("command -v qemu-system-x86_64").is_ok(),
         "needs qemu-system-x86_64 (Debian package qemu-system-x86; ci/setup installs it)"
@@ -276,10 +265,6 @@ impl Drop for Rig {
         drop(self.dataplane.take());
         let _ = sh(&format!("ip link del {} 2>/dev/null; ip netns del {}", self.veth, self.ns));
     }
-}
-
-fn requests(stats: &serde_json::Value) -> u64 {
-    stats["total"]["checkpoint_requests"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
 }
 
 /// The ones' complement sum of `bytes` folded to 16 bits (RFC 1071).

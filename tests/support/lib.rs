@@ -299,3 +299,29 @@ pub fn hugepages(pages: u64) {
         assert!(ok.is_ok_and(|s| s.success()), "cannot mount hugetlbfs");
     }
 }
+
+/// Runs `cmd` with `sh -c`: its standard output, or why it failed.
+pub fn sh(cmd: &str) -> Result<String, String> {
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether an end-to-end test (root, network namespaces) may run: false when `COLO_SKIP_E2E=1`
+/// says to skip; panics with the reason (a failure, not a silent pass) when it cannot run.
+pub fn e2e_runnable() -> bool {
+    if std::env::var("COLO_SKIP_E2E").is_ok_and(|v| v == "1") {
+        eprintln!("COLO_SKIP_E2E=1: skipped");
+        return false;
+    }
+    let root = sh("id -u").is_ok_and(|u| u.trim() == "0");
+    assert!(root && sh("ip netns list").is_ok(), "needs root and network namespaces (COLO_SKIP_E2E=1 skips)");
+    true
+}
+
+/// The checkpoint requests in a statistics snapshot, all reasons together.
+pub fn requests(stats: &serde_json::Value) -> u64 {
+    stats["total"]["checkpoint_requests"].as_object().map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
+}

@@ -241,4 +241,39 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(valid_checksums(&out[0]));
     }
+
+    proptest::proptest! {
+        /// Any TCP frame cut at any segment size and MTU: pieces within the limit, valid
+        /// checksums, consecutive sequence numbers, and their payloads joined are the original.
+        #[test]
+        fn any_cut_keeps_the_stream_and_fits_the_limit(
+            v6 in proptest::bool::ANY,
+            len in 0usize..20_000,
+            mss in 0usize..3000,
+            mtu in 600usize..9000,
+            seq in proptest::num::u32::ANY,
+            flags in proptest::num::u8::ANY,
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
+            let frame = tcp_frame(v6, seq, flags, &payload);
+            let segs = pieces(&frame, mss, mtu + 14);
+            let mut joined = Vec::new();
+            for s in &segs {
+                proptest::prop_assert!(s.len() <= mtu + 14);
+                proptest::prop_assert!(valid_checksums(s));
+                let l = layout(s).unwrap();
+                let at = u32::from_be_bytes(s[l.tcp + 4..l.tcp + 8].try_into().unwrap());
+                proptest::prop_assert_eq!(at, seq.wrapping_add(joined.len() as u32));
+                if mss > 0 {
+                    proptest::prop_assert!(l.end - l.payload <= mss);
+                }
+                joined.extend_from_slice(&s[l.payload..l.end]);
+            }
+            proptest::prop_assert_eq!(joined, payload);
+            // FIN and PSH survive on the last piece only, exactly as they were.
+            let last = segs.last().unwrap();
+            let l = layout(last).unwrap();
+            proptest::prop_assert_eq!(last[l.tcp + 13] & 0x09, flags & 0x09);
+        }
+    }
 }
