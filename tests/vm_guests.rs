@@ -14,7 +14,8 @@
 //! then hand over frames of up to 64 KiB).
 //!
 //! Needs root (hugepages, namespaces) and QEMU (`ci/setup` installs it); fails with the reason
-//! when it cannot run, unless `COLO_SKIP_E2E=1` says to skip.
+//! when it cannot run, unless `COLO_SKIP_E2E=1` says to skip. The guests run under TCG;
+//! `COLO_VM_ACCEL=kvm` uses KVM where it works.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,8 +70,10 @@ impl Vm {
         if let Some(k) = flip {
             append += &format!(" colo_flip={k}");
         }
+        // TCG unless told otherwise: KVM inside a VM (nested) may hang before userspace.
+        let accel = std::env::var("COLO_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
         let mut q = Command::new("qemu-system-x86_64");
-        q.args(["-machine", "q35,accel=tcg", "-m", "256", "-smp", "1", "-display", "none", "-no-reboot"])
+        q.args(["-machine", &format!("q35,accel={accel}"), "-m", "256", "-smp", "1", "-display", "none", "-no-reboot"])
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
