@@ -198,7 +198,10 @@ fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
             }
             let n = rest.len().min(chunk.len());
             let same = if pos < skip.end && skip.start < pos + n {
-                (0..n).all(|k| skip.contains(&(pos + k)) || rest.get(k) == chunk.get(k))
+                // Around the ignored bytes: before them, and after them (slices, not bytes).
+                let before = skip.start.saturating_sub(pos).min(n);
+                let after = (skip.end - pos).min(n);
+                rest.get(..before) == chunk.get(..before) && rest.get(after..n) == chunk.get(after..n)
             } else {
                 rest.get(..n) == chunk.get(..n)
             };
