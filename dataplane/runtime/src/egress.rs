@@ -56,13 +56,15 @@ impl Egress {
     /// Sends `frame` (released, in order) through `tx`.
     pub fn send(&self, frame: HeldFrame, tx: &mut Transmitter) {
         let stats = &self.shared.egress;
-        // An untagged frame of the MTU is the common case; a tagged one takes the slow path.
-        if frame.sendable_as_is(self.mtu + 14) {
+        // The MTU bounds the IP packet: the frame may add its Ethernet header and a VLAN tag.
+        let l2 = if frame.bytes().get(12..14) == Some(&[0x81, 0x00]) { 18 } else { 14 };
+        let max_frame = self.mtu + l2;
+        if frame.sendable_as_is(max_frame) {
             tx.push(frame.into_mbuf());
             return;
         }
         let bytes = frame.bytes();
-        if frame.segment_size().is_none() && bytes.len() <= self.mtu + 14 {
+        if frame.segment_size().is_none() && bytes.len() <= max_frame {
             // A chain that fits the wire: one contiguous mbuf.
             match Mbuf::from_slice(&self.pool, bytes) {
                 Ok(m) => tx.push(m),
@@ -73,14 +75,12 @@ impl Egress {
             return;
         }
         let mss = frame.segment_size().map_or(0, usize::from);
-        let l2 = if bytes.get(12..14) == Some(&[0x81, 0x00]) { 18 } else { 14 };
         let mut lost = 0u64;
-        let cut = colo_core::segment::split_tcp(bytes, mss, self.mtu + l2, |piece| {
-            match Mbuf::from_slice(&self.pool, piece) {
+        let cut =
+            colo_core::segment::split_tcp(bytes, mss, max_frame, |piece| match Mbuf::from_slice(&self.pool, piece) {
                 Ok(m) => tx.push(m),
                 Err(_) => lost += 1,
-            }
-        });
+            });
         match cut {
             Ok(n) => {
                 stats.split.fetch_add(1, Ordering::Relaxed);
