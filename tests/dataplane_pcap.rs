@@ -428,3 +428,19 @@ fn jumbo_frames_are_compared_whole_and_leave_cut_to_the_output_mtu() {
         }
     }
 }
+
+/// A VLAN-tagged UDP datagram of the full MTU (a 1,518-byte frame) is not too long for a
+/// 1,500-byte MTU port: the MTU bounds the IP packet, not the tag. It leaves as it came.
+#[test]
+fn a_tagged_frame_of_the_full_mtu_leaves_whole() {
+    let d =
+        colo_core::fixtures::IpFrame { vlans: vec![5], ..colo_core::fixtures::IpFrame::udp(53, 40000, &[0x5a; 1472]) };
+    let frame = d.build();
+    assert_eq!(frame.len(), 1518);
+    let dir = scratch_dir("dp-tagged-mtu");
+    let run = run_dataplane(&dir, std::slice::from_ref(&frame), std::slice::from_ref(&frame), 1, &[]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.output, vec![frame]);
+    assert_eq!(run.stats["egress"]["too_long_dropped"], 0, "{}", run.stats["egress"]);
+    assert_eq!(run.stats["total"]["released"]["match"], 1, "{}", run.stats["total"]);
+}
