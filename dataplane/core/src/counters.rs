@@ -40,6 +40,19 @@ impl HoldTime {
         self.buckets[idx] += 1;
     }
 
+    /// The non-empty buckets as `{"below_us": upper bound, "frames": count}`, shortest first
+    /// (bucket 0, a hold of 0 ns, has the bound 0.001 µs).
+    pub fn histogram(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| serde_json::json!({"below_us": (1u128 << i) as f64 / 1000.0, "frames": n}))
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+
     /// Upper bound of the bucket holding quantile `q` (0.0..=1.0), e.g. p50, p99.
     pub fn quantile(&self, q: f64) -> Duration {
         if self.count == 0 {
@@ -216,6 +229,7 @@ impl Counters {
                 "p50": self.hold_time.quantile(0.5).as_micros() as u64,
                 "p99": self.hold_time.quantile(0.99).as_micros() as u64,
                 "max": self.hold_time.max_ns / 1_000,
+                "histogram": self.hold_time.histogram(),
             },
             "accounting": match self.check_accounting() { Ok(()) => "ok".to_string(), Err(e) => e },
         })
@@ -262,5 +276,27 @@ impl Counters {
         for (a, b) in h.buckets.iter_mut().zip(o.hold_time.buckets) {
             *a += b;
         }
+    }
+}
+
+#[cfg(test)]
+mod hold_time_tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_lists_each_non_empty_power_of_two_bucket_with_its_upper_bound() {
+        let mut h = HoldTime::default();
+        for ns in [0u64, 1500, 1500, 5_000_000] {
+            h.record(Duration::from_nanos(ns));
+        }
+        assert_eq!(
+            h.histogram(),
+            serde_json::json!([
+                {"below_us": 0.001, "frames": 1},
+                {"below_us": 2.048, "frames": 2},
+                {"below_us": 8388.608, "frames": 1},
+            ])
+        );
+        assert_eq!(h.quantile(0.5), Duration::from_nanos(2048));
     }
 }
