@@ -164,7 +164,8 @@ impl Proxy {
         cmd.args(["--output", "net_af_packet2", "--client", "net_af_packet2", "--mode", "proxy", "--shards", "1"]);
         cmd.args(["--checkpoint-mode", "standalone", "--admin"]).arg(dir.join("admin.sock"));
         cmd.arg("--stats-json").arg(dir.join("stats.json"));
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The log goes to a file: a pipe read only at the end could fill and block the dataplane.
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("dataplane.log")).unwrap());
         let child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !dir.join("admin.sock").exists() {
@@ -197,8 +198,10 @@ impl Proxy {
             .arg(self.dir.join("admin.sock"))
             .arg("shutdown")
             .output();
-        let out = self.child.take().map(|c| ChildGuard::new(c).wait_with_output());
-        let log = out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+        if let Some(c) = self.child.take() {
+            ChildGuard::new(c).wait_with_output();
+        }
+        let log = std::fs::read_to_string(self.dir.join("dataplane.log")).unwrap_or_default();
         let mut s = String::new();
         let _ = std::fs::File::open(self.dir.join("stats.json")).and_then(|mut f| f.read_to_string(&mut s));
         (serde_json::from_str(&s).unwrap_or_else(|_| panic!("no final statistics; log:\n{log}")), log)
