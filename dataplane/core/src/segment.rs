@@ -11,7 +11,7 @@
 /// Why a frame cannot be cut into TCP segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotSplittable {
-    /// Not Ethernet (optionally one VLAN tag) + IPv4 or IPv6 + TCP, or headers cut short.
+    /// Not Ethernet (up to two VLAN tags) + IPv4 or IPv6 + TCP, or headers cut short.
     NotTcp,
     /// An IPv4 fragment, or IPv6 with extension headers before TCP.
     Unsupported,
@@ -59,9 +59,10 @@ fn layout(frame: &[u8]) -> Result<Layout, NotSplittable> {
     let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let mut ip = 14;
     let mut ethertype = be16(12).ok_or(NotSplittable::NotTcp)?;
-    if ethertype == 0x8100 || ethertype == 0x88A8 {
-        ethertype = be16(16).ok_or(NotSplittable::NotTcp)?;
-        ip = 18;
+    // Up to two VLAN tags (802.1Q, 802.1ad).
+    while ip < 22 && (ethertype == 0x8100 || ethertype == 0x88A8) {
+        ethertype = be16(ip + 2).ok_or(NotSplittable::NotTcp)?;
+        ip += 4;
     }
     let (ipv4, tcp, end) = match ethertype {
         0x0800 => {
@@ -166,6 +167,11 @@ mod tests {
 
     /// An IPv4 or IPv6 TCP frame (timestamps option) with `payload`; its checksum is left 0.
     fn tcp_frame(v6: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        tagged_tcp_frame(v6, &[], seq, flags, payload)
+    }
+
+    /// The same behind VLAN tags (one: 802.1Q; two: 802.1ad outside 802.1Q).
+    fn tagged_tcp_frame(v6: bool, vlans: &[u16], seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
         let mut tcp = vec![0u8; 32];
         tcp[0..2].copy_from_slice(&80u16.to_be_bytes());
         tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
@@ -175,7 +181,7 @@ mod tests {
         tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
         tcp[20..32].copy_from_slice(&crate::fixtures::timestamp_option(7, 9));
         tcp.extend_from_slice(payload);
-        let mut f = IpFrame { proto: 6, payload: tcp, ..IpFrame::default() };
+        let mut f = IpFrame { proto: 6, payload: tcp, vlans: vlans.to_vec(), ..IpFrame::default() };
         if v6 {
             (f.src, f.dst) = v6_pair();
         }
@@ -248,6 +254,7 @@ mod tests {
         #[test]
         fn any_cut_keeps_the_stream_and_fits_the_limit(
             v6 in proptest::bool::ANY,
+            tags in 0usize..3,
             len in 0usize..20_000,
             mss in 0usize..3000,
             mtu in 600usize..9000,
@@ -255,11 +262,12 @@ mod tests {
             flags in proptest::num::u8::ANY,
         ) {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
-            let frame = tcp_frame(v6, seq, flags, &payload);
-            let segs = pieces(&frame, mss, mtu + 14);
+            let frame = tagged_tcp_frame(v6, &[10, 20][..tags], seq, flags, &payload);
+            let l2 = 14 + 4 * tags;
+            let segs = pieces(&frame, mss, mtu + l2);
             let mut joined = Vec::new();
             for s in &segs {
-                proptest::prop_assert!(s.len() <= mtu + 14);
+                proptest::prop_assert!(s.len() <= mtu + l2);
                 proptest::prop_assert!(valid_checksums(s));
                 let l = layout(s).unwrap();
                 let at = u32::from_be_bytes(s[l.tcp + 4..l.tcp + 8].try_into().unwrap());

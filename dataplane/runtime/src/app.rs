@@ -31,6 +31,8 @@ use crate::Shared;
 
 /// Data room of each mbuf: a whole standard frame plus DPDK's headroom.
 const MBUF_DATA_ROOM: u16 = 2048 + 128;
+/// The longest frame one mbuf holds (its data room less DPDK's default headroom).
+const MBUF_BUFFER: usize = 2048;
 
 /// Final figures of a run.
 #[derive(Debug, Clone, Default)]
@@ -282,7 +284,7 @@ fn wire_shards(
             input,
             out: Outlets {
                 tx: Transmitter::new(path),
-                egress: Egress::new(pool.clone(), output_mtu, shared.clone()),
+                egress: Egress::new(pool.clone(), output_mtu, MBUF_BUFFER, shared.clone()),
                 events: events.clone(),
                 unsent_events: Default::default(),
             },

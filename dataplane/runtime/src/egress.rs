@@ -1,9 +1,9 @@
 //! Released frames onto the output port's wire: what fits leaves as it is (zero copy); a frame
 //! longer than the port's MTU allows — a guest's TSO/GSO frame, a chained jumbo frame — is cut
-//! into TCP segments by `colo_core::segment` (the guest's segment size, capped by the MTU), and
-//! a chained frame that fits is copied into one mbuf. Checksums of cut frames are computed
-//! anew. A released frame that is too long and not TCP cannot be cut: it is dropped and
-//! counted (`tx_too_long_dropped`), as a NIC drops what exceeds its MTU.
+//! into TCP segments by `colo_core::segment` (the guest's segment size, capped by the MTU and
+//! by what one mbuf holds), and a chained frame that fits is copied into one mbuf. Checksums of
+//! cut frames are computed anew. A released frame that is too long and not TCP cannot be cut:
+//! it is dropped and counted (`too_long_dropped`), as a NIC drops what exceeds its MTU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,16 +15,22 @@ use crate::held::HeldFrame;
 use crate::tx::Transmitter;
 use crate::Shared;
 
+/// The smallest segment payload we cut to, whatever the guest asked for (Linux's minimum
+/// MSS): a hostile `gso_size` of 1 would otherwise turn one 64 KiB frame into 65,000 mbufs.
+const MIN_SEGMENT: usize = 88;
+
 /// Counters of what the egress had to do (rare events: written where they happen).
 #[derive(Debug, Default)]
 pub struct EgressStats {
     /// Released frames cut into segments.
     pub split: AtomicU64,
-    /// Segments made from them.
+    /// Segments made from them and sent.
     pub segments: AtomicU64,
-    /// Released frames (or pieces of them) dropped: longer than the output port's MTU and
-    /// not TCP, or no mbuf for a piece.
+    /// Released frames dropped: longer than the output port's MTU and not TCP.
     pub too_long_dropped: AtomicU64,
+    /// Copies or segments that found no mbuf in the pool (each a frame, or a piece of one the
+    /// client's TCP then asks for again).
+    pub no_mbuf_dropped: AtomicU64,
 }
 
 impl EgressStats {
@@ -35,6 +41,7 @@ impl EgressStats {
             "split": n(&self.split),
             "segments": n(&self.segments),
             "too_long_dropped": n(&self.too_long_dropped),
+            "no_mbuf_dropped": n(&self.no_mbuf_dropped),
         })
     }
 }
@@ -44,52 +51,91 @@ pub struct Egress {
     pool: Mempool,
     /// The output port's MTU (the longest IP packet it sends).
     mtu: usize,
+    /// The longest frame one mbuf of the pool holds.
+    buffer: usize,
     shared: Arc<Shared>,
 }
 
+/// Length of the Ethernet header with its VLAN tags (802.1Q, 802.1ad; at most two).
+fn l2_len(frame: &[u8]) -> usize {
+    let mut len = 14;
+    while len < 22 && matches!(frame.get(len - 2..len), Some([0x81, 0x00] | [0x88, 0xA8])) {
+        len += 4;
+    }
+    len
+}
+
 impl Egress {
-    /// Frames leave through a port of `mtu`; pieces come from `pool`; counted in `shared`.
-    pub fn new(pool: Mempool, mtu: u16, shared: Arc<Shared>) -> Self {
-        Egress { pool, mtu: usize::from(mtu), shared }
+    /// Frames leave through a port of `mtu`; copies and pieces come from `pool`, whose mbufs
+    /// hold frames of up to `buffer` bytes; counted in `shared`.
+    pub fn new(pool: Mempool, mtu: u16, buffer: usize, shared: Arc<Shared>) -> Self {
+        Egress { pool, mtu: usize::from(mtu), buffer, shared }
     }
 
     /// Sends `frame` (released, in order) through `tx`.
     pub fn send(&self, frame: HeldFrame, tx: &mut Transmitter) {
         let stats = &self.shared.egress;
-        // The MTU bounds the IP packet: the frame may add its Ethernet header and a VLAN tag.
-        let l2 = if frame.bytes().get(12..14) == Some(&[0x81, 0x00]) { 18 } else { 14 };
-        let max_frame = self.mtu + l2;
+        // The MTU bounds the IP packet: the frame adds its Ethernet header and VLAN tags.
+        let max_frame = self.mtu + l2_len(frame.bytes());
         if frame.sendable_as_is(max_frame) {
             tx.push(frame.into_mbuf());
             return;
         }
         let bytes = frame.bytes();
-        if frame.segment_size().is_none() && bytes.len() <= max_frame {
-            // A chain that fits the wire: one contiguous mbuf.
-            match Mbuf::from_slice(&self.pool, bytes) {
-                Ok(m) => tx.push(m),
-                Err(_) => {
-                    stats.too_long_dropped.fetch_add(1, Ordering::Relaxed);
+        let fits = bytes.len() <= max_frame.min(self.buffer);
+        if frame.segment_size().is_some() || !fits {
+            let mss = frame.segment_size().map_or(0, |s| usize::from(s).max(MIN_SEGMENT));
+            let mut sent = 0u64;
+            let mut lost = 0u64;
+            let cut = colo_core::segment::split_tcp(bytes, mss, max_frame.min(self.buffer), |piece| {
+                match Mbuf::from_slice(&self.pool, piece) {
+                    Ok(m) => {
+                        tx.push(m);
+                        sent += 1;
+                    }
+                    Err(_) => lost += 1,
                 }
-            }
-            return;
-        }
-        let mss = frame.segment_size().map_or(0, usize::from);
-        let mut lost = 0u64;
-        let cut =
-            colo_core::segment::split_tcp(bytes, mss, max_frame, |piece| match Mbuf::from_slice(&self.pool, piece) {
-                Ok(m) => tx.push(m),
-                Err(_) => lost += 1,
             });
-        match cut {
-            Ok(n) => {
-                stats.split.fetch_add(1, Ordering::Relaxed);
-                stats.segments.fetch_add(n as u64, Ordering::Relaxed);
+            match cut {
+                Ok(_) => {
+                    stats.split.fetch_add(1, Ordering::Relaxed);
+                    stats.segments.fetch_add(sent, Ordering::Relaxed);
+                    stats.no_mbuf_dropped.fetch_add(lost, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) if !fits => {
+                    stats.too_long_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // Flagged for segmentation but not TCP (a UDP GSO frame) and short enough.
+                Err(_) => {}
             }
-            Err(_) => lost += 1,
         }
-        if lost > 0 {
-            stats.too_long_dropped.fetch_add(lost, Ordering::Relaxed);
+        // A chain (or a frame flagged for segmentation that needs none) that fits one mbuf.
+        match Mbuf::from_slice(&self.pool, bytes) {
+            Ok(m) => tx.push(m),
+            Err(_) => {
+                stats.no_mbuf_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::l2_len;
+
+    #[test]
+    fn the_ethernet_header_counts_its_vlan_tags() {
+        let mut f = vec![0u8; 64];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(l2_len(&f), 14);
+        f[12..14].copy_from_slice(&[0x81, 0x00]);
+        f[16..18].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(l2_len(&f), 18);
+        f[12..14].copy_from_slice(&[0x88, 0xA8]);
+        f[16..18].copy_from_slice(&[0x81, 0x00]);
+        f[20..22].copy_from_slice(&[0x86, 0xDD]);
+        assert_eq!(l2_len(&f), 22);
     }
 }

@@ -39,9 +39,14 @@ impl HeldFrame {
         self.segment_size
     }
 
-    /// The mbuf (the first segment's bytes only, for a chained frame whose copy is dropped).
+    /// The mbuf as received (a chain stays a chain; the contiguous copy is dropped).
     pub fn into_mbuf(self) -> Mbuf {
         self.mbuf
+    }
+
+    /// The mbuf as received, for reading the headers: the first segment holds them.
+    pub fn mbuf(&self) -> &Mbuf {
+        &self.mbuf
     }
 }
 

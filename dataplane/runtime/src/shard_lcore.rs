@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use colo_core::{Action, Counters, Shard, Side};
+use colo_core::{Action, Counters, Frame, Shard, Side};
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, RxBurst, RxQueue, BURST_SIZE};
 
@@ -185,36 +185,38 @@ impl Mirror {
         &mut self,
         shard: &mut Shard<HeldFrame>,
         pool: &dpdk::Mempool,
-        m: Mbuf,
+        frame: HeldFrame,
         class: Option<colo_core::wire::Class>,
         now: colo_core::Timestamp,
     ) {
+        // A chained client frame is read (and copied) whole: `bytes` is its contiguous copy.
         let cs = match class {
-            Some(class) => shard.observe_client_parsed(m.data(), &class, now),
-            None => shard.observe_client(m.data(), now),
+            Some(class) => shard.observe_client_parsed(frame.bytes(), &class, now),
+            None => shard.observe_client(frame.bytes(), now),
         };
         let stats = &self.stats;
         stats.client_in.fetch_add(1, Ordering::Relaxed);
         match shard.failed_over() {
             Some(Side::Secondary) => {
-                self.send_secondary_in_order(shard, m, cs, now);
+                // Rewritten in place: the headers are in the first segment even of a chain.
+                self.send_secondary_in_order(shard, frame.into_mbuf(), cs, now);
                 return;
             }
             Some(Side::Primary) => {
                 stats.to_primary.fetch_add(1, Ordering::Relaxed);
-                self.to_primary.push(m);
+                self.to_primary.push(frame.into_mbuf());
                 return;
             }
             None => {}
         }
-        match Mbuf::from_slice(pool, m.data()) {
+        match frame.mbuf().deep_copy(pool) {
             Ok(copy) => self.send_secondary_in_order(shard, copy, cs, now),
             Err(_) => {
                 stats.secondary_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.stats.to_primary.fetch_add(1, Ordering::Relaxed);
-        self.to_primary.push(m);
+        self.to_primary.push(frame.into_mbuf());
     }
 
     /// Sends a secondary copy, or queues it behind its connection's waiting copies.
@@ -516,7 +518,7 @@ impl ShardContext {
         let mut n = 0;
         while n < BURST_SIZE {
             let Ok((m, class)) = ring.pop() else { break };
-            mirror.client_frame(&mut self.shard, &self.pool, m.into_mbuf(), class, now);
+            mirror.client_frame(&mut self.shard, &self.pool, m, class, now);
             n += 1;
         }
         n

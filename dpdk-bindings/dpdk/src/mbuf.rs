@@ -107,6 +107,16 @@ impl Mbuf {
         Ok(())
     }
 
+    /// A deep copy of the whole packet into mbufs from `pool` (a chain stays a chain; the
+    /// first segment keeps the headers).
+    pub fn deep_copy(&self, pool: &Mempool) -> Result<Mbuf> {
+        // SAFETY: self is a valid mbuf chain we own and do not modify; the pool pointer is
+        // valid for the call; the copy is a new chain that nothing else owns (or NULL).
+        let raw = unsafe { dpdk_sys::rte_pktmbuf_copy(self.raw.as_ptr(), pool.as_ptr(), 0, u32::MAX) };
+        // SAFETY: raw is NULL or a fresh chain owned by nobody else.
+        unsafe { Mbuf::from_raw(raw) }.ok_or_else(|| Error::Invalid("mempool exhausted".into()))
+    }
+
     /// The whole packet, every segment's bytes in order, as one contiguous copy.
     pub fn to_contiguous_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.pkt_len());
