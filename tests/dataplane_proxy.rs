@@ -5,7 +5,7 @@
 
 use colo_core::fixtures::{flags, Conn, TcpFrame};
 use colo_core::wire::{self, Class};
-use colo_suite::{collect_run, read_pcap, scratch_dir, workspace_bin, write_pcap};
+use colo_suite::{collect_run, read_pcap, scratch_dir, workspace_bin, write_pcap, DataplaneRun};
 
 fn client(seq: u32, ack: u32, fl: u8, payload: &[u8]) -> Vec<u8> {
     TcpFrame {
@@ -29,6 +29,29 @@ fn tcp_ack(frame: &[u8]) -> Option<u32> {
         Class::Tcp(_, seg) => Some(seg.ack),
         _ => None,
     }
+}
+
+/// Runs `colo-dataplane --mode proxy` (standalone checkpoints, `shards` shards) on net_pcap
+/// ports fed with the primary's, the secondary's and the clients' frames; what each guest was
+/// sent is in `to-primary.pcap` / `to-secondary.pcap` of `dir`, the released frames in
+/// `out.pcap`.
+fn run_proxy(dir: &std::path::Path, [primary, secondary, clients]: [&[Vec<u8>]; 3], shards: usize) -> DataplaneRun {
+    write_pcap(&dir.join("primary.pcap"), primary);
+    write_pcap(&dir.join("secondary.pcap"), secondary);
+    write_pcap(&dir.join("client.pcap"), clients);
+    let mut eal: Vec<String> =
+        colo_suite::dataplane_eal_args(dir, shards + 2).into_iter().filter(|a| !a.starts_with("--vdev")).collect();
+    let d = |f: &str| dir.join(f).display().to_string();
+    eal.push(format!("--vdev=net_pcap0,rx_pcap={},tx_pcap={}", d("primary.pcap"), d("to-primary.pcap")));
+    eal.push(format!("--vdev=net_pcap1,rx_pcap={},tx_pcap={}", d("secondary.pcap"), d("to-secondary.pcap")));
+    eal.push(format!("--vdev=net_pcap2,tx_pcap={}", d("out.pcap")));
+    eal.push(format!("--vdev=net_pcap3,rx_pcap={}", d("client.pcap")));
+    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
+    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", dir).stdin(std::process::Stdio::null());
+    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--client", "net_pcap3"]);
+    cmd.args(["--mode", "proxy", "--shards", &shards.to_string(), "--checkpoint-mode", "standalone"]);
+    cmd.args(["--exit-when-idle-ms", "300", "--stats-json"]).arg(dir.join("stats.json"));
+    collect_run(dir, cmd)
 }
 
 #[test]
@@ -56,23 +79,7 @@ fn client_frames_are_mirrored_with_the_secondary_ack_rewritten_and_answers_compa
         client(5001, 1001, flags::ACK | flags::PSH, b"GET "),
         client(5005, 1011, flags::ACK, b""),
     ]);
-    write_pcap(&dir.join("primary.pcap"), &primary);
-    write_pcap(&dir.join("secondary.pcap"), &secondary);
-    write_pcap(&dir.join("client.pcap"), &from_client);
-
-    let mut eal: Vec<String> =
-        colo_suite::dataplane_eal_args(&dir, 4).into_iter().filter(|a| !a.starts_with("--vdev")).collect();
-    let d = |f: &str| dir.join(f).display().to_string();
-    eal.push(format!("--vdev=net_pcap0,rx_pcap={},tx_pcap={}", d("primary.pcap"), d("to-primary.pcap")));
-    eal.push(format!("--vdev=net_pcap1,rx_pcap={},tx_pcap={}", d("secondary.pcap"), d("to-secondary.pcap")));
-    eal.push(format!("--vdev=net_pcap2,tx_pcap={}", d("out.pcap")));
-    eal.push(format!("--vdev=net_pcap3,rx_pcap={}", d("client.pcap")));
-    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
-    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", &dir).stdin(std::process::Stdio::null());
-    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--client", "net_pcap3"]);
-    cmd.args(["--mode", "proxy", "--shards", "2", "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"]);
-    cmd.arg("--stats-json").arg(dir.join("stats.json"));
-    let run = collect_run(&dir, cmd);
+    let run = run_proxy(&dir, [&primary, &secondary, &from_client], 2);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 
     // The guests' answers compared equal across sequence spaces and left unmodified.
@@ -117,22 +124,7 @@ fn a_client_jumbo_frame_is_mirrored_whole_to_both_guests() {
         f.resize(60, 0);
         f
     };
-    write_pcap(&dir.join("primary.pcap"), &[filler(1)]);
-    write_pcap(&dir.join("secondary.pcap"), &[filler(1)]);
-    write_pcap(&dir.join("client.pcap"), std::slice::from_ref(&datagram));
-    let mut eal: Vec<String> =
-        colo_suite::dataplane_eal_args(&dir, 3).into_iter().filter(|a| !a.starts_with("--vdev")).collect();
-    let d = |f: &str| dir.join(f).display().to_string();
-    eal.push(format!("--vdev=net_pcap0,rx_pcap={},tx_pcap={}", d("primary.pcap"), d("to-primary.pcap")));
-    eal.push(format!("--vdev=net_pcap1,rx_pcap={},tx_pcap={}", d("secondary.pcap"), d("to-secondary.pcap")));
-    eal.push(format!("--vdev=net_pcap2,tx_pcap={}", d("out.pcap")));
-    eal.push(format!("--vdev=net_pcap3,rx_pcap={}", d("client.pcap")));
-    let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
-    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", &dir).stdin(std::process::Stdio::null());
-    cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2", "--client", "net_pcap3"]);
-    cmd.args(["--mode", "proxy", "--shards", "1", "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"]);
-    cmd.arg("--stats-json").arg(dir.join("stats.json"));
-    let run = collect_run(&dir, cmd);
+    let run = run_proxy(&dir, [&[filler(1)], &[filler(1)], std::slice::from_ref(&datagram)], 1);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(read_pcap(&dir.join("to-primary.pcap")), vec![datagram.clone()]);
     assert_eq!(read_pcap(&dir.join("to-secondary.pcap")), vec![datagram]);
