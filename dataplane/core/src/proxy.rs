@@ -164,13 +164,28 @@ fn shift_fields(frame: &mut [u8], h: usize, fields: &[(usize, u32)]) -> bool {
 /// number and every SACK edge (they acknowledge the guest's sequence space) and `ts_offset`
 /// from the timestamp echo (TSecr echoes the guest's clock), keeping the checksum valid.
 /// Returns false (and changes nothing) if the header is not where `seg` says.
-pub(crate) fn shift_client(frame: &mut [u8], seg: &TcpSegment, seq_offset: u32, ts_offset: u32) -> bool {
+pub(crate) fn shift_client(
+    frame: &mut [u8],
+    seg: &TcpSegment,
+    seq_offset: u32,
+    ts_offset: u32,
+    ack_cap: Option<u32>,
+) -> bool {
     let Some(f) = TcpFields::find(frame, seg) else { return false };
     let h = seg.header_offset as usize;
     let mut fields = [(0usize, 0u32); 10];
     let mut n = 0;
     if seg.ack_flag {
-        fields[n] = (h + 8, seq_offset.wrapping_neg());
+        let mut delta = seq_offset.wrapping_neg();
+        // Never acknowledge bytes the secondary has not sent (`ack_cap`, its space): a
+        // checkpoint flush can release primary bytes ahead of it, and Linux ignores an ACK of
+        // unsent data — every later one too, until it has sent that far, which a small window
+        // may not allow: the secondary would stall. Capped, the ACK takes what it has sent.
+        let ack = seg.ack.wrapping_sub(seq_offset);
+        if let Some(cap) = ack_cap.filter(|&cap| crate::tcp::seq_lt(cap, ack)) {
+            delta = delta.wrapping_sub(ack.wrapping_sub(cap));
+        }
+        fields[n] = (h + 8, delta);
         n += 1;
     }
     for &at in &f.sack[..f.sack_edges] {
@@ -234,7 +249,7 @@ mod tests {
         .build();
         assert!(tcp_checksum_ok(&f));
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_client(&mut f, &seg, 1_000_000, 0));
+        assert!(shift_client(&mut f, &seg, 1_000_000, 0, None));
         let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
         assert_eq!(after.ack, 100);
         let opt = &f[seg.header_offset as usize + 20..seg.payload_offset as usize];
@@ -244,12 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_beyond_what_the_secondary_sent_is_capped_at_it() {
+        for (cap, expected) in [(Some(60), 60), (Some(100), 100), (Some(250), 100), (None, 100)] {
+            let mut f = TcpFrame { ack: 1_000_100, flags: flags::ACK, ..TcpFrame::default() }.build();
+            let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+            assert!(shift_client(&mut f, &seg, 1_000_000, 0, cap));
+            let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
+            assert_eq!(after.ack, expected, "cap {cap:?}");
+            assert!(tcp_checksum_ok(&f));
+        }
+        // Across the wrap of the sequence space too.
+        let mut f = TcpFrame { ack: 5, flags: flags::ACK, ..TcpFrame::default() }.build();
+        let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
+        assert!(shift_client(&mut f, &seg, 10, 0, Some(u32::MAX - 20)));
+        let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
+        assert_eq!(after.ack, u32::MAX - 20);
+        assert!(tcp_checksum_ok(&f));
+    }
+
+    #[test]
     fn wrapping_offsets_and_other_options_are_handled() {
         let mut o = crate::fixtures::timestamp_option(7, 9);
         o.extend(sack(&[(5, 10)]));
         let mut f = TcpFrame { ack: 3, flags: flags::ACK, options: o.clone(), ..TcpFrame::default() }.build();
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_client(&mut f, &seg, 10, 0));
+        assert!(shift_client(&mut f, &seg, 10, 0, None));
         let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
         assert_eq!(after.ack, 3u32.wrapping_sub(10));
         let opts = &f[seg.header_offset as usize + 20..seg.payload_offset as usize];
@@ -265,7 +299,7 @@ mod tests {
         let built = TcpFrame { seq: 40, ack: 5_000, flags: flags::ACK, options: o, ..TcpFrame::default() }.build();
         let mut f = built.clone();
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_client(&mut f, &seg, 1_000, 8_000));
+        assert!(shift_client(&mut f, &seg, 1_000, 8_000, None));
         let Class::Tcp(_, after) = parse(&f) else { panic!("tcp") };
         assert_eq!((after.seq, after.ack), (40, 4_000), "only the ACK moves, not the client's own seq");
         assert_eq!(timestamps(&f, &after), Some((700, 1_000)), "TSval is the client's, TSecr echoes the guest");
@@ -289,7 +323,7 @@ mod tests {
             TcpFrame { flags: flags::ACK, options: crate::fixtures::timestamp_option(5, 0), ..TcpFrame::default() }
                 .build();
         let Class::Tcp(_, seg) = parse(&f) else { panic!("tcp") };
-        assert!(shift_client(&mut f, &seg, 0, 77));
+        assert!(shift_client(&mut f, &seg, 0, 77, None));
         assert_eq!(timestamps(&f, &seg), Some((5, 0)));
         assert!(tcp_checksum_ok(&f));
     }

@@ -1339,7 +1339,9 @@ impl<F: Frame> Shard<F> {
             None if self.failed_over.is_some() && !conn.offset_pending() => ClientRewrite::Unchanged,
             None => return ClientRewrite::OffsetUnknown,
             Some((0, 0)) => ClientRewrite::Unchanged,
-            Some((seq, ts)) if crate::proxy::shift_client(frame, &seg, seq, ts) => ClientRewrite::Rewritten,
+            Some((seq, ts)) if crate::proxy::shift_client(frame, &seg, seq, ts, conn.secondary_sent()) => {
+                ClientRewrite::Rewritten
+            }
             Some(_) => ClientRewrite::Unchanged,
         };
         // A guest-opened connection whose secondary chose another source port (every frame,

@@ -344,6 +344,9 @@ pub(crate) struct TcpConn<F> {
     s_ack_max: Option<u32>,
     /// One past the highest position the primary sent (for the checkpoint reset).
     p_high: Option<u32>,
+    /// One past the highest position the secondary sent, in its own space (proxy mode never
+    /// acknowledges it beyond that).
+    s_high: Option<u32>,
     p_fin: Option<u32>,
     p_rst: Option<u32>,
     /// Secondary RST sequence number, in the secondary's own space.
@@ -384,6 +387,7 @@ impl<F: Frame> TcpConn<F> {
             p_ack_max: None,
             s_ack_max: None,
             p_high: None,
+            s_high: None,
             p_fin: None,
             p_rst: None,
             s_rst_raw: None,
@@ -613,6 +617,7 @@ impl<F: Frame> TcpConn<F> {
             self.s_syn = Some(SynInfo::of(&seg, frames.head_bytes()));
             self.learn_offset();
         }
+        self.secondary_sent_up_to(&seg);
         if seg.rst {
             self.s_rst_raw = Some(seg.seq);
             if self.p_rst.is_none() && self.s_rst_at.is_none() {
@@ -671,6 +676,21 @@ impl<F: Frame> TcpConn<F> {
         self.offset.map(|o| (o, self.ts_offset))
     }
 
+    /// One past the highest position the secondary sent, in its own space, once it sent any.
+    pub(crate) fn secondary_sent(&self) -> Option<u32> {
+        self.s_high
+    }
+
+    /// The secondary sent `seg` (compared, or forwarded after a failover).
+    fn secondary_sent_up_to(&mut self, seg: &TcpSegment) {
+        if seg.syn {
+            self.s_high = Some(seq_max(self.s_high, seg.seq.wrapping_add(1)));
+        }
+        if seg.has_positions() {
+            self.s_high = Some(seq_max(self.s_high, seg.end()));
+        }
+    }
+
     fn learn_offset(&mut self) {
         if self.offset.is_none() {
             if let (Some(p), Some(s)) = (self.p_syn, self.s_syn) {
@@ -689,6 +709,7 @@ impl<F: Frame> TcpConn<F> {
     /// learns its offset from the secondary's SYN even now; a connection that starts after
     /// the failover (or a new incarnation) is the secondary's own: offset 0.
     pub(crate) fn forward_offsets(&mut self, seg: &TcpSegment, bytes: &[u8], mode: Mode, aliased: bool) -> (u32, u32) {
+        self.secondary_sent_up_to(seg);
         if seg.syn && self.secondary_port.is_some() && !aliased {
             // The secondary's socket of this connection uses another port (a paired
             // guest-opened connection): this SYN is a new connection of the secondary that
@@ -1055,6 +1076,8 @@ impl<F: Frame> TcpConn<F> {
             self.ts_offset = 0;
             self.s_syn = self.p_syn;
             self.secondary_port = None;
+            // The secondary is now a copy of the primary: it has sent what the primary sent.
+            self.s_high = self.p_high;
         }
         let off = self.offset.unwrap_or(0);
         self.s_rst_raw = self.p_rst.map(|r| r.wrapping_sub(off));
