@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use colo_core::checksum;
 use colo_suite::{hugepages, read_pcap, requests, scratch_dir, sh, workspace_bin, ChildGuard};
 
 const WORKLOAD: &str = include_str!("support/workload.py");
@@ -270,17 +271,6 @@ impl Drop for Rig {
     }
 }
 
-/// The ones' complement sum of `bytes` folded to 16 bits (RFC 1071).
-fn ones_sum(bytes: &[u8], mut sum: u32) -> u16 {
-    for pair in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// Frames the client received that were too long for its MTU or carried a wrong IPv4, TCP or
 /// UDP checksum (each with the reason), and how many IPv4 TCP/UDP frames were checked.
 fn bad_frames(pcap: &Path) -> (Vec<String>, usize) {
@@ -295,7 +285,7 @@ fn bad_frames(pcap: &Path) -> (Vec<String>, usize) {
         }
         let ihl = usize::from(f[14] & 0x0F) * 4;
         let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-        if ones_sum(&f[14..14 + ihl], 0) != 0xFFFF {
+        if checksum::fold(checksum::add(0, &f[14..14 + ihl])) != 0xFFFF {
             bad.push(format!("frame {i}: IPv4 header checksum"));
         }
         let (proto, l4) = (f[23], &f[14 + ihl..(14 + total).min(f.len())]);
@@ -307,7 +297,7 @@ fn bad_frames(pcap: &Path) -> (Vec<String>, usize) {
         pseudo.extend_from_slice(&f[26..34]);
         pseudo.extend_from_slice(&[0, proto]);
         pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        let sum = ones_sum(l4, u32::from(ones_sum(&pseudo, 0)));
+        let sum = checksum::fold(checksum::add(checksum::add(0, &pseudo), l4));
         let zero_udp = proto == 17 && l4.len() >= 8 && l4[6..8] == [0, 0];
         if sum != 0xFFFF && !zero_udp {
             bad.push(format!("frame {i}: {} checksum", if proto == 6 { "TCP" } else { "UDP" }));

@@ -99,30 +99,10 @@ pub fn tcp_checksum_valid(frame: &[u8]) -> bool {
     sum = checksum_add(sum, &[0, 6]);
     sum = checksum_add(sum, &(tcp.len() as u16).to_be_bytes());
     sum = checksum_add(sum, tcp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    crate::checksum::fold(sum) == 0xffff
 }
 
-fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
-    for chunk in bytes.chunks(2) {
-        let word = match chunk {
-            [a, b] => u16::from_be_bytes([*a, *b]),
-            [a] => u16::from_be_bytes([*a, 0]),
-            _ => 0,
-        };
-        sum += u32::from(word);
-    }
-    sum
-}
-
-fn checksum_finish(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use crate::checksum::{add as checksum_add, finish as checksum_finish};
 
 impl TcpFrame {
     /// Serialises the frame.

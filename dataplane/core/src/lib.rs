@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod counters;
 mod datagram;
 pub mod fixtures;

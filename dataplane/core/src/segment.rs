@@ -8,6 +8,8 @@
 //! last piece, CWR only on the first, and every length and checksum written anew (a GSO
 //! frame's TCP checksum holds only the pseudo-header sum).
 
+use crate::checksum::{add, finish};
+
 /// Why a frame cannot be cut into TCP segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotSplittable {
@@ -17,29 +19,6 @@ pub enum NotSplittable {
     Unsupported,
     /// The headers alone leave no room for payload within the limit.
     NoRoom,
-}
-
-/// The ones' complement sum of `bytes` (RFC 1071), added to `sum`, not yet folded.
-fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
-    let mut words = bytes.chunks_exact(2);
-    for w in words.by_ref() {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
-        // Fold as we go: a 64 KiB frame cannot overflow, but keep the invariant local.
-        if sum > 0xFFFF_0000 {
-            sum = (sum & 0xFFFF) + (sum >> 16);
-        }
-    }
-    if let [last] = words.remainder() {
-        sum = sum.wrapping_add(u32::from(*last) << 8);
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Where the headers of a TCP frame are.
@@ -102,11 +81,13 @@ fn layout(frame: &[u8]) -> Result<Layout, NotSplittable> {
 /// Cuts the TCP frame `frame` into frames of at most `max_frame` bytes, each carrying at most
 /// `mss` payload bytes (0: as many as fit), and hands each to `emit` in stream order. Returns
 /// how many frames were emitted. A frame that already fits is emitted once, with its lengths
-/// and checksums rewritten like every piece.
+/// and checksums rewritten like every piece. Each piece is built in `scratch` (reused: no
+/// allocation once it has grown to a piece's size).
 pub fn split_tcp(
     frame: &[u8],
     mss: usize,
     max_frame: usize,
+    scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, NotSplittable> {
     let l = layout(frame)?;
@@ -118,7 +99,7 @@ pub fn split_tcp(
     let flags = frame[l.tcp + 13];
     let ip_id = u16::from_be_bytes([frame[l.ip + 4], frame[l.ip + 5]]);
     let pieces = payload.len().div_ceil(step).max(1);
-    let mut out = Vec::with_capacity(headers + step);
+    let out = scratch;
     for i in 0..pieces {
         let chunk = &payload[(i * step).min(payload.len())..((i + 1) * step).min(payload.len())];
         out.clear();
@@ -131,7 +112,7 @@ pub fn split_tcp(
             out[l.ip + 2..l.ip + 4].copy_from_slice(&total.to_be_bytes());
             out[l.ip + 4..l.ip + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
             out[l.ip + 10..l.ip + 12].copy_from_slice(&[0, 0]);
-            let c = !fold(sum_words(&out[l.ip..l.tcp], 0));
+            let c = finish(add(0, &out[l.ip..l.tcp]));
             out[l.ip + 10..l.ip + 12].copy_from_slice(&c.to_be_bytes());
         } else {
             out[l.ip + 4..l.ip + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
@@ -150,12 +131,12 @@ pub fn split_tcp(
         out[l.tcp + 13] = f;
         out[l.tcp + 16..l.tcp + 18].copy_from_slice(&[0, 0]);
         let addrs = if l.ipv4 { &out[l.ip + 12..l.ip + 20] } else { &out[l.ip + 8..l.ip + 40] };
-        let mut sum = sum_words(addrs, 0);
-        sum = sum_words(&[0, 6], sum);
-        sum = sum_words(&(l4_len as u32).to_be_bytes(), sum);
-        let c = !fold(sum_words(&out[l.tcp..], sum));
+        let mut sum = add(0, addrs);
+        sum = add(sum, &[0, 6]);
+        sum = add(sum, &(l4_len as u32).to_be_bytes());
+        let c = finish(add(sum, &out[l.tcp..]));
         out[l.tcp + 16..l.tcp + 18].copy_from_slice(&c.to_be_bytes());
-        emit(&out);
+        emit(out);
     }
     Ok(pieces)
 }
@@ -163,6 +144,7 @@ pub fn split_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::fold;
     use crate::fixtures::{v6_pair, IpFrame};
 
     /// An IPv4 or IPv6 TCP frame (timestamps option) with `payload`; its checksum is left 0.
@@ -190,17 +172,17 @@ mod tests {
 
     fn valid_checksums(f: &[u8]) -> bool {
         let l = layout(f).expect("layout");
-        let ip_ok = !l.ipv4 || fold(sum_words(&f[l.ip..l.tcp], 0)) == 0xFFFF;
+        let ip_ok = !l.ipv4 || fold(add(0, &f[l.ip..l.tcp])) == 0xFFFF;
         let addrs = if l.ipv4 { &f[l.ip + 12..l.ip + 20] } else { &f[l.ip + 8..l.ip + 40] };
-        let mut sum = sum_words(addrs, 0);
-        sum = sum_words(&[0, 6], sum);
-        sum = sum_words(&((l.end - l.tcp) as u32).to_be_bytes(), sum);
-        ip_ok && fold(sum_words(&f[l.tcp..l.end], sum)) == 0xFFFF
+        let mut sum = add(0, addrs);
+        sum = add(sum, &[0, 6]);
+        sum = add(sum, &((l.end - l.tcp) as u32).to_be_bytes());
+        ip_ok && fold(add(sum, &f[l.tcp..l.end])) == 0xFFFF
     }
 
     fn pieces(frame: &[u8], mss: usize, max: usize) -> Vec<Vec<u8>> {
         let mut v = Vec::new();
-        split_tcp(frame, mss, max, |f| v.push(f.to_vec())).expect("splittable");
+        split_tcp(frame, mss, max, &mut Vec::new(), |f| v.push(f.to_vec())).expect("splittable");
         v
     }
 
@@ -233,9 +215,9 @@ mod tests {
         let big = tcp_frame(false, 1, 0x10, &[7u8; 5000]);
         // mss 9000 from the guest, but the port takes 1514-byte frames.
         assert!(pieces(&big, 9000, 1514).iter().all(|s| s.len() <= 1514));
-        assert_eq!(split_tcp(&big, 0, 40, |_| {}), Err(NotSplittable::NoRoom));
+        assert_eq!(split_tcp(&big, 0, 40, &mut Vec::new(), |_| {}), Err(NotSplittable::NoRoom));
         let udp = IpFrame::udp(1, 2, &[0u8; 3000]).build();
-        assert_eq!(split_tcp(&udp, 0, 1514, |_| {}), Err(NotSplittable::NotTcp));
+        assert_eq!(split_tcp(&udp, 0, 1514, &mut Vec::new(), |_| {}), Err(NotSplittable::NotTcp));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Egress {
     /// The longest frame one mbuf of the pool holds.
     buffer: usize,
     shared: Arc<Shared>,
+    /// Where each cut piece is built before its copy into an mbuf (reused).
+    scratch: Vec<u8>,
 }
 
 /// Length of the Ethernet header with its VLAN tags (802.1Q, 802.1ad; at most two).
@@ -69,11 +71,11 @@ impl Egress {
     /// Frames leave through a port of `mtu`; copies and pieces come from `pool`, whose mbufs
     /// hold frames of up to `buffer` bytes; counted in `shared`.
     pub fn new(pool: Mempool, mtu: u16, buffer: usize, shared: Arc<Shared>) -> Self {
-        Egress { pool, mtu: usize::from(mtu), buffer, shared }
+        Egress { pool, mtu: usize::from(mtu), buffer, shared, scratch: Vec::new() }
     }
 
     /// Sends `frame` (released, in order) through `tx`.
-    pub fn send(&self, frame: HeldFrame, tx: &mut Transmitter) {
+    pub fn send(&mut self, frame: HeldFrame, tx: &mut Transmitter) {
         let stats = &self.shared.egress;
         // The MTU bounds the IP packet: the frame adds its Ethernet header and VLAN tags.
         let max_frame = self.mtu + l2_len(frame.bytes());
@@ -87,15 +89,17 @@ impl Egress {
             let mss = frame.segment_size().map_or(0, |s| usize::from(s).max(MIN_SEGMENT));
             let mut sent = 0u64;
             let mut lost = 0u64;
-            let cut = colo_core::segment::split_tcp(bytes, mss, max_frame.min(self.buffer), |piece| {
-                match Mbuf::from_slice(&self.pool, piece) {
-                    Ok(m) => {
-                        tx.push(m);
-                        sent += 1;
+            let pool = &self.pool;
+            let cut =
+                colo_core::segment::split_tcp(bytes, mss, max_frame.min(self.buffer), &mut self.scratch, |piece| {
+                    match Mbuf::from_slice(pool, piece) {
+                        Ok(m) => {
+                            tx.push(m);
+                            sent += 1;
+                        }
+                        Err(_) => lost += 1,
                     }
-                    Err(_) => lost += 1,
-                }
-            });
+                });
             match cut {
                 Ok(_) => {
                     stats.split.fetch_add(1, Ordering::Relaxed);
