@@ -27,6 +27,7 @@ pub mod checksum;
 pub mod counters;
 mod datagram;
 pub mod fixtures;
+mod flow_index;
 mod out;
 mod pairing;
 pub mod proxy;

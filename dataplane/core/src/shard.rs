@@ -13,11 +13,12 @@
 //! or reorder a flow. Calls are driven in this order by the caller: any `handle*`,
 //! `checkpoint_done` or `failover` call, then `poll_action` until `None`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::checkpoint::CheckpointReason;
 use crate::counters::Counters;
 use crate::datagram::{DatagramFlow, Item, Pieces};
+use crate::flow_index::FlowIndex;
 pub use crate::out::Action;
 use crate::out::{Out, Piece};
 pub use crate::reasons::{DropReason, FlowStatus, HoldReason, Via};
@@ -123,6 +124,8 @@ impl<F: Frame> Conn<F> {
 }
 
 struct Flow<F> {
+    /// The index's hash of (`key`, `kind`).
+    hash: u64,
     key: FlowKey,
     kind: Kind,
     conn: Conn<F>,
@@ -184,7 +187,7 @@ struct Slot<F> {
 /// One core's comparator. See the module doc for the calling convention.
 pub struct Shard<F> {
     cfg: Config,
-    map: HashMap<(FlowKey, Kind), u32, ahash::RandomState>,
+    index: FlowIndex,
     slots: Vec<Slot<F>>,
     free: Vec<u32>,
     timers: DeadlineQueue,
@@ -338,7 +341,7 @@ impl<F: Frame> Shard<F> {
     /// A shard with an empty flow table.
     pub fn new(config: Config) -> Self {
         Shard {
-            map: HashMap::with_capacity_and_hasher(config.max_flows.min(1 << 16), ahash::RandomState::new()),
+            index: FlowIndex::with_capacity(config.max_flows.min(1 << 16)),
             slots: Vec::new(),
             free: Vec::new(),
             timers: DeadlineQueue::default(),
@@ -407,7 +410,7 @@ impl<F: Frame> Shard<F> {
             return Vec::new();
         }
         let mut top: BinaryHeap<Reverse<(usize, u32)>> = BinaryHeap::with_capacity(limit + 1);
-        for &slot in self.map.values() {
+        for slot in self.index.slots() {
             let Some(st) = self.status_of(slot) else { continue };
             let held = st.held_primary + st.held_secondary;
             if top.len() < limit {
@@ -435,7 +438,7 @@ impl<F: Frame> Shard<F> {
 
     /// Flows in the table.
     pub fn flow_count(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     /// Entries in the deadline queue (for memory-bound checks).
@@ -521,17 +524,18 @@ impl<F: Frame> Shard<F> {
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
     fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
-        if let Some(&slot) = self.map.get(&(key, kind)) {
+        let hash = self.index.hash(&key, kind as u8);
+        if let Some(slot) = self.find(hash, &key, kind) {
             return Ok(slot);
         }
         if !self.unflowed.is_empty() {
             // While frames wait in `unflowed`, new flows join them so none overtakes them.
             return Err(NoFlow::TableFull);
         }
-        if !self.admit(key, kind, now) {
+        if !self.admit(hash, now) {
             return Err(NoFlow::Budget);
         }
-        let slot = self.insert(key, kind, now);
+        let slot = self.insert(key, kind, hash, now);
         if slot.is_none() {
             // No flow was made: the credit it took goes back.
             self.budget.refund(&self.cfg);
@@ -539,9 +543,22 @@ impl<F: Frame> Shard<F> {
         slot.ok_or(NoFlow::TableFull)
     }
 
+    /// The slot of the flow with this key and kind, if there is one.
+    fn lookup(&self, key: &FlowKey, kind: Kind) -> Option<u32> {
+        self.find(self.index.hash(key, kind as u8), key, kind)
+    }
+
+    /// [`Shard::lookup`] with the key's hash already known.
+    fn find(&self, hash: u64, key: &FlowKey, kind: Kind) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(hash, |s| {
+            slots.get(s as usize).and_then(|s| s.flow.as_ref()).is_some_and(|f| f.kind == kind && f.key == *key)
+        })
+    }
+
     /// Whether a new flow may be made now (SPEC §11): room among the young one-sided flows
     /// (aged ones leave the count first) and credit in the token bucket.
-    fn admit(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> bool {
+    fn admit(&mut self, hash: u64, now: Timestamp) -> bool {
         while let Some(&(slot, generation, created)) = self.one_sided_fifo.front() {
             if created.saturating_add(self.cfg.compare_timeout) > now {
                 break;
@@ -554,8 +571,7 @@ impl<F: Frame> Shard<F> {
             }
         }
         let room = self.one_sided < self.one_sided_cap();
-        let hasher = self.map.hasher();
-        self.budget.admit(|| hasher.hash_one((key, kind)), now, &self.cfg, room)
+        self.budget.admit(|| hash, now, &self.cfg, room)
     }
 
     /// Young one-sided flows a shard keeps at most: an eighth of the memory budget, so what
@@ -576,7 +592,7 @@ impl<F: Frame> Shard<F> {
     /// bounded by `max_queue_size`; drop the secondary's.
     fn overflow(&mut self, side: Side, frame: F, held: bool, reason: DropReason, key: &FlowKey, now: Timestamp) {
         let mut out = out!(self, now);
-        let flows = self.map.len();
+        let flows = self.index.len();
         let partials = self.reasm.len();
         out.request(&mut self.requested, CheckpointReason::ResourcePressure, key, || match reason {
             DropReason::ReassemblyFull => format!("reassembly table full ({partials} partial datagrams)"),
@@ -627,7 +643,7 @@ impl<F: Frame> Shard<F> {
 
     /// The connection state of a TCP key, if present.
     fn tcp_conn(&self, key: &FlowKey) -> Option<&TcpConn<F>> {
-        let slot = *self.map.get(&(*key, Kind::Tcp))?;
+        let slot = self.lookup(key, Kind::Tcp)?;
         match &self.slots.get(slot as usize)?.flow.as_ref()?.conn {
             Conn::Tcp(c) => Some(c),
             Conn::Datagram(_) => None,
@@ -635,7 +651,7 @@ impl<F: Frame> Shard<F> {
     }
 
     fn tcp_conn_mut(&mut self, key: &FlowKey) -> Option<&mut TcpConn<F>> {
-        let slot = *self.map.get(&(*key, Kind::Tcp))?;
+        let slot = self.lookup(key, Kind::Tcp)?;
         match &mut self.slots.get_mut(slot as usize)?.flow.as_mut()?.conn {
             Conn::Tcp(c) => Some(c),
             Conn::Datagram(_) => None,
@@ -892,8 +908,8 @@ impl<F: Frame> Shard<F> {
         self.handle_tcp_conn(side, frames, key, seg, now);
     }
 
-    fn insert(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Option<u32> {
-        if self.map.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one(now)) {
+    fn insert(&mut self, key: FlowKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {
+        if self.index.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one(now)) {
             // Only a whole fruitless sweep says nothing can go: then inserts fail fast until
             // something changes (a timer run, a flush, a removal).
             if self.fruitless >= self.slots.len() {
@@ -902,6 +918,7 @@ impl<F: Frame> Shard<F> {
             return None;
         }
         let flow = Flow {
+            hash,
             key,
             kind,
             conn: Conn::new(kind, &self.cfg),
@@ -923,7 +940,9 @@ impl<F: Frame> Shard<F> {
                 u32::try_from(self.slots.len() - 1).ok()?
             }
         };
-        self.map.insert((key, kind), slot);
+        let slots = &self.slots;
+        let hash_of = |s: u32| slots.get(s as usize).and_then(|s| s.flow.as_ref()).map_or(0, |f| f.hash);
+        self.index.insert(hash, slot, hash_of);
         self.counters.flows += 1;
         self.one_sided += 1;
         let generation = self.slots.get(slot as usize).map_or(0, |s| s.generation);
@@ -983,7 +1002,7 @@ impl<F: Frame> Shard<F> {
                 if let Conn::Tcp(c) = &f.conn {
                     self.pairs.forget(&f.key, c.secondary_port);
                 }
-                self.map.remove(&(f.key, f.kind));
+                self.index.remove(f.hash, slot);
                 if f.young {
                     self.one_sided = self.one_sided.saturating_sub(1);
                 }
@@ -995,7 +1014,7 @@ impl<F: Frame> Shard<F> {
         // A removed flow can leave entries that would sit in the heap until their (long)
         // deadline; with connection churn they would pile up. Drop stale entries once they
         // outnumber live ones, so the heap stays O(flows) (amortised O(1) per removal).
-        if self.timers.len() > 8 * (self.map.len() + self.reasm.len()) + 1024 {
+        if self.timers.len() > 8 * (self.index.len() + self.reasm.len()) + 1024 {
             let (slots, reasm) = (&self.slots, &self.reasm);
             self.timers.retain(|at, slot, generation, kind| {
                 if kind == TimerKind::Reassembly {
@@ -1237,7 +1256,7 @@ impl<F: Frame> Shard<F> {
             }
             key.src_port = port;
         }
-        let Some(&slot) = self.map.get(&(key, Kind::Tcp)) else { return true };
+        let Some(slot) = self.lookup(&key, Kind::Tcp) else { return true };
         let Some(flow) = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut()) else { return true };
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else { return true };
@@ -1262,8 +1281,8 @@ impl<F: Frame> Shard<F> {
     pub fn flow_status(&self, key: &FlowKey) -> Option<FlowStatus> {
         let slot = [Kind::Tcp, Kind::Datagram, Kind::OtherIp, Kind::NonIp]
             .into_iter()
-            .find_map(|kind| self.map.get(&(*key, kind)))?;
-        self.status_of(*slot)
+            .find_map(|kind| self.lookup(key, kind))?;
+        self.status_of(slot)
     }
 
     /// Proxy mode (SPEC §3, §5.1): a frame from the clients is about to be mirrored to both
@@ -1284,8 +1303,8 @@ impl<F: Frame> Shard<F> {
         let &Class::Tcp(key, seg) = class else { return None };
         // The comparator keys a connection by its guest → client direction.
         let cs = ClientSegment { conn: key.reversed(), seg };
-        let (slot, created) = match self.map.get(&(cs.conn, Kind::Tcp)) {
-            Some(&slot) => (slot, false),
+        let (slot, created) = match self.lookup(&cs.conn, Kind::Tcp) {
+            Some(slot) => (slot, false),
             None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
                 match self.flow_slot(cs.conn, Kind::Tcp, now) {
                     Ok(slot) => (slot, true),

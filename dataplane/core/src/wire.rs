@@ -274,7 +274,81 @@ impl Class {
 }
 
 /// Classifies a frame starting at its Ethernet header. Never panics.
+///
+/// The common frame (Ethernet, at most one VLAN tag, IPv4 without options, not a fragment, UDP
+/// or TCP with sound lengths) is read field by field; everything else takes etherparse's
+/// general walk, [`parse_general`]. Both give the same class for every frame (a property test
+/// and the parser fuzz target hold them together).
 pub fn parse(bytes: &[u8]) -> Class {
+    parse_common(bytes).unwrap_or_else(|| parse_general(bytes))
+}
+
+/// The class of the common frame, `None` for any other. Accepts only what etherparse accepts
+/// the same way: the Ethernet II header, one 802.1Q/802.1ad tag at most, an IPv4 header of 20
+/// bytes whose total length fits the frame, no fragment, and a UDP header whose length is 0
+/// (taken as "to the end") or between 8 and the IP payload, or a TCP header whose data offset
+/// fits the IP payload.
+fn parse_common(bytes: &[u8]) -> Option<Class> {
+    let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
+    let (vlans, l3) = match be16(bytes, 12)? {
+        ETHERTYPE_IPV4 => ([None, None], 14),
+        0x8100 | 0x88a8 | 0x9100 if be16(bytes, 16)? == ETHERTYPE_IPV4 => ([Some(be16(bytes, 14)? & 0x0fff), None], 18),
+        _ => return None,
+    };
+    let ip: &[u8; 20] = bytes.get(l3..l3 + 20)?.try_into().ok()?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if ip[0] != 0x45 || total < 20 || fragment {
+        return None;
+    }
+    let l4 = l3 + 20;
+    let payload = bytes.get(l4..l3 + total)?;
+    let key = |src_port, dst_port| FlowKey {
+        vlans,
+        src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+        proto: ip[9],
+        src_port,
+        dst_port,
+    };
+    let (offset, len) = (u32::try_from(l4).ok()?, u32::try_from(payload.len()).ok()?);
+    match ip[9] {
+        proto::UDP => {
+            let udp: &[u8; 8] = payload.get(..8)?.try_into().ok()?;
+            let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+            if udp_len != 0 && (udp_len < 8 || udp_len > payload.len()) {
+                return None;
+            }
+            let ports = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+            Some(Class::Datagram(key(ports.0, ports.1), Span { offset, len }))
+        }
+        proto::TCP => {
+            let tcp: &[u8; 20] = payload.get(..20)?.try_into().ok()?;
+            let header_len = u32::from(tcp[12] >> 4) * 4;
+            if header_len < 20 || header_len > len {
+                return None;
+            }
+            let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+            let seg = TcpSegment {
+                seq: word(4),
+                ack: word(8),
+                syn: tcp[13] & 0x02 != 0,
+                fin: tcp[13] & 0x01 != 0,
+                rst: tcp[13] & 0x04 != 0,
+                ack_flag: tcp[13] & 0x10 != 0,
+                header_offset: offset,
+                payload_offset: offset + header_len,
+                payload_len: len - header_len,
+            };
+            let ports = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+            Some(Class::Tcp(key(ports.0, ports.1), seg))
+        }
+        _ => None,
+    }
+}
+
+/// [`parse`] by etherparse's general walk for every frame (public for tests and fuzzing).
+pub fn parse_general(bytes: &[u8]) -> Class {
     if bytes.is_empty() {
         return Class::Malformed(MalformedReason::Empty);
     }
@@ -519,6 +593,65 @@ mod tests {
         assert!(matches!(parse(&v6(128)), Class::Datagram(..)));
         let igmp = IpFrame { proto: proto::IGMP, payload: vec![0x16, 0, 0, 0, 224, 0, 0, 22], ..IpFrame::default() };
         assert_eq!(parse(&igmp.build()), Class::NonIp(0x0800));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// The fast path for the common frame agrees with etherparse's general walk on every
+        /// frame it accepts, and accepts every well-formed common frame: start from TCP and UDP
+        /// frames (untagged, one tag, QinQ, padded), then overwrite header bytes, cut or extend.
+        #[test]
+        fn prop_fast_path_agrees_with_the_general_walk(
+            tcp in proptest::prelude::any::<bool>(),
+            vlans in proptest::collection::vec(0u16..4096, 0..3),
+            options in 0usize..3,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            padding in 0usize..8,
+            writes in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..4),
+            fields in proptest::collection::vec((0usize..6, -3i32..70), 0..3),
+            cut in proptest::option::of(0usize..120),
+        ) {
+            use crate::fixtures::{IpFrame, TcpFrame};
+            let mut frame = if tcp {
+                let t = TcpFrame { options: vec![1; options * 4], payload: payload.clone(), ..TcpFrame::default() };
+                t.to_ip(std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst), &vlans).build()
+            } else {
+                IpFrame { vlans: vlans.clone(), padding, ..IpFrame::udp(53, 4000, &payload) }.build()
+            };
+            if writes.is_empty() && fields.is_empty() && cut.is_none() && vlans.len() < 2 {
+                proptest::prop_assert!(parse_common(&frame).is_some(), "a common frame off the fast path");
+            }
+            // Length, offset and type fields set near their edges (random bytes rarely hit them).
+            let l3 = 14 + 4 * vlans.len();
+            for (field, v) in fields {
+                let (at, width, value) = match field {
+                    0 => (l3 + 2, 2, frame.len() as i32 - l3 as i32 + v / 2 - 20),
+                    1 if v < 35 => (l3 + 24, 2, v / 3),
+                    1 => (l3 + 24, 2, frame.len() as i32 - l3 as i32 + v - 20 - 55),
+                    2 => (l3 + 32, 1, (v & 15) << 4),
+                    3 => (l3, 1, 0x40 + (v & 15)),
+                    4 => (l3 + 6, 2, if v < 0 { 0x2000 } else { v }),
+                    _ => (l3 - 2, 2, if v < 0 { 0x86dd } else { 0x0800 + v }),
+                };
+                let bytes = (value as u16).to_be_bytes();
+                for (i, b) in bytes[2 - width..].iter().enumerate() {
+                    if let Some(x) = frame.get_mut(at + i) {
+                        *x = *b;
+                    }
+                }
+            }
+            for (at, byte) in writes {
+                if let Some(b) = frame.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            if let Some(len) = cut {
+                frame.resize(len, 0);
+            }
+            if let Some(fast) = parse_common(&frame) {
+                proptest::prop_assert_eq!(fast, parse_general(&frame));
+            }
+        }
     }
 
     #[test]
