@@ -341,7 +341,7 @@ impl<F: Frame> Shard<F> {
     /// A shard with an empty flow table.
     pub fn new(config: Config) -> Self {
         Shard {
-            index: FlowIndex::with_capacity(config.max_flows.min(1 << 16)),
+            index: FlowIndex::with_capacity(config.max_flows.min(1 << 10)),
             slots: Vec::new(),
             free: Vec::new(),
             timers: DeadlineQueue::default(),

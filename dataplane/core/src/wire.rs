@@ -305,8 +305,8 @@ fn parse_common(bytes: &[u8]) -> Option<Class> {
     let payload = bytes.get(l4..l3 + total)?;
     let key = |src_port, dst_port| FlowKey {
         vlans,
-        src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
-        dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+        src: IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]))),
+        dst: IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]))),
         proto: ip[9],
         src_port,
         dst_port,
