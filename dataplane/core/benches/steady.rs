@@ -5,8 +5,10 @@
 //! once more under `perf-event` counters and reports cycles and instructions per pair (hardware
 //! counters), or task-clock nanoseconds per pair where the machine has none (a VM).
 //!
-//! Cases: matched 64 B UDP pairs over 10,000 flows; 1460 B TCP pairs in lock-step (same
-//! segmentation), over 64 connections.
+//! Cases: matched 64 B UDP pairs over 10,000 flows and over 1,000,000 flows; 1460 B TCP pairs in lock-step (same
+//! segmentation), over 64 connections. Each is fed pair by pair (`matched_pair`: the
+//! secondary's copy right after the primary's frame) and in bursts of 32 primary frames then
+//! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them).
 //!
 //! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run).
 
@@ -54,9 +56,9 @@ impl Case {
         shard
     }
 
-    /// Feeds `n` pairs, from a fresh primed shard each time the prepared pairs run out; only
-    /// the feeding is timed.
-    fn timed(&self, n: u64) -> Duration {
+    /// Feeds `n` pairs (one by one, or in bursts as a DPDK lcore receives them), from a fresh
+    /// primed shard each time the prepared pairs run out; only the feeding is timed.
+    fn timed(&self, n: u64, burst: bool) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0u64;
         while done < n {
@@ -65,8 +67,14 @@ impl Case {
             let take = (n - done).min(self.pairs.len() as u64) as usize;
             let start = Instant::now();
             let mut released = 0;
-            for pair in &self.pairs[..take] {
-                released += feed(&mut shard, pair, &mut t);
+            if burst {
+                for pairs in self.pairs[..take].chunks(BURST) {
+                    released += feed_burst(&mut shard, pairs, &mut t);
+                }
+            } else {
+                for pair in &self.pairs[..take] {
+                    released += feed(&mut shard, pair, &mut t);
+                }
             }
             total += start.elapsed();
             assert_eq!(released, take, "every primary frame released by match");
@@ -88,10 +96,30 @@ fn feed(shard: &mut Shard<Prebuilt>, (p, s): &(Prebuilt, Prebuilt), t: &mut u64)
     black_box(released)
 }
 
-/// 64 B UDP datagrams, one per flow per round, over 10,000 flows; the secondary's differ in IP
-/// ID and TTL only. 16 rounds are prepared (160,000 pairs).
-fn udp_case() -> Case {
-    const FLOWS: usize = 10_000;
+/// Frames a DPDK receive burst holds at most.
+const BURST: usize = 32;
+
+/// Hands a burst of primary frames, then the burst of their secondary copies, to the shard
+/// (the order a DPDK lcore receives them in when both guests send the same frames); actions
+/// drained after each frame. Returns the frames released.
+fn feed_burst(shard: &mut Shard<Prebuilt>, pairs: &[(Prebuilt, Prebuilt)], t: &mut u64) -> usize {
+    *t += 100;
+    let now = Timestamp::from_nanos(*t);
+    let mut released = 0;
+    for side in [Side::Primary, Side::Secondary] {
+        for (p, s) in pairs {
+            shard.handle(side, if side == Side::Primary { *p } else { *s }, now);
+            while let Some(a) = shard.poll_action() {
+                released += usize::from(matches!(a, Action::Release { .. }));
+            }
+        }
+    }
+    black_box(released)
+}
+
+/// 64 B UDP datagrams, one per flow per round, over `flows` flows; the secondary's differ in IP
+/// ID and TTL only. `rounds` rounds are prepared (10,000 flows: 16 rounds, 160,000 pairs).
+fn udp_case(flows: usize, rounds: u8) -> Case {
     let pair = |f: usize, round: u8| {
         let dst = std::net::Ipv4Addr::new(10, 1 + (f >> 16) as u8, (f >> 8) as u8, f as u8);
         let base = IpFrame::udp(53, 1024 + (f % 60_000) as u16, &[round; 22]);
@@ -102,10 +130,10 @@ fn udp_case() -> Case {
         (p, s)
     };
     let build = |rounds: std::ops::Range<u8>| {
-        let (p, s): (Vec<_>, Vec<_>) = rounds.flat_map(|r| (0..FLOWS).map(move |f| pair(f, r))).unzip();
+        let (p, s): (Vec<_>, Vec<_>) = rounds.flat_map(|r| (0..flows).map(move |f| pair(f, r))).unzip();
         leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
     };
-    Case { prime: build(0..1), pairs: build(1..17) }
+    Case { prime: build(0..1), pairs: build(1..1 + rounds) }
 }
 
 /// 1460 B TCP segments in lock-step over 64 connections (round robin), 1,024 segments each
@@ -192,10 +220,16 @@ fn counters(name: &str, case: &Case) {
 }
 
 fn bench(c: &mut Criterion) {
-    for (group, case) in [("steady_udp64_10k_flows", udp_case()), ("steady_tcp1460_64_conns", tcp_case())] {
+    let cases = [
+        ("steady_udp64_10k_flows", udp_case(10_000, 16)),
+        ("steady_udp64_1m_flows", udp_case(1_000_000, 2)),
+        ("steady_tcp1460_64_conns", tcp_case()),
+    ];
+    for (group, case) in cases {
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(1));
-        g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n)));
+        g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n, false)));
+        g.bench_function("matched_pair_burst32", |b| b.iter_custom(|n| case.timed(n, true)));
         g.bench_function("memcmp_baseline", |b| b.iter_custom(|n| memcmp(&case, n)));
         g.finish();
         counters(group, &case);
