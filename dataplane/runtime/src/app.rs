@@ -246,7 +246,7 @@ fn wire_shards(
     let shard_cfg = shard_config(cfg, plan, proxy);
     let output_mtu = ports.output.mtu().map_err(|e| e.to_string())?;
     for id in 0..plan.shards {
-        let input = if plan.hw_rss {
+        let input = if plan.shard_polls {
             ShardInput::Queues {
                 primary: Some(ports.primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 secondary: Some(ports.secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),

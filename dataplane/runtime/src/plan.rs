@@ -49,6 +49,10 @@ pub struct Plan {
     /// Hardware RSS spreads both guest ports over one RX queue per shard (same key, hash types
     /// and redirection table on both); otherwise software dispatch.
     pub hw_rss: bool,
+    /// The shards poll the guest ports' RX queues themselves: queue *i* of both with hardware
+    /// RSS, or queue 0 of both when one shard compares (compare mode: nothing to dispatch).
+    /// Otherwise frames reach the shards through the I/O work's rings.
+    pub shard_polls: bool,
     /// The output port has a TX queue per shard; otherwise shards hand released frames to the
     /// I/O work through rings.
     pub per_shard_tx: bool,
@@ -92,10 +96,14 @@ impl Plan {
             && guests
                 .iter()
                 .all(|i| i.rss_offloads & dpdk::sys::RTE_ETH_RSS_IP != 0 && usize::from(i.max_rx_queues) >= shards);
-        let per_shard_tx = shards > 1 && usize::from(output.max_tx_queues) >= shards;
+        // One shard in compare mode takes both guest ports and the output itself, as
+        // dpdk-testpmd forwards: a dispatch and two ring hops per frame would buy nothing.
+        let direct = shards == 1 && !proxy;
+        let shard_polls = hw_rss || direct;
+        let per_shard_tx = (shards > 1 && usize::from(output.max_tx_queues) >= shards) || direct;
         let drains = !per_shard_tx || proxy;
         let spare = workers.saturating_sub(shards);
-        let io = match (hw_rss, drains) {
+        let io = match (shard_polls, drains) {
             (true, false) => IoWork::None,
             (true, true) => IoWork::DrainOnly,
             (false, _) if spare >= 2 => IoWork::PerPort,
@@ -104,6 +112,7 @@ impl Plan {
         Ok(Plan {
             shards,
             hw_rss,
+            shard_polls,
             per_shard_tx,
             io,
             io_on_main: spare == 0,
@@ -116,6 +125,8 @@ impl Plan {
     pub fn dispatch(&self) -> &'static str {
         if self.hw_rss {
             "hardware RSS (symmetric key)"
+        } else if self.shard_polls {
+            "none (one shard polls both guest ports)"
         } else {
             "software (symmetric Toeplitz)"
         }
@@ -147,9 +158,26 @@ mod tests {
         assert_eq!(p.mbufs, pool_size(2));
         // Four workers: each guest port gets its own RX lcore.
         assert_eq!(Plan::decide(2, false, [&pcap, &pcap], &pcap, 4, None).unwrap().io, IoWork::PerPort);
-        // One shard, one worker (a two-CPU machine): the main lcore does the I/O.
-        let p = Plan::decide(1, false, [&pcap, &pcap], &pcap, 1, Some(5000)).unwrap();
+        // One shard, one worker (a two-CPU machine), proxy mode: the main lcore does the I/O.
+        let p = Plan::decide(1, true, [&pcap, &pcap], &pcap, 1, Some(5000)).unwrap();
         assert_eq!((p.io, p.io_on_main, p.mbufs), (IoWork::Shared, true, 5000));
+        assert!(!p.shard_polls && !p.per_shard_tx);
+    }
+
+    #[test]
+    fn one_shard_in_compare_mode_polls_the_guest_ports_and_owns_the_output() {
+        let pcap = port(1, 1, false);
+        for workers in [0, 1, 3] {
+            let p = Plan::decide(1, false, [&pcap, &pcap], &pcap, workers, None).unwrap();
+            assert_eq!((p.hw_rss, p.shard_polls, p.per_shard_tx, p.io), (false, true, true, IoWork::None), "{workers}");
+        }
+        assert_eq!(
+            Plan::decide(1, false, [&pcap, &pcap], &pcap, 1, None).unwrap().dispatch(),
+            "none (one shard polls both guest ports)"
+        );
+        // Two shards on devices without RSS: software dispatch.
+        let p = Plan::decide(2, false, [&pcap, &pcap], &pcap, 3, None).unwrap();
+        assert!(!p.shard_polls && !p.per_shard_tx);
     }
 
     #[test]
@@ -180,6 +208,8 @@ mod tests {
     fn one_shard_without_workers_runs_everything_on_the_main_lcore() {
         let pcap = port(1, 1, false);
         let p = Plan::decide(1, false, [&pcap, &pcap], &pcap, 0, None).unwrap();
+        assert_eq!((p.shard_on_main, p.io), (true, IoWork::None));
+        let p = Plan::decide(1, true, [&pcap, &pcap], &pcap, 0, None).unwrap();
         assert_eq!((p.shard_on_main, p.io_on_main, p.io), (true, true, IoWork::Shared));
         assert!(!Plan::decide(1, false, [&pcap, &pcap], &pcap, 1, None).unwrap().shard_on_main);
         assert!(Plan::decide(2, false, [&pcap, &pcap], &pcap, 0, None).is_err());

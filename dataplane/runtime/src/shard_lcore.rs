@@ -30,7 +30,8 @@ pub enum ShardInput {
         /// Frames from the clients' port (proxy mode), to mirror to both guests.
         client: Option<rtrb::Consumer<crate::io_lcore::Dispatched>>,
     },
-    /// Hardware RSS: the shard polls queue *i* of both ports itself (`None` once stopped).
+    /// The shard polls queue *i* of both guest ports itself (`None` once stopped): hardware
+    /// RSS, or the one shard of compare mode.
     Queues {
         /// Queue *i* of the primary port.
         primary: Option<RxQueue>,
