@@ -43,12 +43,14 @@ fn leak(frames: Vec<Vec<u8>>) -> Vec<Prebuilt> {
 struct Case {
     pairs: Vec<(Prebuilt, Prebuilt)>,
     prime: Vec<(Prebuilt, Prebuilt)>,
+    /// The flow table's bound: room for every flow of the case (none is evicted).
+    max_flows: usize,
 }
 
 impl Case {
     /// A shard with the case's flows known and matched once.
     fn shard(&self) -> Shard<Prebuilt> {
-        let mut shard = Shard::new(Config { new_flows_per_sec: 0, ..Config::default() });
+        let mut shard = Shard::new(Config { new_flows_per_sec: 0, max_flows: self.max_flows, ..Config::default() });
         let mut t = 0;
         for pair in &self.prime {
             feed(&mut shard, pair, &mut t);
@@ -133,7 +135,7 @@ fn udp_case(flows: usize, rounds: u8) -> Case {
         let (p, s): (Vec<_>, Vec<_>) = rounds.flat_map(|r| (0..flows).map(move |f| pair(f, r))).unzip();
         leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
     };
-    Case { prime: build(0..1), pairs: build(1..1 + rounds) }
+    Case { prime: build(0..1), pairs: build(1..1 + rounds), max_flows: 2 * flows }
 }
 
 /// 1460 B TCP segments in lock-step over 64 connections (round robin), 1,024 segments each
@@ -163,7 +165,7 @@ fn tcp_case() -> Case {
         let (p, s): (Vec<_>, Vec<_>) = v.into_iter().unzip();
         leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
     };
-    Case { prime: zip(prime), pairs: zip(pairs) }
+    Case { prime: zip(prime), pairs: zip(pairs), max_flows: Config::default().max_flows }
 }
 
 /// The compared bytes (everything after the Ethernet and IPv4 headers, which differ between
