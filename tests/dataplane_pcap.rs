@@ -378,6 +378,44 @@ fn everything_on_one_lcore_compares_releases_and_shuts_down() {
     assert_eq!(roles, ["shard 0"], "one load meter, the shard's: {}", run.stats["lcores"]);
 }
 
+/// `--idle-sleep-us` holds in single-lcore mode when the shard polls its ports itself (one
+/// shard in compare mode): once the inputs are exhausted, the main lcore sleeps between polls
+/// instead of spinning, so it uses a small share of a CPU (spinning or yielding would use all of
+/// it).
+#[test]
+fn idle_sleep_lets_the_single_lcore_shard_sleep() {
+    let dir = scratch_dir("dp-idle-sleep");
+    let (primary, secondary) = resegmented_flows(2, 2);
+    colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+    colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+    let mut child = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"))
+        .args(colo_suite::dataplane_eal_args(&dir, 1))
+        .arg("--")
+        .env("RUNTIME_DIRECTORY", &dir)
+        .args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
+        .args(["--checkpoint-mode", "standalone", "--idle-sleep-us", "2000", "--exit-when-idle-ms", "6000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start colo-dataplane");
+    // The process's CPU time (user + system, in clock ticks of 1/100 s) from /proc.
+    let ticks = |pid: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    // Start-up and the two short captures are long over after 3 s; then 1.5 s of idling.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let before = ticks(child.id()).expect("read the dataplane's CPU time");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after = ticks(child.id()).expect("read the dataplane's CPU time");
+    let status = child.wait().expect("wait for colo-dataplane");
+    assert!(status.success(), "colo-dataplane failed: {status}");
+    let used = after - before;
+    assert!(used < 45, "{used} ticks of CPU in 150 while idle with --idle-sleep-us 2000: it spins");
+}
+
 /// A TCP frame's payload (untagged IPv4).
 fn tcp_payload(f: &[u8]) -> &[u8] {
     let ihl = usize::from(f[14] & 0x0f) * 4;

@@ -608,12 +608,12 @@ mod tests {
             payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
             padding in 0usize..8,
             writes in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..4),
-            fields in proptest::collection::vec((0usize..6, -3i32..70), 0..3),
+            fields in proptest::collection::vec((0usize..7, -3i32..70), 0..3),
             cut in proptest::option::of(0usize..120),
         ) {
             use crate::fixtures::{IpFrame, TcpFrame};
             let mut frame = if tcp {
-                let t = TcpFrame { options: vec![1; options * 4], payload: payload.clone(), ..TcpFrame::default() };
+                let t = TcpFrame { options: vec![1; options * 4], payload: payload.clone(), padding, ..TcpFrame::default() };
                 t.to_ip(std::net::IpAddr::V4(t.src), std::net::IpAddr::V4(t.dst), &vlans).build()
             } else {
                 IpFrame { vlans: vlans.clone(), padding, ..IpFrame::udp(53, 4000, &payload) }.build()
@@ -631,7 +631,9 @@ mod tests {
                     2 => (l3 + 32, 1, (v & 15) << 4),
                     3 => (l3, 1, 0x40 + (v & 15)),
                     4 => (l3 + 6, 2, if v < 0 { 0x2000 } else { v }),
-                    _ => (l3 - 2, 2, if v < 0 { 0x86dd } else { 0x0800 + v }),
+                    5 => (l3 - 2, 2, if v < 0 { 0x86dd } else { 0x0800 + v }),
+                    // The outer tag's type: 802.1Q, 802.1ad, the old QinQ 0x9100, or not a tag.
+                    _ => (12, 2, [0x8100, 0x88a8, 0x9100, 0x9200][v.rem_euclid(4) as usize]),
                 };
                 let bytes = (value as u16).to_be_bytes();
                 for (i, b) in bytes[2 - width..].iter().enumerate() {

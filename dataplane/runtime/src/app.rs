@@ -422,10 +422,15 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     for (ctx, lcore) in contexts.zip(workers) {
         shard_handles.push(dpdk::launch(lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
+    let io_here = local_io.is_some();
     let mut control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
     control.local_shard = local_shard.map(|mut ctx| {
-        // The I/O work's back-off already waits on this lcore: the shard's must not add to it.
-        ctx.backoff = crate::IdleBackoff::new(None);
+        // Where the I/O work shares this lcore, its back-off already waits here: the shard's
+        // must not add to it. A shard that polls its ports itself keeps its own (and with it
+        // `--idle-sleep-us`).
+        if io_here {
+            ctx.backoff = crate::IdleBackoff::new(None);
+        }
         LocalShard { ctx, state: Default::default(), finished: false }
     });
     let mut summary = control.run(cfg, &LcoreWatch { io: &io_handles, shards: &shard_handles })?;
@@ -529,8 +534,8 @@ struct ShardLinks {
     events: Arc<ArrayQueue<ShardEvent>>,
 }
 
-/// A shard on the main lcore (single-lcore mode): polled between the I/O work and the control
-/// rounds.
+/// A shard on the main lcore (single-lcore mode): polled between the control rounds (and the
+/// I/O work, where there is any: proxy mode; one shard in compare mode polls its ports itself).
 struct LocalShard {
     ctx: ShardContext,
     state: crate::shard_lcore::RoundState,
@@ -538,7 +543,8 @@ struct LocalShard {
 }
 
 impl LocalShard {
-    /// One round; at the end, its shutdown, draining TX through the local I/O work.
+    /// One round; at the end, its shutdown, draining TX through the local I/O work if TX goes
+    /// through it (otherwise the shard's own TX queue drains itself).
     fn round(&mut self, io: &mut Option<(IoContext, RxBurst)>) {
         if self.finished {
             // Its `Stopped` report may still wait for room in the event queue.

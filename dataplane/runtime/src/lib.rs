@@ -3,9 +3,11 @@
 //! the comparison itself lives in `colo-core`, the checkpoint protocol in `colo-control`.
 //!
 //! Lcores: the main lcore runs the control loop ([`app`]); one I/O lcore receives from both
-//! guest ports and dispatches by symmetric Toeplitz hash ([`io_lcore`]); one lcore per shard
-//! runs the comparator ([`shard_lcore`]). Shards transmit on their own output queue when the
-//! device has one per shard, else through a ring drained by the I/O lcore ([`tx`]).
+//! guest ports and dispatches by symmetric Toeplitz hash ([`io_lcore`]) unless the shards poll
+//! the ports themselves (hardware RSS, or one shard in compare mode); one lcore per shard runs
+//! the comparator ([`shard_lcore`]). Shards transmit on their own output queue when the device
+//! has one per shard (or there is one shard in compare mode), else through a ring drained by
+//! the I/O lcore ([`tx`]). The layout is decided by [`plan`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 

@@ -1,8 +1,9 @@
 //! One shard's lcore: the run-to-completion loop around a `colo_core::Shard` (SPEC §8).
 //!
 //! The [`ShardContext`] is owned by its lcore and shares nothing on the packet path: frames
-//! arrive on its SPSC rings (software dispatch), actions leave as transmissions, frees and
-//! events on bounded lock-free queues. Loop: input bursts → compare → deadlines → control
+//! arrive on its SPSC rings (software dispatch) or from the guest ports' RX queues it polls
+//! itself (hardware RSS, or the one shard of compare mode), actions leave as transmissions,
+//! frees and events on bounded lock-free queues. Loop: input bursts → compare → deadlines → control
 //! commands → transmit. It allocates nothing per packet and logs nothing per packet.
 
 use std::collections::VecDeque;
@@ -55,7 +56,7 @@ impl ShardInput {
         }
     }
 
-    /// Stops receiving (hardware RSS: release the queues; rings: the I/O lcore stops).
+    /// Stops receiving (polled queues: release them; rings: the I/O lcore stops).
     fn stop(&mut self) {
         if let ShardInput::Queues { primary, secondary, .. } = self {
             *primary = None;
