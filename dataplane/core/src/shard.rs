@@ -1064,6 +1064,11 @@ impl<F: Frame> Shard<F> {
         if !flow.conn.is_empty() {
             return;
         }
+        if flow.lifetime_at.is_some() && matches!(flow.conn, Conn::Datagram(_)) {
+            // A datagram flow's lifetime deadline (last activity + a fixed idle timeout) only
+            // moves later: the entry already queued fires first and re-arms it.
+            return;
+        }
         let d = clamp(flow.lifetime_deadline(&self.cfg));
         if flow.lifetime_at.is_none_or(|t| d < t) {
             flow.lifetime_at = Some(d);
