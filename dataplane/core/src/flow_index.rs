@@ -29,13 +29,9 @@ impl FlowIndex {
     }
 
     /// The keyed hash of a flow key and its comparator kind (`tag`). The key is packed into
-    /// three 128-bit words first: hashing the derived way would feed every field and enum
-    /// discriminant separately, several times the work.
+    /// 128-bit words first (two for IPv4, three for IPv6): hashing the derived way would feed
+    /// every field and enum discriminant separately, several times the work.
     pub(crate) fn hash(&self, key: &FlowKey, tag: u8) -> u64 {
-        let addr = |a: IpAddr| match a {
-            IpAddr::V4(v4) => u128::from(u32::from(v4)),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
         // VLAN ids are 12 bits: 0xffff stands for "untagged".
         let vlan = |v: Option<u16>| u128::from(v.unwrap_or(u16::MAX));
         let rest = vlan(key.vlans[0])
@@ -43,9 +39,19 @@ impl FlowIndex {
             | u128::from(key.proto) << 32
             | u128::from(tag) << 40
             | u128::from(key.src_port) << 48
-            | u128::from(key.dst_port) << 64
-            | u128::from(matches!(key.src, IpAddr::V6(_))) << 80;
-        self.state.hash_one((addr(key.src), addr(key.dst), rest))
+            | u128::from(key.dst_port) << 64;
+        match (key.src, key.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                self.state.hash_one((u128::from(u32::from(src)) << 32 | u128::from(u32::from(dst)), rest))
+            }
+            (src, dst) => {
+                let addr = |a: IpAddr| match a {
+                    IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+                    IpAddr::V6(v6) => u128::from(v6),
+                };
+                self.state.hash_one((addr(src), addr(dst), rest | 1 << 80))
+            }
+        }
     }
 
     /// The slot with this hash for which `is` says yes.
