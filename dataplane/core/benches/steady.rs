@@ -5,8 +5,8 @@
 //! once more under `perf-event` counters and reports cycles and instructions per pair (hardware
 //! counters), or task-clock nanoseconds per pair where the machine has none (a VM).
 //!
-//! Cases: matched 64 B UDP pairs over 10,000 flows and over 1,000,000 flows; 1460 B TCP pairs in lock-step (same
-//! segmentation), over 64 connections. Each is fed pair by pair (`matched_pair`: the
+//! Cases: matched 64 B UDP pairs over 10,000 flows and over 1,000,000 flows; 1460 B TCP pairs
+//! in lock-step (same segmentation), over 64 connections. Each is fed pair by pair (`matched_pair`: the
 //! secondary's copy right after the primary's frame) and in bursts of 32 primary frames then
 //! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them).
 //!

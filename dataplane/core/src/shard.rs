@@ -1,9 +1,8 @@
 //! The shard (SPEC §1, §6, §8): one core's comparator, fed frames and time, polled for actions.
 //!
 //! Owns the flow table (bounded slots found through `flow_index`; evicts closed then idle flows,
-//! never wipes), the
-//! per-shard deadline queue, checkpoint-request aggregation per epoch, the counters, and the
-//! action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
+//! never wipes), the per-shard deadline queue, checkpoint-request aggregation per epoch, the
+//! counters, and the action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
 //! and other IP protocols to `datagram`; fragments to `reasm`, whose whole
 //! datagrams then go to `datagram` — or, for a reassembled TCP segment, to its
 //! connection in [`crate::tcp`]; non-IP/malformed frames to the configured

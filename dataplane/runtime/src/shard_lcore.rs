@@ -3,8 +3,8 @@
 //! The [`ShardContext`] is owned by its lcore and shares nothing on the packet path: frames
 //! arrive on its SPSC rings (software dispatch) or from the guest ports' RX queues it polls
 //! itself (hardware RSS, or the one shard of compare mode), actions leave as transmissions,
-//! frees and events on bounded lock-free queues. Loop: input bursts → compare → deadlines → control
-//! commands → transmit. It allocates nothing per packet and logs nothing per packet.
+//! frees and events on bounded lock-free queues. Loop: input bursts → compare → deadlines →
+//! control commands → transmit. It allocates nothing per packet and logs nothing per packet.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
