@@ -328,7 +328,7 @@ impl<F: Frame> DatagramFlow<F> {
         }
         item.pos = self.p_next;
         self.p_next += 1;
-        if !self.diverged {
+        if !self.diverged && !self.secondary.is_empty() {
             let w = cfg.datagram_window as u64;
             let found = self
                 .secondary
@@ -411,6 +411,7 @@ impl<F: Frame> DatagramFlow<F> {
     }
 
     /// Releases matched datagrams from the head, then looks for an unmatchable datagram.
+    #[inline]
     fn settle(&mut self, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
         while self.primary.front().is_some_and(|p| p.matched) {
             if let Some(p) = self.primary.pop_front() {
@@ -420,6 +421,13 @@ impl<F: Frame> DatagramFlow<F> {
         if self.diverged || self.unmatched_primary == 0 || self.secondary.is_empty() {
             return;
         }
+        self.find_unmatchable(out, cfg, key);
+    }
+
+    /// [`DatagramFlow::settle`]'s search for an unmatchable datagram, once both sides hold
+    /// unmatched ones (out of line: rare in a flow that agrees).
+    #[inline(never)]
+    fn find_unmatchable(&mut self, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
         let w = cfg.datagram_window as u64;
         // The FIFO head is the oldest unmatched primary (matched heads were just released).
         let p_stuck = self.primary.front().is_some_and(|p| self.s_next > p.pos.saturating_add(w));
@@ -445,7 +453,7 @@ impl<F: Frame> DatagramFlow<F> {
         timeout: core::time::Duration,
         grace: core::time::Duration,
     ) -> Option<Timestamp> {
-        if self.diverged || self.timed_out {
+        if self.diverged || self.timed_out || self.is_empty() {
             return None;
         }
         let held = crate::timer::oldest_deadline(

@@ -474,23 +474,22 @@ impl<F: Frame> Shard<F> {
         if let Some(forwarded) = self.failed_over {
             return self.forward(side, forwarded, frame, now);
         }
-        let mut out = out!(self, now);
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match class {
             Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
-            Class::Datagram(key, span) => self.handle_datagram(side, frame, key, Kind::Datagram, span, now),
-            Class::OtherIp(key, span) => self.handle_datagram(side, frame, key, Kind::OtherIp, span, now),
+            Class::Datagram(key, span) => self.handle_datagram(side, frame, &key, Kind::Datagram, span, now),
+            Class::OtherIp(key, span) => self.handle_datagram(side, frame, &key, Kind::OtherIp, span, now),
             Class::Fragment(key, frag) => self.handle_fragment(side, frame, key, frag, now),
             Class::Malformed(reason) => {
-                out.counters.malformed[reason as usize] += 1;
+                self.counters.malformed[reason as usize] += 1;
                 if compare_non_ip {
                     self.handle_non_ip(side, frame, now);
                 } else {
-                    passthrough(&mut out, side, frame, DropReason::Malformed);
+                    passthrough(&mut out!(self, now), side, frame, DropReason::Malformed);
                 }
             }
             Class::NonIp(_) if compare_non_ip => self.handle_non_ip(side, frame, now),
-            Class::NonIp(_) => passthrough(&mut out, side, frame, DropReason::NonIp),
+            Class::NonIp(_) => passthrough(&mut out!(self, now), side, frame, DropReason::NonIp),
         }
     }
 
@@ -519,13 +518,13 @@ impl<F: Frame> Shard<F> {
         let len = frame.bytes().len() as u32;
         // SPEC §4: whole-frame match (every byte, padding included).
         let span = Span { offset: 0, len };
-        self.handle_datagram(side, frame, NON_IP_KEY, Kind::NonIp, span, now);
+        self.handle_datagram(side, frame, &NON_IP_KEY, Kind::NonIp, span, now);
     }
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
-    fn flow_slot(&mut self, key: FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
-        let hash = self.index.hash(&key, kind as u8);
-        if let Some(slot) = self.find(hash, &key, kind) {
+    fn flow_slot(&mut self, key: &FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
+        let hash = self.index.hash(key, kind as u8);
+        if let Some(slot) = self.find(hash, key, kind) {
             return Ok(slot);
         }
         if !self.unflowed.is_empty() {
@@ -535,7 +534,7 @@ impl<F: Frame> Shard<F> {
         if !self.admit(hash, now) {
             return Err(NoFlow::Budget);
         }
-        let slot = self.insert(key, kind, hash, now);
+        let slot = self.insert(*key, kind, hash, now);
         if slot.is_none() {
             // No flow was made: the credit it took goes back.
             self.budget.refund(&self.cfg);
@@ -749,7 +748,7 @@ impl<F: Frame> Shard<F> {
         if seg.syn && side == Side::Secondary {
             self.offsets_epoch += 1;
         }
-        let slot = self.flow_slot(key, Kind::Tcp, now);
+        let slot = self.flow_slot(&key, Kind::Tcp, now);
         let mut out = out!(self, now);
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
@@ -786,11 +785,11 @@ impl<F: Frame> Shard<F> {
     }
 
     /// One unfragmented datagram (UDP/ICMP, other IP, or a non-IP frame).
-    fn handle_datagram(&mut self, side: Side, frame: F, key: FlowKey, kind: Kind, span: Span, now: Timestamp) {
+    fn handle_datagram(&mut self, side: Side, frame: F, key: &FlowKey, kind: Kind, span: Span, now: Timestamp) {
         if side == Side::Primary && !self.unflowed.is_empty() {
             // A resource-pressure flush is pending: later datagrams queue behind the parked
             // ones so no flow is reordered.
-            return self.overflow(side, frame, false, DropReason::FlowTableFull, &key, now);
+            return self.overflow(side, frame, false, DropReason::FlowTableFull, key, now);
         }
         let len = frame.bytes().len() as u32;
         let proto = if kind == Kind::NonIp { 0 } else { key.proto };
@@ -799,7 +798,7 @@ impl<F: Frame> Shard<F> {
             Ok(slot) => slot,
             Err(NoFlow::Budget) => return self.refuse_new_flow(side, SegFrames::One(piece.frame), now),
             Err(NoFlow::TableFull) => {
-                return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, &key, now)
+                return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, key, now)
             }
         };
         out!(self, now).hold(side, len);
@@ -815,7 +814,7 @@ impl<F: Frame> Shard<F> {
             f.last_activity = now;
             f.saw(side, one_sided);
             match &mut f.conn {
-                Conn::Datagram(d) => Some((f.key, d)),
+                Conn::Datagram(d) => Some((&f.key, d)),
                 Conn::Tcp(_) => None,
             }
         }) else {
@@ -830,8 +829,8 @@ impl<F: Frame> Shard<F> {
             return;
         };
         match side {
-            Side::Primary => d.on_primary(item, &mut out, &self.cfg, &key),
-            Side::Secondary => d.on_secondary(item, &mut out, &self.cfg, &key),
+            Side::Primary => d.on_primary(item, &mut out, &self.cfg, key),
+            Side::Secondary => d.on_secondary(item, &mut out, &self.cfg, key),
         }
         self.reschedule(slot);
     }
@@ -867,7 +866,7 @@ impl<F: Frame> Shard<F> {
     /// Gives a reassembled datagram (its frames held) to its flow, or parks it if the table
     /// is full.
     fn feed_reassembled(&mut self, side: Side, key: FlowKey, kind: Kind, item: Item<F>, now: Timestamp) {
-        match self.flow_slot(key, kind, now) {
+        match self.flow_slot(&key, kind, now) {
             Ok(slot) => self.feed_item(side, slot, item, now),
             Err(NoFlow::Budget) => {
                 let mut out = out!(self, now);
@@ -1311,7 +1310,7 @@ impl<F: Frame> Shard<F> {
         let (slot, created) = match self.lookup(&cs.conn, Kind::Tcp) {
             Some(slot) => (slot, false),
             None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
-                match self.flow_slot(cs.conn, Kind::Tcp, now) {
+                match self.flow_slot(&cs.conn, Kind::Tcp, now) {
                     Ok(slot) => (slot, true),
                     // Table full or past the new-flow budget: its copy is mirrored all the same.
                     Err(_) => return Some(cs),
