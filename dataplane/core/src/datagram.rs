@@ -249,15 +249,21 @@ pub(crate) struct DatagramFlow<F> {
     pub(crate) requested: u16,
     /// A timeout was requested this epoch: no more compare deadlines until the flush.
     pub(crate) timed_out: bool,
-    /// Name in requests instead of the key (`non-ip`).
-    name: Option<&'static str>,
-    /// Digests of the unmatched primary datagrams the last flush released (at most the
-    /// reorder window's worth): a lagging secondary's copies of them, sent before the
-    /// checkpoint but arriving after, are absorbed instead of compared as new output (SPEC §6).
-    absorb: VecDeque<u64>,
+    /// The flow of non-IP frames: named `non-ip` in requests instead of by its key.
+    non_ip: bool,
+    /// What the last flush released unmatched, while a lagging secondary's copies may still
+    /// come (boxed: most flows never have any, and the entry stays small).
+    absorb: Option<Box<Absorb>>,
+}
+
+/// Digests of the unmatched primary datagrams a flush released (at most [`ABSORB_MAX`], the
+/// oldest): a lagging secondary's copies of them, sent before the checkpoint but arriving
+/// after, are absorbed instead of compared as new output (SPEC §6).
+struct Absorb {
+    digests: VecDeque<u64>,
     /// Absorbing ends here (`compare_timeout` after the flush): a later equal datagram is
     /// new output, not a lagging copy.
-    absorb_until: Timestamp,
+    until: Timestamp,
 }
 
 /// Flushed datagrams remembered per flow for absorbing a lagging secondary's copies.
@@ -275,15 +281,14 @@ impl<F: Frame> DatagramFlow<F> {
             diverged: false,
             requested: 0,
             timed_out: false,
-            name: None,
-            absorb: VecDeque::new(),
-            absorb_until: Timestamp(0),
+            non_ip: false,
+            absorb: None,
         }
     }
 
-    /// A flow reported under `name` rather than its key.
-    pub(crate) fn named(mut self, name: &'static str) -> Self {
-        self.name = Some(name);
+    /// The flow of non-IP frames, reported as `non-ip` rather than by its key.
+    pub(crate) fn non_ip(mut self) -> Self {
+        self.non_ip = true;
         self
     }
 
@@ -294,9 +299,10 @@ impl<F: Frame> DatagramFlow<F> {
         key: &FlowKey,
         detail: impl FnOnce() -> String,
     ) {
-        match self.name {
-            Some(name) => out.request(&mut self.requested, reason, name, detail),
-            None => out.request(&mut self.requested, reason, key, detail),
+        if self.non_ip {
+            out.request(&mut self.requested, reason, "non-ip", detail)
+        } else {
+            out.request(&mut self.requested, reason, key, detail)
         }
     }
 
@@ -377,15 +383,15 @@ impl<F: Frame> DatagramFlow<F> {
                 k += 1;
             }
         }
-        if !self.absorb.is_empty() && out.now >= self.absorb_until {
-            self.absorb.clear();
+        if self.absorb.as_ref().is_some_and(|a| out.now >= a.until || a.digests.is_empty()) {
+            self.absorb = None;
         }
-        if !self.absorb.is_empty() {
+        if let Some(absorb) = self.absorb.as_mut() {
             let digest = item.digest();
-            if let Some(i) = self.absorb.iter().position(|&d| d == digest) {
+            if let Some(i) = absorb.digests.iter().position(|&d| d == digest) {
                 // The secondary's copy of a datagram the last flush released: it lagged
                 // behind the checkpoint. Absorbed, and it takes no position.
-                self.absorb.remove(i);
+                absorb.digests.remove(i);
                 self.s_next -= 1;
                 item.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
                 return;
@@ -544,21 +550,19 @@ impl<F: Frame> DatagramFlow<F> {
     /// at the secondary's position would pair every later primary datagram with the wrong
     /// secondary one (a storm of `datagram-mismatch` on flows that agree).
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration, resync: bool) {
-        self.absorb.clear();
-        self.absorb_until = out.now.saturating_add(timeout);
+        let mut digests = VecDeque::new();
         while let Some(p) = self.primary.pop_front() {
             // The oldest ones: a lagging secondary sends its copies oldest first.
-            if !p.matched && self.absorb.len() < ABSORB_MAX {
-                self.absorb.push_back(p.digest());
+            if !p.matched && digests.len() < ABSORB_MAX {
+                digests.push_back(p.digest());
             }
             p.release(out, Side::Primary, Via::Flush, DropReason::Flushed);
         }
         let ahead = !resync && self.s_next > self.p_next;
-        if ahead {
-            // The secondary already sent every position the flush released: no late copies
-            // of them can come, and a new datagram equal to one of them is new output.
-            self.absorb.clear();
-        }
+        // When the secondary is ahead it already sent every position the flush released: no
+        // late copies of them can come, and a new datagram equal to one of them is new output.
+        self.absorb = (!ahead && !digests.is_empty())
+            .then(|| Box::new(Absorb { digests, until: out.now.saturating_add(timeout) }));
         let mut i = 0;
         while i < self.secondary.len() {
             let keep = ahead && self.secondary.get(i).is_some_and(|s| !s.kept && s.pos >= self.p_next);
