@@ -2,7 +2,7 @@
 //! the EAL starts once per process (issue 2).
 
 use colo_suite::{loopback_ring_port, test_eal, test_eal_args, unique, varied_frames};
-use dpdk::{Eal, Error, FreeBatch, Mbuf, Mempool, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
+use dpdk::{Eal, Error, Mbuf, Mempool, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
 
 #[test]
 fn a_half_consumed_rx_burst_returns_every_mbuf_to_the_pool() {
@@ -74,31 +74,6 @@ fn a_full_tx_batch_gives_the_mbuf_back_and_unsent_stay_in_order() {
     assert_eq!(batch.len(), BURST_SIZE - sent);
     let first_unsent = batch.pop_front().unwrap();
     assert_eq!(first_unsent.data(), &frames[sent][..], "unsent keep their order");
-}
-
-#[test]
-fn a_free_batch_frees_a_burst_at_a_time_and_the_rest_on_flush_or_drop() {
-    let eal = test_eal();
-    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 127, 0, 2176).unwrap();
-    let frames = varied_frames(BURST_SIZE + 5, 13);
-    let mut freed = FreeBatch::new();
-    for f in &frames[..BURST_SIZE] {
-        freed.push(Mbuf::from_slice(&pool, f).unwrap());
-    }
-    assert_eq!(freed.len(), BURST_SIZE);
-    assert_eq!(pool.in_use(), BURST_SIZE as u32, "collected, not freed yet");
-    freed.push(Mbuf::from_slice(&pool, &frames[BURST_SIZE]).unwrap());
-    assert_eq!(pool.in_use(), 1, "a full batch is freed when one more comes");
-    assert_eq!(freed.len(), 1);
-    freed.flush();
-    assert!(freed.is_empty());
-    assert_eq!(pool.in_use(), 0);
-    for f in &frames[BURST_SIZE + 1..] {
-        freed.push(Mbuf::from_slice(&pool, f).unwrap());
-    }
-    assert_eq!(pool.in_use(), 4);
-    drop(freed);
-    assert_eq!(pool.in_use(), 0, "what is left goes back when the batch is dropped");
 }
 
 #[test]

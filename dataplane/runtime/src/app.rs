@@ -287,7 +287,6 @@ fn wire_shards(
                 egress: Egress::new(pool.clone(), output_mtu, MBUF_BUFFER, shared.clone()),
                 events: events.clone(),
                 unsent_events: Default::default(),
-                freed: dpdk::FreeBatch::new(),
             },
             commands,
             clock,

@@ -380,7 +380,6 @@ impl ShardContext {
             work += 1;
             state.stopping |= self.command(cmd, now);
         }
-        self.out.freed.flush();
         self.out.tx.flush();
         if let Some(mirror) = &mut self.mirror {
             // Secondary SYNs (or a flush) handled above may have made offsets known.
@@ -479,7 +478,6 @@ impl ShardContext {
         let now = self.clock.now();
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
-        self.out.freed.flush();
         let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
         if let Some(mirror) = &mut self.mirror {
             // After the flush every offset is 0: the waiting copies can go.
@@ -587,9 +585,6 @@ pub struct Outlets {
     pub events: Arc<ArrayQueue<ShardEvent>>,
     /// Events the queue had no room for yet (kept in order, never lost).
     pub unsent_events: VecDeque<ShardEvent>,
-    /// Dropped frames' mbufs (consumed secondary copies, mostly), freed a burst at a time and
-    /// at the end of every round.
-    pub freed: dpdk::FreeBatch,
 }
 
 impl Outlets {
@@ -616,8 +611,8 @@ impl Outlets {
     fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
         match action {
             Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
-            // The shard has counted it by reason; its mbuf joins the round's bulk free.
-            Action::Drop { frame, .. } => self.freed.push(frame.into_mbuf()),
+            // Dropping the handle frees the mbuf; the shard has counted it by reason.
+            Action::Drop { frame, .. } => drop(frame),
             Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request }),
         }
     }

@@ -3,7 +3,6 @@
 //! [`RxBurst`] hands out the mbufs a receive call produced and frees every one the caller did
 //! not take when it is refilled or dropped. [`TxBatch`] holds mbufs waiting for transmission;
 //! a transmit call removes what the device accepted and leaves the rest, still owned, in order.
-//! [`FreeBatch`] collects mbufs to free and gives them back to their pools a burst at a time.
 
 use crate::mbuf::Mbuf;
 
@@ -161,71 +160,5 @@ impl TxBatch {
 impl Drop for TxBatch {
     fn drop(&mut self) {
         while self.pop_front().is_some() {}
-    }
-}
-
-/// Mbufs waiting to go back to their pools, freed [`BURST_SIZE`] at a time with one
-/// `rte_pktmbuf_free_bulk` call (a freed mbuf's header and pool are still in cache from the
-/// frame's handling, so a call per mbuf was mostly the call's own cost). Whatever is still
-/// collected is freed by [`FreeBatch::flush`] and when the batch is dropped.
-pub struct FreeBatch {
-    pkts: [RawMbuf; BURST_SIZE],
-    len: usize,
-}
-
-// SAFETY: the batch exclusively owns the mbufs in pkts[..len]; mbufs may move between threads
-// (see `Mbuf`).
-unsafe impl Send for FreeBatch {}
-
-impl Default for FreeBatch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl FreeBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        FreeBatch { pkts: [std::ptr::null_mut(); BURST_SIZE], len: 0 }
-    }
-
-    /// Mbufs collected and not freed yet.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing waits to be freed.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Takes `m` to be freed; frees the whole batch when it is full.
-    pub fn push(&mut self, m: Mbuf) {
-        if self.len == BURST_SIZE {
-            self.flush();
-        }
-        self.pkts[self.len] = m.into_raw();
-        self.len += 1;
-    }
-
-    /// Frees every collected mbuf (whole chains) now.
-    pub fn flush(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        // SAFETY: pkts[..len] are mbufs this batch owns (each taken from an owned Mbuf by push,
-        // so none is freed elsewhere); rte_pktmbuf_free_bulk frees every segment of each one
-        // and reads nothing past `len` entries.
-        unsafe { dpdk_sys::rte_pktmbuf_free_bulk(self.pkts.as_mut_ptr(), self.len as u32) };
-        for p in &mut self.pkts[..self.len] {
-            *p = std::ptr::null_mut();
-        }
-        self.len = 0;
-    }
-}
-
-impl Drop for FreeBatch {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
