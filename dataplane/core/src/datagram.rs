@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 
 use crate::checkpoint::{hex_window, CheckpointReason};
+use crate::fifo::Fifo;
 use crate::out::{Out, Piece};
 use crate::reasons::{DropReason, Via};
 use crate::time::Timestamp;
@@ -234,10 +235,11 @@ fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
 
 /// Comparison state of one datagram flow.
 pub(crate) struct DatagramFlow<F> {
-    /// Held primary datagrams in primary order; `matched` ones wait for earlier ones.
-    pub(crate) primary: VecDeque<Item<F>>,
+    /// Held primary datagrams in primary order; `matched` ones wait for earlier ones. The
+    /// oldest is kept inline (in the flow's table entry), as is the secondary's.
+    primary: Fifo<Item<F>>,
     /// Unmatched secondary datagrams in position order.
-    pub(crate) secondary: VecDeque<Item<F>>,
+    secondary: Fifo<Item<F>>,
     /// Position of the next primary / secondary datagram.
     p_next: u64,
     s_next: u64,
@@ -272,8 +274,8 @@ const ABSORB_MAX: usize = 16;
 impl<F: Frame> DatagramFlow<F> {
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {
         DatagramFlow {
-            primary: VecDeque::new(),
-            secondary: VecDeque::new(),
+            primary: Fifo::default(),
+            secondary: Fifo::default(),
             p_next: 0,
             s_next: 0,
             unmatched_primary: 0,
@@ -536,7 +538,7 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// Takes the held secondary datagrams (oldest first) out of the comparison: a failover
     /// decides what becomes of them.
-    pub(crate) fn take_secondary(&mut self) -> VecDeque<Item<F>> {
+    pub(crate) fn take_secondary(&mut self) -> Fifo<Item<F>> {
         std::mem::take(&mut self.secondary)
     }
 

@@ -26,6 +26,7 @@ pub mod checkpoint;
 pub mod checksum;
 pub mod counters;
 mod datagram;
+mod fifo;
 pub mod fixtures;
 mod flow_index;
 mod out;
