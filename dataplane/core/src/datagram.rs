@@ -253,8 +253,9 @@ pub(crate) struct DatagramFlow<F> {
     pub(crate) timed_out: bool,
     /// The flow of non-IP frames: named `non-ip` in requests instead of by its key.
     non_ip: bool,
-    /// What the last flush released unmatched, while a lagging secondary's copies may still
-    /// come (boxed: most flows never have any, and the entry stays small).
+    /// What the last flush released unmatched, for absorbing a lagging secondary's copies
+    /// (boxed: most flows never have any, and the entry stays small). Freed by the first
+    /// secondary datagram after absorbing ended or the list emptied, or by the next flush.
     absorb: Option<Box<Absorb>>,
 }
 
@@ -552,7 +553,8 @@ impl<F: Frame> DatagramFlow<F> {
     /// at the secondary's position would pair every later primary datagram with the wrong
     /// secondary one (a storm of `datagram-mismatch` on flows that agree).
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration, resync: bool) {
-        let mut digests = VecDeque::new();
+        // One allocation, only when the flush releases unmatched datagrams (checkpoints only).
+        let mut digests = VecDeque::with_capacity(self.unmatched_primary.min(ABSORB_MAX));
         while let Some(p) = self.primary.pop_front() {
             // The oldest ones: a lagging secondary sends its copies oldest first.
             if !p.matched && digests.len() < ABSORB_MAX {
