@@ -9,10 +9,17 @@
 use colo_core::Frame;
 use dpdk::Mbuf;
 
-/// An mbuf as a comparator frame.
+/// An mbuf as a comparator frame: two words, as the comparator keeps a held frame's handle in
+/// its flow entry (what only a chain or a frame for segmentation has is behind a pointer).
 #[derive(Debug)]
 pub struct HeldFrame {
     mbuf: Mbuf,
+    big: Option<Box<Big>>,
+}
+
+/// What a chained frame, or one handed over for segmentation, has besides its mbuf.
+#[derive(Debug)]
+struct Big {
     /// The whole frame, when the mbuf is a chain.
     whole: Option<Box<[u8]>>,
     /// The payload size per segment a guest asked for, for a frame it handed over for
@@ -24,19 +31,21 @@ impl HeldFrame {
     /// A frame as received from a port.
     pub fn received(mbuf: Mbuf) -> HeldFrame {
         let whole = (!mbuf.is_contiguous()).then(|| mbuf.to_contiguous_vec().into_boxed_slice());
-        HeldFrame { segment_size: mbuf.segment_size(), mbuf, whole }
+        let segment_size = mbuf.segment_size();
+        let big = (whole.is_some() || segment_size.is_some()).then(|| Box::new(Big { whole, segment_size }));
+        HeldFrame { mbuf, big }
     }
 
     /// Whether the mbuf can be sent as it is on a port taking frames of up to `max_frame`
     /// bytes: one segment, not waiting for segmentation, short enough.
     pub fn sendable_as_is(&self, max_frame: usize) -> bool {
-        self.whole.is_none() && self.segment_size.is_none() && self.mbuf.len() <= max_frame
+        self.big.is_none() && self.mbuf.len() <= max_frame
     }
 
     /// The payload size per segment the guest asked for, if it handed the frame over for
     /// segmentation.
     pub fn segment_size(&self) -> Option<u16> {
-        self.segment_size
+        self.big.as_ref().and_then(|b| b.segment_size)
     }
 
     /// The mbuf as received (a chain stays a chain; the contiguous copy is dropped).
@@ -52,13 +61,13 @@ impl HeldFrame {
 
 impl Frame for HeldFrame {
     fn bytes(&self) -> &[u8] {
-        match &self.whole {
+        match self.big.as_ref().and_then(|b| b.whole.as_deref()) {
             Some(whole) => whole,
             None => self.mbuf.data(),
         }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        match &mut self.whole {
+        match self.big.as_mut().and_then(|b| b.whole.as_deref_mut()) {
             Some(whole) => whole,
             None => self.mbuf.data_mut(),
         }
