@@ -803,6 +803,11 @@ impl<F: Frame> TcpConn<F> {
         let (Some(mut p), Some(off)) = (self.compared, self.offset) else {
             return;
         };
+        if self.secondary.is_empty() && self.s_rst_raw.is_none() {
+            // The secondary covers nothing (no data, no FIN, no RST): nothing can be compared
+            // or found different yet. The usual case for a primary segment, which comes first.
+            return;
+        }
         loop {
             let pc = self.primary_cover(p);
             let sc = self.secondary_cover(p, off);
