@@ -17,6 +17,9 @@ pub struct HeldFrame {
     big: Option<Box<Big>>,
 }
 
+// The comparator's flow entries hold handles inline: keep it two words.
+const _: () = assert!(std::mem::size_of::<HeldFrame>() == 2 * std::mem::size_of::<usize>());
+
 /// What a chained frame, or one handed over for segmentation, has besides its mbuf.
 #[derive(Debug)]
 struct Big {
