@@ -9,7 +9,8 @@
 //! shuffled flow order); 1460 B TCP pairs in lock-step (same segmentation), over 64
 //! connections. Each is fed pair by pair (`matched_pair`: the
 //! secondary's copy right after the primary's frame) and in bursts of 32 primary frames then
-//! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them).
+//! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them,
+//! handled as the runtime handles a burst: parsed, flows located together, then each frame).
 //!
 //! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run).
 
@@ -17,7 +18,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use colo_core::fixtures::{Conn, IpFrame, TcpFrame};
-use colo_core::{Action, Config, Frame, Shard, Side, Timestamp};
+use colo_core::wire::Class;
+use colo_core::{Action, Config, FlowHint, Frame, Shard, Side, Timestamp};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// A prebuilt frame handed over without a copy. Compare mode never writes into a frame, so a
@@ -68,11 +70,12 @@ impl Case {
             let mut shard = self.shard();
             let mut t = 1_000_000;
             let take = (n - done).min(self.pairs.len() as u64) as usize;
+            let mut staged = Vec::with_capacity(BURST);
             let start = Instant::now();
             let mut released = 0;
             if burst {
                 for pairs in self.pairs[..take].chunks(BURST) {
-                    released += feed_burst(&mut shard, pairs, &mut t);
+                    released += feed_burst(&mut shard, pairs, &mut t, &mut staged);
                 }
             } else {
                 for pair in &self.pairs[..take] {
@@ -103,15 +106,27 @@ fn feed(shard: &mut Shard<Prebuilt>, (p, s): &(Prebuilt, Prebuilt), t: &mut u64)
 const BURST: usize = 32;
 
 /// Hands a burst of primary frames, then the burst of their secondary copies, to the shard
-/// (the order a DPDK lcore receives them in when both guests send the same frames); actions
-/// drained after each frame. Returns the frames released.
-fn feed_burst(shard: &mut Shard<Prebuilt>, pairs: &[(Prebuilt, Prebuilt)], t: &mut u64) -> usize {
+/// (the order a DPDK lcore receives them in when both guests send the same frames) the way
+/// the runtime does: the burst parsed, its flows located together (`Shard::locate_burst`),
+/// then each frame handled and its actions drained. Returns the frames released.
+fn feed_burst(
+    shard: &mut Shard<Prebuilt>,
+    pairs: &[(Prebuilt, Prebuilt)],
+    t: &mut u64,
+    staged: &mut Vec<(Prebuilt, Class)>,
+) -> usize {
     *t += 100;
     let now = Timestamp::from_nanos(*t);
     let mut released = 0;
+    let mut hints = [FlowHint::NONE; BURST];
     for side in [Side::Primary, Side::Secondary] {
         for (p, s) in pairs {
-            shard.handle(side, if side == Side::Primary { *p } else { *s }, now);
+            let frame = if side == Side::Primary { *p } else { *s };
+            staged.push((frame, colo_core::wire::parse(frame.bytes())));
+        }
+        shard.locate_burst(side, staged, |(_, class)| class, &mut hints);
+        for ((frame, class), hint) in staged.drain(..).zip(hints) {
+            shard.handle_located(side, frame, class, hint, now);
             while let Some(a) = shard.poll_action() {
                 released += usize::from(matches!(a, Action::Release { .. }));
             }

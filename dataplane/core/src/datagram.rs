@@ -54,6 +54,17 @@ pub(crate) struct Item<F> {
 }
 
 impl<F: Frame> Item<F> {
+    /// Reads the first compared byte of its first frame (see [`crate::Shard::locate_burst`]).
+    fn warm(&self) {
+        let first = match &self.pieces {
+            Pieces::One(piece) => Some(piece),
+            Pieces::Many(pieces) => pieces.first(),
+        };
+        if let Some(piece) = first {
+            std::hint::black_box(piece.frame.bytes().get(piece.data.offset as usize).copied());
+        }
+    }
+
     pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32, arrived: Timestamp) -> Self {
         Item { proto, pieces, total, arrived, pos: 0, matched: false, kept: false }
     }
@@ -273,6 +284,19 @@ struct Absorb {
 const ABSORB_MAX: usize = 16;
 
 impl<F: Frame> DatagramFlow<F> {
+    /// Reads what a datagram of `side` reads first: the positions, and the other guest's
+    /// oldest held datagram it is compared with (see [`crate::Shard::locate_burst`]).
+    pub(crate) fn warm(&self, side: Side) {
+        std::hint::black_box((self.p_next, self.s_next, self.unmatched_primary));
+        let other = match side {
+            Side::Primary => &self.secondary,
+            Side::Secondary => &self.primary,
+        };
+        if let Some(item) = other.front() {
+            item.warm();
+        }
+    }
+
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {
         DatagramFlow {
             primary: Fifo::default(),

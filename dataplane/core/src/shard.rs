@@ -62,6 +62,34 @@ enum Kind {
     NonIp,
 }
 
+/// Where [`Shard::locate_burst`] found a frame's flow: the slot that held it then, if any. Only
+/// a shortcut: the handling checks that the slot still holds that flow (an earlier frame of
+/// the burst may have removed it or, in proxy mode, moved the frame to another port's
+/// connection) and looks the flow up again if not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowHint {
+    slot: Option<u32>,
+}
+
+impl FlowHint {
+    /// No hint: the handling looks the flow up itself.
+    pub const NONE: FlowHint = FlowHint { slot: None };
+}
+
+/// Frames [`Shard::locate_burst`] hashes before it probes (a DPDK receive burst).
+const LOCATE_CHUNK: usize = 32;
+
+/// The flow key and kind a frame of this class is looked up by, if it has a flow of its own
+/// (fragments are keyed by their reassembled datagram; non-IP frames share one flow).
+fn flow_of(class: &Class) -> Option<(&FlowKey, Kind)> {
+    match class {
+        Class::Tcp(key, _) => Some((key, Kind::Tcp)),
+        Class::Datagram(key, _) => Some((key, Kind::Datagram)),
+        Class::OtherIp(key, _) => Some((key, Kind::OtherIp)),
+        Class::Fragment(..) | Class::NonIp(_) | Class::Malformed(_) => None,
+    }
+}
+
 /// The key of the shard's non-IP FIFO (never a real flow: protocol 0, unspecified addresses).
 const NON_IP_KEY: FlowKey = FlowKey {
     vlans: [None, None],
@@ -155,6 +183,17 @@ impl<F: Frame> Flow<F> {
         if self.young && self.seen == 3 {
             self.young = false;
             *one_sided = one_sided.saturating_sub(1);
+        }
+    }
+
+    /// Reads what handling a frame of `side` reads first: a field on each of the entry's cache
+    /// lines, and the comparison state and held frame they point to (see
+    /// [`Shard::locate_burst`]).
+    fn warm(&self, side: Side) {
+        std::hint::black_box((self.compare_at, self.last_activity, self.seen));
+        match &self.conn {
+            Conn::Tcp(c) => c.warm(side),
+            Conn::Datagram(d) => d.warm(side),
         }
     }
 
@@ -470,6 +509,43 @@ impl<F: Frame> Shard<F> {
     /// [`wire::parse`] of these very bytes (the runtime's dispatcher parses each frame once to
     /// pick its shard and hands the result over, SPEC §8).
     pub fn handle_parsed(&mut self, side: Side, frame: F, class: Class, now: Timestamp) {
+        self.handle_located(side, frame, class, FlowHint::NONE, now);
+    }
+
+    /// Looks up, without changing anything, the flows of a receive burst's frames (`class`
+    /// gives an item's parse) into `hints`, and reads into the cache what handling each frame
+    /// of `side` will read first: its flow entry, and the other guest's oldest held frame it
+    /// is compared with. Frames then handled with their hints ([`Shard::handle_located`]) find
+    /// that memory in the cache, and the burst's lookups overlapped their memory reads, where
+    /// frame by frame each lookup waits for the one before: the batched lookup of DPDK's
+    /// l3fwd, for a table too big for the cache.
+    ///
+    /// All hashes come first, then all probes, so the probes' misses are outstanding together.
+    /// `hints` past `items` are left alone.
+    pub fn locate_burst<T>(&self, side: Side, items: &[T], class: impl Fn(&T) -> &Class, hints: &mut [FlowHint]) {
+        if self.failed_over.is_some() {
+            // Frames are forwarded uncompared: no flow to find.
+            return hints.iter_mut().for_each(|h| *h = FlowHint::NONE);
+        }
+        for (items, hints) in items.chunks(LOCATE_CHUNK).zip(hints.chunks_mut(LOCATE_CHUNK)) {
+            let mut hashes = [0u64; LOCATE_CHUNK];
+            for (hash, item) in hashes.iter_mut().zip(items) {
+                if let Some((key, kind)) = flow_of(class(item)) {
+                    *hash = self.index.hash(key, kind as u8);
+                }
+            }
+            for ((hint, item), &hash) in hints.iter_mut().zip(items).zip(&hashes) {
+                hint.slot = flow_of(class(item)).and_then(|(key, kind)| self.find(hash, key, kind));
+                if let Some(flow) = hint.slot.and_then(|s| self.slots.get(s as usize)).and_then(|s| s.flow.as_ref()) {
+                    flow.warm(side);
+                }
+            }
+        }
+    }
+
+    /// [`Shard::handle_parsed`] with the frame's flow located beforehand
+    /// ([`Shard::locate_burst`]).
+    pub fn handle_located(&mut self, side: Side, frame: F, class: Class, hint: FlowHint, now: Timestamp) {
         debug_assert!(class == wire::parse(frame.bytes()), "a class parsed from other bytes");
         match side {
             Side::Primary => self.counters.primary_in += 1,
@@ -480,9 +556,9 @@ impl<F: Frame> Shard<F> {
         }
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match class {
-            Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, now),
-            Class::Datagram(key, span) => self.handle_datagram(side, frame, &key, Kind::Datagram, span, now),
-            Class::OtherIp(key, span) => self.handle_datagram(side, frame, &key, Kind::OtherIp, span, now),
+            Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, hint, now),
+            Class::Datagram(key, span) => self.handle_datagram(side, frame, &key, Kind::Datagram, span, hint, now),
+            Class::OtherIp(key, span) => self.handle_datagram(side, frame, &key, Kind::OtherIp, span, hint, now),
             Class::Fragment(key, frag) => self.handle_fragment(side, frame, key, frag, now),
             Class::Malformed(reason) => {
                 self.counters.malformed[reason as usize] += 1;
@@ -522,11 +598,18 @@ impl<F: Frame> Shard<F> {
         let len = frame.bytes().len() as u32;
         // SPEC §4: whole-frame match (every byte, padding included).
         let span = Span { offset: 0, len };
-        self.handle_datagram(side, frame, &NON_IP_KEY, Kind::NonIp, span, now);
+        self.handle_datagram(side, frame, &NON_IP_KEY, Kind::NonIp, span, FlowHint::NONE, now);
     }
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
-    fn flow_slot(&mut self, key: &FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
+    /// `hint` is where [`Shard::locate`] found it, if it did.
+    fn flow_slot(&mut self, key: &FlowKey, kind: Kind, hint: FlowHint, now: Timestamp) -> Result<u32, NoFlow> {
+        if let Some(slot) = hint.slot {
+            let flow = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref());
+            if flow.is_some_and(|f| f.kind == kind && f.key == *key) {
+                return Ok(slot);
+            }
+        }
         let hash = self.index.hash(key, kind as u8);
         if let Some(slot) = self.find(hash, key, kind) {
             return Ok(slot);
@@ -617,7 +700,7 @@ impl<F: Frame> Shard<F> {
         }
     }
 
-    fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+    fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, hint: FlowHint, now: Timestamp) {
         let (mut frame, mut key) = (frame, key);
         let mut paired = None;
         if self.cfg.mode == crate::Mode::Proxy {
@@ -638,7 +721,7 @@ impl<F: Frame> Shard<F> {
                 Side::Primary => {}
             }
         }
-        self.handle_tcp_conn(side, SegFrames::One(frame), key, seg, now);
+        self.handle_tcp_conn(side, SegFrames::One(frame), key, seg, hint, now);
         if let Some(parked) = paired {
             self.unpark(parked, key.src_port, now);
         }
@@ -744,15 +827,24 @@ impl<F: Frame> Shard<F> {
             SegFrames::One(frame),
             FlowKey { src_port: primary_port, ..key },
             seg,
+            FlowHint::NONE,
             now,
         );
     }
 
-    fn handle_tcp_conn(&mut self, side: Side, frames: SegFrames<F>, key: FlowKey, seg: TcpSegment, now: Timestamp) {
+    fn handle_tcp_conn(
+        &mut self,
+        side: Side,
+        frames: SegFrames<F>,
+        key: FlowKey,
+        seg: TcpSegment,
+        hint: FlowHint,
+        now: Timestamp,
+    ) {
         if seg.syn && side == Side::Secondary {
             self.offsets_epoch += 1;
         }
-        let slot = self.flow_slot(&key, Kind::Tcp, now);
+        let slot = self.flow_slot(&key, Kind::Tcp, hint, now);
         let mut out = out!(self, now);
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
@@ -789,7 +881,17 @@ impl<F: Frame> Shard<F> {
     }
 
     /// One unfragmented datagram (UDP/ICMP, other IP, or a non-IP frame).
-    fn handle_datagram(&mut self, side: Side, frame: F, key: &FlowKey, kind: Kind, span: Span, now: Timestamp) {
+    #[allow(clippy::too_many_arguments)]
+    fn handle_datagram(
+        &mut self,
+        side: Side,
+        frame: F,
+        key: &FlowKey,
+        kind: Kind,
+        span: Span,
+        hint: FlowHint,
+        now: Timestamp,
+    ) {
         if side == Side::Primary && !self.unflowed.is_empty() {
             // A resource-pressure flush is pending: later datagrams queue behind the parked
             // ones so no flow is reordered.
@@ -798,7 +900,7 @@ impl<F: Frame> Shard<F> {
         let len = frame.bytes().len() as u32;
         let proto = if kind == Kind::NonIp { 0 } else { key.proto };
         let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
-        let slot = match self.flow_slot(key, kind, now) {
+        let slot = match self.flow_slot(key, kind, hint, now) {
             Ok(slot) => slot,
             Err(NoFlow::Budget) => return self.refuse_new_flow(side, SegFrames::One(piece.frame), now),
             Err(NoFlow::TableFull) => {
@@ -870,7 +972,7 @@ impl<F: Frame> Shard<F> {
     /// Gives a reassembled datagram (its frames held) to its flow, or parks it if the table
     /// is full.
     fn feed_reassembled(&mut self, side: Side, key: FlowKey, kind: Kind, item: Item<F>, now: Timestamp) {
-        match self.flow_slot(&key, kind, now) {
+        match self.flow_slot(&key, kind, FlowHint::NONE, now) {
             Ok(slot) => self.feed_item(side, slot, item, now),
             Err(NoFlow::Budget) => {
                 let mut out = out!(self, now);
@@ -908,7 +1010,7 @@ impl<F: Frame> Shard<F> {
                 key.src_port = port;
             }
         }
-        self.handle_tcp_conn(side, frames, key, seg, now);
+        self.handle_tcp_conn(side, frames, key, seg, FlowHint::NONE, now);
     }
 
     fn insert(&mut self, key: FlowKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {
@@ -1314,7 +1416,7 @@ impl<F: Frame> Shard<F> {
         let (slot, created) = match self.lookup(&cs.conn, Kind::Tcp) {
             Some(slot) => (slot, false),
             None if seg.syn && !seg.ack_flag && self.failed_over.is_none() => {
-                match self.flow_slot(&cs.conn, Kind::Tcp, now) {
+                match self.flow_slot(&cs.conn, Kind::Tcp, FlowHint::NONE, now) {
                     Ok(slot) => (slot, true),
                     // Table full or past the new-flow budget: its copy is mirrored all the same.
                     Err(_) => return Some(cs),

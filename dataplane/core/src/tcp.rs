@@ -83,6 +83,17 @@ pub(crate) enum SegFrames<F> {
 }
 
 impl<F: Frame> SegFrames<F> {
+    /// Reads the byte at `offset` of the (first) frame (see [`crate::Shard::locate_burst`]).
+    fn warm(&self, offset: u32) {
+        let first = match self {
+            SegFrames::One(frame) => Some(frame),
+            SegFrames::Fragments(pieces) => pieces.first().map(|p| &p.frame),
+        };
+        if let Some(frame) = first {
+            std::hint::black_box(frame.bytes().get(offset as usize).copied());
+        }
+    }
+
     /// A reassembled TCP datagram as a segment, if its first fragment holds the whole TCP
     /// header; otherwise the item back (it is compared as a datagram, SPEC §5.3).
     pub(crate) fn from_item(item: Item<F>) -> Result<(Self, TcpSegment), Item<F>> {
@@ -365,6 +376,25 @@ pub(crate) struct TcpConn<F> {
 }
 
 impl<F: Frame> TcpConn<F> {
+    /// Reads what a segment of `side` reads first: the queues, the stream counts, and the
+    /// start of the other guest's oldest held payload it is compared with (see
+    /// [`crate::Shard::locate_burst`]).
+    pub(crate) fn warm(&self, side: Side) {
+        std::hint::black_box((self.p_bytes, self.s_bytes, self.compared, self.closed_at));
+        match side {
+            Side::Primary => {
+                if let Some(held) = self.secondary.front() {
+                    held.frames.warm(held.seg.payload_offset);
+                }
+            }
+            Side::Secondary => {
+                if let Some(held) = self.primary.front() {
+                    held.frames.warm(held.seg.payload_offset);
+                }
+            }
+        }
+    }
+
     pub(crate) fn new(mode: Mode) -> Self {
         TcpConn {
             primary: VecDeque::new(),

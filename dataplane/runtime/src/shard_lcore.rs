@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use colo_core::{Action, Counters, Frame, Shard, Side};
+use colo_core::wire::Class;
+use colo_core::{Action, Counters, FlowHint, Frame, Shard, Side};
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, RxBurst, RxQueue, BURST_SIZE};
 
@@ -121,6 +122,9 @@ pub struct ShardContext {
     pub backoff: crate::IdleBackoff,
     /// This lcore's busy/idle cycles.
     pub load: Arc<crate::LcoreLoad>,
+    /// The receive burst being handled, each frame with its parse (empty between bursts; its
+    /// capacity is kept).
+    pub staged: Vec<(HeldFrame, Class)>,
 }
 
 /// Proxy mode's client side of a shard (SPEC §3): every client frame goes to the primary as
@@ -526,18 +530,21 @@ impl ShardContext {
         n
     }
 
+    /// Takes up to a burst of `side`'s frames and handles them: all are parsed and their
+    /// flows located first, then each is handled and its actions carried out before the next
+    /// ([`Outlets::handle_burst`]).
     fn take_input(&mut self, side: Side, now: colo_core::Timestamp) -> usize {
-        let mut n = 0;
+        let staged = &mut self.staged;
         match &mut self.input {
             ShardInput::Rings { primary, secondary, .. } => {
                 let ring = match side {
                     Side::Primary => primary,
                     Side::Secondary => secondary,
                 };
-                while n < BURST_SIZE {
+                while staged.len() < BURST_SIZE {
                     let Ok((m, class)) = ring.pop() else { break };
-                    n += 1;
-                    self.out.handle_one(&mut self.shard, self.id, side, m, class, now);
+                    let class = class.unwrap_or_else(|| colo_core::wire::parse(m.bytes()));
+                    staged.push((m, class));
                 }
             }
             ShardInput::Queues { primary, secondary, burst, gate } => {
@@ -549,13 +556,17 @@ impl ShardContext {
                 if !gate.open() {
                     return 0; // back-pressure, as the I/O lcore does
                 }
-                n = queue.rx_burst(burst);
+                let n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    self.out.handle_one(&mut self.shard, self.id, side, HeldFrame::received(m), None, now);
+                    let m = HeldFrame::received(m);
+                    let class = colo_core::wire::parse(m.bytes());
+                    staged.push((m, class));
                 }
             }
         }
+        let n = staged.len();
+        self.out.handle_burst(&mut self.shard, self.id, side, staged, now);
         n
     }
 
@@ -588,23 +599,27 @@ pub struct Outlets {
 }
 
 impl Outlets {
-    /// Hands one frame to the comparator and carries out its actions at once: released
-    /// frames leave in order, and held frames never wait behind a burst.
-    fn handle_one(
+    /// Hands a burst of `side`'s parsed frames (emptied) to the comparator: their flows are
+    /// located together first ([`Shard::locate_burst`]: the lookups' memory reads overlap),
+    /// then each frame is handled and its actions carried out at once, so released frames
+    /// leave in order and held frames never wait behind the burst.
+    fn handle_burst(
         &mut self,
         shard: &mut Shard<HeldFrame>,
         id: usize,
         side: Side,
-        frame: HeldFrame,
-        class: Option<colo_core::wire::Class>,
+        staged: &mut Vec<(HeldFrame, Class)>,
         now: colo_core::Timestamp,
     ) {
-        match class {
-            Some(class) => shard.handle_parsed(side, frame, class, now),
-            None => shard.handle(side, frame, now),
-        }
-        while let Some(action) = shard.poll_action() {
-            self.apply(action, id);
+        let mut hints = [FlowHint::NONE; BURST_SIZE];
+        shard.locate_burst(side, staged, |(_, class)| class, &mut hints);
+        for (i, (frame, class)) in staged.drain(..).enumerate() {
+            // A burst is never longer than the hints; a frame past them would be looked up.
+            let hint = hints.get(i).copied().unwrap_or(FlowHint::NONE);
+            shard.handle_located(side, frame, class, hint, now);
+            while let Some(action) = shard.poll_action() {
+                self.apply(action, id);
+            }
         }
     }
 
