@@ -14,6 +14,7 @@
 //!
 //! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run).
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -48,42 +49,74 @@ struct Case {
     prime: Vec<(Prebuilt, Prebuilt)>,
     /// The flow table's bound: room for every flow of the case (none is evicted).
     max_flows: usize,
+    /// Whether the pairs can be fed again, from the first, to the shard that has had them all
+    /// (datagrams: each is its flow's next one; TCP segments would be retransmissions).
+    repeats: bool,
+    /// The shard being fed, across samples, and where it is in `pairs`.
+    fed: RefCell<Option<Fed>>,
+}
+
+/// A primed shard and how far it has been fed.
+struct Fed {
+    shard: Shard<Prebuilt>,
+    /// The clock (ns), advanced 100 ns a pair or burst.
+    t: u64,
+    /// The next pair of the case to feed.
+    next: usize,
 }
 
 impl Case {
+    fn new(
+        pairs: Vec<(Prebuilt, Prebuilt)>,
+        prime: Vec<(Prebuilt, Prebuilt)>,
+        max_flows: usize,
+        repeats: bool,
+    ) -> Self {
+        Case { pairs, prime, max_flows, repeats, fed: RefCell::new(None) }
+    }
+
     /// A shard with the case's flows known and matched once.
-    fn shard(&self) -> Shard<Prebuilt> {
+    fn primed(&self) -> Fed {
         let mut shard = Shard::new(Config { new_flows_per_sec: 0, max_flows: self.max_flows, ..Config::default() });
         let mut t = 0;
         for pair in &self.prime {
             feed(&mut shard, pair, &mut t);
         }
-        shard
+        Fed { shard, t, next: 0 }
     }
 
-    /// Feeds `n` pairs (one by one, or in bursts as a DPDK lcore receives them), from a fresh
-    /// primed shard each time the prepared pairs run out; only the feeding is timed.
+    /// Feeds `n` pairs (one by one, or in bursts as a DPDK lcore receives them) to the case's
+    /// shard, going on where the last call stopped; only the feeding is timed. One shard
+    /// serves every sample (a million-flow table takes seconds to prime: a fresh one per
+    /// sample left criterion time for a few cold bursts only), unless its pairs cannot be
+    /// fed again: then a fresh primed shard takes over when they run out.
     fn timed(&self, n: u64, burst: bool) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0u64;
+        let mut staged = Vec::with_capacity(BURST);
+        let mut fed = self.fed.borrow_mut();
         while done < n {
-            let mut shard = self.shard();
-            let mut t = 1_000_000;
-            let take = (n - done).min(self.pairs.len() as u64) as usize;
-            let mut staged = Vec::with_capacity(BURST);
+            let fed = match fed.take() {
+                Some(f) if f.next < self.pairs.len() => fed.insert(f),
+                Some(f) if self.repeats => fed.insert(Fed { next: 0, ..f }),
+                _ => fed.insert(self.primed()),
+            };
+            let take = (n - done).min((self.pairs.len() - fed.next) as u64) as usize;
+            let pairs = &self.pairs[fed.next..fed.next + take];
             let start = Instant::now();
             let mut released = 0;
             if burst {
-                for pairs in self.pairs[..take].chunks(BURST) {
-                    released += feed_burst(&mut shard, pairs, &mut t, &mut staged);
+                for pairs in pairs.chunks(BURST) {
+                    released += feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut staged);
                 }
             } else {
-                for pair in &self.pairs[..take] {
-                    released += feed(&mut shard, pair, &mut t);
+                for pair in pairs {
+                    released += feed(&mut fed.shard, pair, &mut fed.t);
                 }
             }
             total += start.elapsed();
             assert_eq!(released, take, "every primary frame released by match");
+            fed.next += take;
             done += take as u64;
         }
         total
@@ -172,7 +205,7 @@ fn udp_case(flows: usize, rounds: u8) -> Case {
         let (p, s): (Vec<_>, Vec<_>) = rounds.flat_map(|r| order(r).into_iter().map(move |f| pair(f, r))).unzip();
         leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
     };
-    Case { prime: build(0..1), pairs: build(1..1 + rounds), max_flows: 2 * flows }
+    Case::new(build(1..1 + rounds), build(0..1), 2 * flows, true)
 }
 
 /// 1460 B TCP segments in lock-step over 64 connections (round robin), 1,024 segments each
@@ -202,7 +235,7 @@ fn tcp_case() -> Case {
         let (p, s): (Vec<_>, Vec<_>) = v.into_iter().unzip();
         leak(p).into_iter().zip(leak(s)).collect::<Vec<_>>()
     };
-    Case { prime: zip(prime), pairs: zip(pairs), max_flows: Config::default().max_flows }
+    Case::new(zip(pairs), zip(prime), Config::default().max_flows, false)
 }
 
 /// The compared bytes (everything after the Ethernet and IPv4 headers, which differ between
@@ -228,8 +261,9 @@ fn counters(name: &str, case: &Case) {
         let instructions = Builder::new().group(&mut g).kind(Hardware::INSTRUCTIONS).build()?;
         Ok((g, cycles, instructions))
     });
-    let mut shard = case.shard();
-    let mut t = 1_000_000;
+    // The shard the samples fed, where its pairs can be fed again: priming is not repeated.
+    let fed = case.fed.borrow_mut().take().filter(|_| case.repeats);
+    let Fed { mut shard, mut t, .. } = fed.unwrap_or_else(|| case.primed());
     match hardware {
         Ok((mut g, cycles, instructions)) => {
             let _ = g.enable();
