@@ -54,15 +54,14 @@ pub(crate) struct Item<F> {
 }
 
 impl<F: Frame> Item<F> {
-    /// Reads the first compared byte of its first frame (see [`crate::Shard::locate_burst`]).
-    fn warm(&self) {
+    /// The compared bytes of its first frame, from the first (see
+    /// [`crate::Shard::locate_burst`]).
+    fn first_compared(&self) -> &[u8] {
         let first = match &self.pieces {
             Pieces::One(piece) => Some(piece),
             Pieces::Many(pieces) => pieces.first(),
         };
-        if let Some(piece) = first {
-            std::hint::black_box(piece.frame.bytes().get(piece.data.offset as usize).copied());
-        }
+        first.and_then(|p| p.frame.bytes().get(p.data.offset as usize..)).unwrap_or_default()
     }
 
     pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32, arrived: Timestamp) -> Self {
@@ -284,17 +283,15 @@ struct Absorb {
 const ABSORB_MAX: usize = 16;
 
 impl<F: Frame> DatagramFlow<F> {
-    /// Reads what a datagram of `side` reads first: the positions, and the other guest's
-    /// oldest held datagram it is compared with (see [`crate::Shard::locate_burst`]).
-    pub(crate) fn warm(&self, side: Side) {
+    /// Reads what a datagram of `side` reads first (the positions), and returns the held bytes
+    /// of the other guest it is compared with first (see [`crate::Shard::locate_burst`]).
+    pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_next, self.s_next, self.unmatched_primary));
         let other = match side {
             Side::Primary => &self.secondary,
             Side::Secondary => &self.primary,
         };
-        if let Some(item) = other.front() {
-            item.warm();
-        }
+        other.front().map(Item::first_compared).unwrap_or_default()
     }
 
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {

@@ -83,15 +83,13 @@ pub(crate) enum SegFrames<F> {
 }
 
 impl<F: Frame> SegFrames<F> {
-    /// Reads the byte at `offset` of the (first) frame (see [`crate::Shard::locate_burst`]).
-    fn warm(&self, offset: u32) {
+    /// The bytes of the (first) frame from `offset` (see [`crate::Shard::locate_burst`]).
+    fn bytes_from(&self, offset: u32) -> &[u8] {
         let first = match self {
             SegFrames::One(frame) => Some(frame),
             SegFrames::Fragments(pieces) => pieces.first().map(|p| &p.frame),
         };
-        if let Some(frame) = first {
-            std::hint::black_box(frame.bytes().get(offset as usize).copied());
-        }
+        first.and_then(|f| f.bytes().get(offset as usize..)).unwrap_or_default()
     }
 
     /// A reassembled TCP datagram as a segment, if its first fragment holds the whole TCP
@@ -376,23 +374,15 @@ pub(crate) struct TcpConn<F> {
 }
 
 impl<F: Frame> TcpConn<F> {
-    /// Reads what a segment of `side` reads first: the queues, the stream counts, and the
-    /// start of the other guest's oldest held payload it is compared with (see
-    /// [`crate::Shard::locate_burst`]).
-    pub(crate) fn warm(&self, side: Side) {
+    /// Reads what a segment of `side` reads first (the stream counts), and returns the other
+    /// guest's oldest held payload it is compared with (see [`crate::Shard::locate_burst`]).
+    pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_bytes, self.s_bytes, self.compared, self.closed_at));
-        match side {
-            Side::Primary => {
-                if let Some(held) = self.secondary.front() {
-                    held.frames.warm(held.seg.payload_offset);
-                }
-            }
-            Side::Secondary => {
-                if let Some(held) = self.primary.front() {
-                    held.frames.warm(held.seg.payload_offset);
-                }
-            }
-        }
+        let held = match side {
+            Side::Primary => self.secondary.front().map(|h| (&h.frames, h.seg.payload_offset)),
+            Side::Secondary => self.primary.front().map(|h| (&h.frames, h.seg.payload_offset)),
+        };
+        held.map(|(frames, offset)| frames.bytes_from(offset)).unwrap_or_default()
     }
 
     pub(crate) fn new(mode: Mode) -> Self {
