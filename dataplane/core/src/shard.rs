@@ -533,7 +533,9 @@ impl<F: Frame> Shard<F> {
     /// frame by frame each lookup waits for the one before: the batched lookup of DPDK's
     /// l3fwd, for a table too big for the cache.
     ///
-    /// All hashes come first, then all probes, so the probes' misses are outstanding together.
+    /// Each step is taken for the whole burst before the next (hashes, index probes, entries,
+    /// held frames' buffers, their bytes), so each step's cache misses are outstanding
+    /// together instead of one after the other.
     /// `hints` past `items` are left alone.
     pub fn locate_burst<T>(&self, side: Side, items: &[T], class: impl Fn(&T) -> &Class, hints: &mut [FlowHint]) {
         if self.failed_over.is_some() {
@@ -547,13 +549,12 @@ impl<F: Frame> Shard<F> {
                     *hash = self.index.hash(key, kind as u8);
                 }
             }
-            let mut held: [&[u8]; LOCATE_CHUNK] = [&[]; LOCATE_CHUNK];
-            for (((hint, item), &hash), held) in hints.iter_mut().zip(items).zip(&hashes).zip(&mut held) {
+            let mut flows: [Option<&Flow<F>>; LOCATE_CHUNK] = [None; LOCATE_CHUNK];
+            for (((hint, item), &hash), flow) in hints.iter_mut().zip(items).zip(&hashes).zip(&mut flows) {
                 hint.slot = flow_of(class(item)).and_then(|(key, kind)| self.find(hash, key, kind));
-                if let Some(flow) = hint.slot.and_then(|s| self.slots.get(s as usize)).and_then(|s| s.flow.as_ref()) {
-                    *held = flow.warm(side);
-                }
+                *flow = hint.slot.and_then(|s| self.slots.get(s as usize)).and_then(|s| s.flow.as_ref());
             }
+            let held = flows.map(|flow| flow.map(|f| f.warm(side)).unwrap_or_default());
             for bytes in held {
                 touch_lines(bytes);
             }
