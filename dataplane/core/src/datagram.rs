@@ -284,7 +284,7 @@ const ABSORB_MAX: usize = 16;
 
 impl<F: Frame> DatagramFlow<F> {
     /// Reads what a datagram of `side` reads first (the positions), and returns the held bytes
-    /// of the other guest it is compared with first (see [`crate::Shard::locate_burst`]).
+    /// of the other guest, what a datagram in step is compared with (see [`crate::Shard::locate_burst`]).
     pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_next, self.s_next, self.unmatched_primary));
         let other = match side {

@@ -199,9 +199,9 @@ impl<F: Frame> Flow<F> {
     }
 
     /// Reads what handling a frame of `side` reads first (fields on the entry's cache lines
-    /// and the comparison state they point to), and returns the held bytes of the other guest
-    /// it is compared with first, for the caller to read once the whole burst's entries are
-    /// asked for (see [`Shard::locate_burst`]).
+    /// and the comparison state they point to), and returns the other guest's oldest held
+    /// bytes (what a frame in step is compared with), for the caller to read once the whole
+    /// burst's entries are asked for (see [`Shard::locate_burst`]).
     fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.compare_at, self.last_activity, self.seen));
         match &self.conn {
@@ -527,20 +527,19 @@ impl<F: Frame> Shard<F> {
 
     /// Looks up, without changing anything, the flows of a receive burst's frames (`class`
     /// gives an item's parse) into `hints`, and reads into the cache what handling each frame
-    /// of `side` will read first: its flow entry, and the other guest's oldest held frame it
-    /// is compared with. Frames then handled with their hints ([`Shard::handle_located`]) find
+    /// of `side` will read first: its flow entry, and the other guest's oldest held frame (the
+    /// one a frame in step is compared with). Frames then handled with their hints ([`Shard::handle_located`]) find
     /// that memory in the cache, and the burst's lookups overlapped their memory reads, where
     /// frame by frame each lookup waits for the one before: the batched lookup of DPDK's
     /// l3fwd, for a table too big for the cache.
     ///
     /// Each step is taken for the whole burst before the next (hashes, index probes, entries,
     /// held frames' buffers, their bytes), so each step's cache misses are outstanding
-    /// together instead of one after the other.
-    /// `hints` past `items` are left alone.
+    /// together instead of one after the other. `hints` past `items` are left alone.
     pub fn locate_burst<T>(&self, side: Side, items: &[T], class: impl Fn(&T) -> &Class, hints: &mut [FlowHint]) {
         if self.failed_over.is_some() {
             // Frames are forwarded uncompared: no flow to find.
-            return hints.iter_mut().for_each(|h| *h = FlowHint::NONE);
+            return hints.iter_mut().take(items.len()).for_each(|h| *h = FlowHint::NONE);
         }
         for (items, hints) in items.chunks(LOCATE_CHUNK).zip(hints.chunks_mut(LOCATE_CHUNK)) {
             let mut hashes = [0u64; LOCATE_CHUNK];
@@ -620,7 +619,7 @@ impl<F: Frame> Shard<F> {
     }
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
-    /// `hint` is where [`Shard::locate`] found it, if it did.
+    /// `hint` is where [`Shard::locate_burst`] found it, if it did.
     fn flow_slot(&mut self, key: &FlowKey, kind: Kind, hint: FlowHint, now: Timestamp) -> Result<u32, NoFlow> {
         if let Some(slot) = hint.slot {
             let flow = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref());

@@ -7,7 +7,8 @@
 //! eight keys (new flows evict idle ones, or find the table full), UDP and TCP on the same
 //! ports, connections that close and reopen, proxy mode's guest-opened connections (the
 //! secondary's segments move to the primary's port), fragments and non-IP frames (no hint),
-//! and checkpoints and timers between bursts.
+//! checkpoints, timers and a failover between bursts. A third shard gets each frame with the
+//! hint of the next frame of its burst: wrong hints are caught, never followed.
 
 mod common;
 
@@ -26,6 +27,18 @@ enum Step {
     Tick,
     /// A checkpoint completes.
     Done,
+}
+
+/// How the bursts are handed over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feeding {
+    /// Frame by frame (`Shard::handle`): the reference.
+    OneByOne,
+    /// Located first, as the runtime does.
+    Located,
+    /// Located first, then each frame handed the hint of the next one (wrong hints must be
+    /// caught, not followed).
+    Misdirected,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -81,16 +94,20 @@ fn config(proxy: bool) -> Config {
     }
 }
 
-/// Runs `steps` (each `gap` ms after the one before) on a shard, in bursts located first or
-/// frame by frame; returns what it did, and its counters.
-fn run(steps: &[(Step, u8)], proxy: bool, located: bool) -> (Log, String) {
+/// Runs `steps` (each `gap` ms after the one before) on a shard, fed as `feeding` says, failing
+/// over before step `failover.0` if asked; returns what it did, and its counters.
+fn run(steps: &[(Step, u8)], proxy: bool, failover: Option<(usize, bool)>, feeding: Feeding) -> (Log, String) {
     let mut shard = Shard::new(config(proxy));
     let mut log = Log::default();
     let mut next = [0usize; 2];
     let mut t = 0u64;
-    for (step, gap) in steps {
+    for (i, (step, gap)) in steps.iter().enumerate() {
         t += u64::from(*gap) * 1_000_000;
         let now = Timestamp::from_nanos(t);
+        if let Some((_, secondary)) = failover.filter(|&(at, _)| at == i) {
+            shard.failover(if secondary { Side::Secondary } else { Side::Primary }, now);
+            drain(&mut shard, &mut log);
+        }
         match step {
             Step::Burst { secondary, frames } => {
                 let side = if *secondary { Side::Secondary } else { Side::Primary };
@@ -104,14 +121,17 @@ fn run(steps: &[(Step, u8)], proxy: bool, located: bool) -> (Log, String) {
                     })
                     .collect();
                 let mut hints = vec![FlowHint::NONE; burst.len()];
-                if located {
+                if feeding != Feeding::OneByOne {
                     shard.locate_burst(side, &burst, |(_, class)| class, &mut hints);
                 }
+                if feeding == Feeding::Misdirected {
+                    hints.rotate_left(1);
+                }
                 for ((f, class), hint) in burst.into_iter().zip(hints) {
-                    if located {
-                        shard.handle_located(side, f, class, hint, now);
-                    } else {
+                    if feeding == Feeding::OneByOne {
                         shard.handle(side, f, now);
+                    } else {
+                        shard.handle_located(side, f, class, hint, now);
                     }
                     drain(&mut shard, &mut log);
                 }
@@ -136,12 +156,15 @@ proptest! {
     fn bursts_located_first_act_exactly_as_frames_one_by_one(
         steps in proptest::collection::vec((step(), 0u8..8), 1..24),
         proxy in any::<bool>(),
+        failover in proptest::option::weighted(0.2, (0usize..24, any::<bool>())),
     ) {
-        let (one_by_one, counters) = run(&steps, proxy, false);
-        let (located, located_counters) = run(&steps, proxy, true);
-        prop_assert_eq!(&located.released, &one_by_one.released);
-        prop_assert_eq!(&located.dropped, &one_by_one.dropped);
-        prop_assert_eq!(format!("{:?}", located.requests), format!("{:?}", one_by_one.requests));
-        prop_assert_eq!(located_counters, counters);
+        let (one_by_one, counters) = run(&steps, proxy, failover, Feeding::OneByOne);
+        for feeding in [Feeding::Located, Feeding::Misdirected] {
+            let (located, located_counters) = run(&steps, proxy, failover, feeding);
+            prop_assert_eq!(&located.released, &one_by_one.released);
+            prop_assert_eq!(&located.dropped, &one_by_one.dropped);
+            prop_assert_eq!(format!("{:?}", located.requests), format!("{:?}", one_by_one.requests));
+            prop_assert_eq!(&located_counters, &counters);
+        }
     }
 }
