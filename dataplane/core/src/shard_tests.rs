@@ -320,6 +320,36 @@ fn test_fin_compared_as_position() {
 }
 
 #[test]
+fn test_data_and_fin_in_one_segment_in_lock_step() {
+    let (pc, _) = conns();
+    let last = |payload: &[u8]| {
+        let seg = pc.data_segment(0, payload, pc.ack);
+        TcpFrame { flags: seg.flags | flags::FIN, ..seg }.build()
+    };
+    let closing = last(b"bye");
+    let mut h = H::new();
+    h.p(&closing, 0);
+    let evs = h.s(&closing, 1);
+    assert_eq!(H::released(&evs), vec![(closing.as_slice(), Via::Match)]);
+    assert!(H::ckpts(&evs).is_empty());
+    assert!(h.shard.flow_status(&flow_key()).is_some_and(|s| s.closed));
+
+    // The same bytes with the FIN on its own segment on the secondary: released once it comes.
+    let mut h = H::new();
+    h.p(&closing, 0);
+    assert!(H::released(&h.s(&pc.data(0, b"bye"), 1)).is_empty());
+    let evs = h.s(&pc.fin(3), 2);
+    assert_eq!(H::released(&evs), vec![(closing.as_slice(), Via::Match)]);
+
+    // Data and FIN on the primary, data and more data on the secondary: a FIN mismatch.
+    let mut h = H::new();
+    h.p(&closing, 0);
+    let evs = h.s(&pc.data(0, b"bye now"), 1);
+    assert_eq!(H::ckpts(&evs), vec!["tcp-fin-mismatch"]);
+    assert!(H::released(&evs).is_empty());
+}
+
+#[test]
 fn test_rst_pair_and_rst_mismatch() {
     let (pc, _) = conns();
     let mut h = H::new();

@@ -266,6 +266,14 @@ pub(crate) struct HeldSecondary<F> {
     kept: bool,
 }
 
+/// How far [`TcpConn::step_in_lock`] got.
+enum InLock {
+    /// Both segments compared equal to their ends, and nothing follows: `compared` goes here.
+    Done(u32),
+    /// Compared equal to here; the general loop goes on.
+    Partly(u32),
+}
+
 /// What occupies a stream position on one side.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cover {
@@ -828,6 +836,14 @@ impl<F: Frame> TcpConn<F> {
             // or found different yet. The usual case for a primary segment, which comes first.
             return;
         }
+        match self.step_in_lock(p, off) {
+            Some(InLock::Done(next)) => {
+                self.compared = Some(next);
+                return;
+            }
+            Some(InLock::Partly(next)) => p = next,
+            None => {}
+        }
         loop {
             let pc = self.primary_cover(p);
             let sc = self.secondary_cover(p, off);
@@ -877,6 +893,38 @@ impl<F: Frame> TcpConn<F> {
             return;
         }
         self.compared = Some(p);
+    }
+
+    /// The lock-step case of [`TcpConn::advance`]'s first step, without its cover searches:
+    /// one unfragmented segment held on each side, both covering `p`, their bytes equal up to
+    /// where the shorter one ends. `Done` when that consumed both and nothing follows them
+    /// (no FIN, no RST known), so the searches could only stop there; `None` for anything else,
+    /// different bytes included (the general loop finds the difference and describes it).
+    fn step_in_lock(&self, p: u32, off: u32) -> Option<InLock> {
+        if self.primary.len() != 1 || self.secondary.len() != 1 {
+            return None;
+        }
+        let (h, s) = (self.primary.front()?, self.secondary.front()?);
+        let (SegFrames::One(_), SegFrames::One(_)) = (&h.frames, &s.frames) else { return None };
+        let into_p = p.wrapping_sub(h.seg.data_start());
+        let into_s = p.wrapping_sub(s.seg.data_start().wrapping_add(off));
+        if into_p >= h.seg.payload_len || into_s >= s.seg.payload_len {
+            return None;
+        }
+        let (rest_p, rest_s) = (h.seg.payload_len - into_p, s.seg.payload_len - into_s);
+        let d = rest_p.min(rest_s);
+        let a = h.frames.payload_run(&h.seg, into_p).get(..d as usize)?;
+        let b = s.frames.payload_run(&s.seg, into_s).get(..d as usize)?;
+        if a != b {
+            return None;
+        }
+        let next = p.wrapping_add(d);
+        let ends = rest_p == rest_s && !h.seg.fin && !s.seg.fin;
+        Some(if ends && self.p_rst.is_none() && self.s_rst_raw.is_none() {
+            InLock::Done(next)
+        } else {
+            InLock::Partly(next)
+        })
     }
 
     /// Compares `[p, p+d)` of every primary segment covering `p` with secondary segment
