@@ -54,7 +54,7 @@ pub(crate) struct Item<F> {
 }
 
 impl<F: Frame> Item<F> {
-    /// The compared bytes of its first frame, from the first (see
+    /// Its first frame's bytes from where the comparison starts (see
     /// [`crate::Shard::locate_burst`]).
     fn first_compared(&self) -> &[u8] {
         let first = match &self.pieces {
@@ -283,8 +283,9 @@ struct Absorb {
 const ABSORB_MAX: usize = 16;
 
 impl<F: Frame> DatagramFlow<F> {
-    /// Reads what a datagram of `side` reads first (the positions), and returns the held bytes
-    /// of the other guest, what a datagram in step is compared with (see [`crate::Shard::locate_burst`]).
+    /// Reads what a datagram of `side` reads first (the positions), and returns the other
+    /// guest's oldest held bytes, what a datagram in step is compared with (see
+    /// [`crate::Shard::locate_burst`]).
     pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_next, self.s_next, self.unmatched_primary));
         let other = match side {

@@ -2,11 +2,10 @@
 //!
 //! Owns the flow table (bounded slots found through `flow_index`; evicts closed then idle flows,
 //! never wipes), the per-shard deadline queue, checkpoint-request aggregation per epoch, the
-//! counters, and the action queue. It dispatches each frame by class: TCP to [`crate::tcp`]; UDP/ICMP/ICMPv6
-//! and other IP protocols to `datagram`; fragments to `reasm`, whose whole
-//! datagrams then go to `datagram` — or, for a reassembled TCP segment, to its
-//! connection in [`crate::tcp`]; non-IP/malformed frames to the configured
-//! [`crate::NonIpPolicy`]. New flows pass the shard's new-flow budget first (SPEC §11).
+//! counters, and the action queue. It dispatches each frame by class: TCP to [`crate::tcp`];
+//! UDP/ICMP/ICMPv6 and other IP protocols to `datagram`; fragments to `reasm`, whose whole
+//! datagrams then go to `datagram` — or, for a reassembled TCP segment, to its connection in
+//! [`crate::tcp`]; non-IP/malformed frames to the configured [`crate::NonIpPolicy`]. New flows pass the shard's new-flow budget first (SPEC §11).
 //!
 //! Must never: read a clock, log or allocate on the per-packet path in steady state (queues
 //! keep their capacity; only checkpoint diagnostics allocate), drop primary output silently,
@@ -528,10 +527,10 @@ impl<F: Frame> Shard<F> {
     /// Looks up, without changing anything, the flows of a receive burst's frames (`class`
     /// gives an item's parse) into `hints`, and reads into the cache what handling each frame
     /// of `side` will read first: its flow entry, and the other guest's oldest held frame (the
-    /// one a frame in step is compared with). Frames then handled with their hints ([`Shard::handle_located`]) find
-    /// that memory in the cache, and the burst's lookups overlapped their memory reads, where
-    /// frame by frame each lookup waits for the one before: the batched lookup of DPDK's
-    /// l3fwd, for a table too big for the cache.
+    /// one a frame in step is compared with). Frames then handled with their hints
+    /// ([`Shard::handle_located`]) find that memory in the cache, and the burst's lookups
+    /// overlapped their memory reads, where frame by frame each lookup waits for the one
+    /// before: the batched lookup of DPDK's l3fwd, for a table too big for the cache.
     ///
     /// Each step is taken for the whole burst before the next (hashes, index probes, entries,
     /// held frames' buffers, their bytes), so each step's cache misses are outstanding

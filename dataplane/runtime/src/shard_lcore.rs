@@ -611,6 +611,9 @@ impl Outlets {
         staged: &mut Vec<(HeldFrame, Class)>,
         now: colo_core::Timestamp,
     ) {
+        if staged.is_empty() {
+            return; // an empty poll
+        }
         let mut hints = [FlowHint::NONE; BURST_SIZE];
         shard.locate_burst(side, staged, |(_, class)| class, &mut hints);
         for (i, (frame, class)) in staged.drain(..).enumerate() {
