@@ -124,6 +124,7 @@ impl<F: Frame> Item<F> {
     }
 
     /// Byte-wise equality across differently fragmented datagrams, without copying.
+    #[inline]
     fn same_as(&self, other: &Item<F>) -> bool {
         if self.proto != other.proto || self.total != other.total {
             return false;
@@ -143,20 +144,11 @@ impl<F: Frame> Item<F> {
     }
 
     /// Hands every frame back in arrival order.
+    #[inline]
     fn release(self, out: &mut Out<'_, F>, side: Side, via: Via, reason: DropReason) {
-        let mut emit = |p: Piece<F>| match side {
-            Side::Primary => out.release_held(p.frame, via, p.arrived, p.len),
-            Side::Secondary => out.release_secondary_held(p.frame, p.len, reason),
-        };
         match self.pieces {
-            Pieces::One(p) => emit(p),
-            Pieces::Many(mut v) => {
-                v.sort_unstable_by_key(|p| p.seq);
-                for p in v.drain(..) {
-                    emit(p);
-                }
-                out.recycle(v);
-            }
+            Pieces::One(p) => emit(out, p, side, via, reason),
+            Pieces::Many(v) => release_pieces(out, v, side, via, reason),
         }
     }
 
@@ -175,23 +167,60 @@ impl<F: Frame> Item<F> {
     }
 }
 
-/// Compares the chunk sequences of two items of equal total length.
-fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
-    // SPEC §5.2: the UDP checksum (bytes 6..8 of the UDP header) is not compared: 0 and a
-    // computed checksum are both valid for the same datagram over IPv4.
-    let skip = if a.proto == crate::wire::proto::UDP { 6..8 } else { 0..0 };
-    if let (Pieces::One(pa), Pieces::One(pb)) = (&a.pieces, &b.pieces) {
-        // The usual case, an unfragmented datagram on both sides: two slices.
-        let (Some(x), Some(y)) = (pa.data.of(pa.frame.bytes()), pb.data.of(pb.frame.bytes())) else {
-            return false;
-        };
-        let cut = skip.start.min(x.len());
-        let resume = skip.end.min(x.len());
-        return x.len() == a.total as usize
-            && x.len() == y.len()
-            && x.get(..cut) == y.get(..cut)
-            && x.get(resume..) == y.get(resume..);
+/// Hands one frame of a released datagram back.
+#[inline]
+fn emit<F>(out: &mut Out<'_, F>, p: Piece<F>, side: Side, via: Via, reason: DropReason) {
+    match side {
+        Side::Primary => out.release_held(p.frame, via, p.arrived, p.len),
+        Side::Secondary => out.release_secondary_held(p.frame, p.len, reason),
     }
+}
+
+/// [`Item::release`] of a reassembled datagram: its frames in arrival order (out of line,
+/// so the usual one-frame release stays small).
+#[inline(never)]
+fn release_pieces<F>(out: &mut Out<'_, F>, mut v: Vec<Piece<F>>, side: Side, via: Via, reason: DropReason) {
+    v.sort_unstable_by_key(|p| p.seq);
+    for p in v.drain(..) {
+        emit(out, p, side, via, reason);
+    }
+    out.recycle(v);
+}
+
+/// The bytes the comparison skips (SPEC §5.2): the UDP checksum (bytes 6..8 of the UDP
+/// header) is not compared, as 0 and a computed checksum are both valid for the same
+/// datagram over IPv4.
+fn skipped(proto: u8) -> core::ops::Range<usize> {
+    if proto == crate::wire::proto::UDP {
+        6..8
+    } else {
+        0..0
+    }
+}
+
+/// Compares the chunk sequences of two items of equal total length.
+#[inline]
+fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
+    let (Pieces::One(pa), Pieces::One(pb)) = (&a.pieces, &b.pieces) else {
+        return eq_scattered(a, b);
+    };
+    // The usual case, an unfragmented datagram on both sides: two slices.
+    let (Some(x), Some(y)) = (pa.data.of(pa.frame.bytes()), pb.data.of(pb.frame.bytes())) else {
+        return false;
+    };
+    let skip = skipped(a.proto);
+    let cut = skip.start.min(x.len());
+    let resume = skip.end.min(x.len());
+    x.len() == a.total as usize
+        && x.len() == y.len()
+        && x.get(..cut) == y.get(..cut)
+        && x.get(resume..) == y.get(resume..)
+}
+
+/// [`eq_chunks`] where either side was reassembled from fragments (out of line).
+#[inline(never)]
+fn eq_scattered<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
+    let skip = skipped(a.proto);
     // Materialising one side's chunk list would allocate; instead iterate `b` with an
     // explicit (piece index, offset) cursor.
     let b_chunk = |i: usize| -> Option<&[u8]> {
@@ -479,6 +508,7 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// The earliest per-datagram compare deadline (SPEC §6), if one is armed: the oldest held
     /// datagram's `compare_timeout`, or `reorder_grace` once both sides hold unmatched ones.
+    #[inline]
     pub(crate) fn compare_deadline(
         &self,
         timeout: core::time::Duration,

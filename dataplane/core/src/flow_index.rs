@@ -31,6 +31,7 @@ impl FlowIndex {
     /// The keyed hash of a flow key and its comparator kind (`tag`). The key is packed into
     /// 128-bit words first (two for IPv4, three for IPv6): hashing the derived way would feed
     /// every field and enum discriminant separately, several times the work.
+    #[inline]
     pub(crate) fn hash(&self, key: &FlowKey, tag: u8) -> u64 {
         // VLAN ids are 12 bits: 0xffff stands for "untagged".
         let vlan = |v: Option<u16>| u128::from(v.unwrap_or(u16::MAX));
@@ -55,6 +56,7 @@ impl FlowIndex {
     }
 
     /// The slot with this hash for which `is` says yes.
+    #[inline]
     pub(crate) fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
         self.table.find(hash, |&slot| is(slot)).copied()
     }

@@ -552,7 +552,12 @@ impl<F: Frame> Shard<F> {
                 hint.slot = flow_of(class(item)).and_then(|(key, kind)| self.find(hash, key, kind));
                 *flow = hint.slot.and_then(|s| self.slots.get(s as usize)).and_then(|s| s.flow.as_ref());
             }
-            let held = flows.map(|flow| flow.map(|f| f.warm(side)).unwrap_or_default());
+            let mut held: [&[u8]; LOCATE_CHUNK] = [&[]; LOCATE_CHUNK];
+            for (bytes, flow) in held.iter_mut().zip(&flows) {
+                if let Some(f) = flow {
+                    *bytes = f.warm(side);
+                }
+            }
             for bytes in held {
                 touch_lines(bytes);
             }
@@ -619,6 +624,7 @@ impl<F: Frame> Shard<F> {
 
     /// Looks up or creates the flow; `None` when the table is full (or must not grow now).
     /// `hint` is where [`Shard::locate_burst`] found it, if it did.
+    #[inline]
     fn flow_slot(&mut self, key: &FlowKey, kind: Kind, hint: FlowHint, now: Timestamp) -> Result<u32, NoFlow> {
         if let Some(slot) = hint.slot {
             let flow = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref());
@@ -626,6 +632,12 @@ impl<F: Frame> Shard<F> {
                 return Ok(slot);
             }
         }
+        self.find_or_make(key, kind, now)
+    }
+
+    /// [`Shard::flow_slot`] without a usable hint: look the flow up, or make it.
+    #[inline(never)]
+    fn find_or_make(&mut self, key: &FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
         let hash = self.index.hash(key, kind as u8);
         if let Some(slot) = self.find(hash, key, kind) {
             return Ok(slot);
@@ -898,6 +910,7 @@ impl<F: Frame> Shard<F> {
 
     /// One unfragmented datagram (UDP/ICMP, other IP, or a non-IP frame).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn handle_datagram(
         &mut self,
         side: Side,
@@ -928,6 +941,7 @@ impl<F: Frame> Shard<F> {
     }
 
     /// Gives a whole datagram (frames already counted as held) to its flow.
+    #[inline(always)]
     fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
         let mut out = out!(self, now);
         let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
@@ -1162,6 +1176,7 @@ impl<F: Frame> Shard<F> {
         self.reschedule_after(slot, None);
     }
 
+    #[inline(always)]
     fn reschedule_after(&mut self, slot: u32, floor: Option<Timestamp>) {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
