@@ -147,6 +147,7 @@ impl<F: Frame> Conn<F> {
             Conn::Datagram(_) => None,
         }
     }
+    #[inline]
     fn compare_deadline(&self, cfg: &Config) -> Option<Timestamp> {
         match self {
             Conn::Tcp(c) => c.compare_deadline(cfg.compare_timeout),

@@ -144,17 +144,11 @@ impl<F: Frame> SegFrames<F> {
 
     /// The payload bytes from position `into` of the segment to the end of the frame that
     /// holds them (all of the rest for an unfragmented segment). Empty if out of range.
+    #[inline]
     fn payload_run(&self, seg: &TcpSegment, into: u32) -> &[u8] {
         match self {
             SegFrames::One(f) => payload(f.bytes(), seg).and_then(|p| p.get(into as usize..)).unwrap_or(&[]),
-            SegFrames::Fragments(v) => {
-                // Offsets inside the IP payload: the TCP header comes first.
-                let at = (seg.payload_offset - seg.header_offset).saturating_add(into);
-                v.iter()
-                    .filter(|p| !p.dup && p.at <= at && at - p.at < p.data.len)
-                    .find_map(|p| p.data.of(p.frame.bytes())?.get((at - p.at) as usize..))
-                    .unwrap_or(&[])
-            }
+            SegFrames::Fragments(v) => fragment_run(v, seg, into),
         }
     }
 
@@ -190,20 +184,14 @@ impl<F: Frame> SegFrames<F> {
 
     /// Hands every frame to `f` with its length and whether it holds the header, in arrival
     /// order; a fragment list goes back to the pool.
+    #[inline]
     pub(crate) fn each(self, out: &mut Out<'_, F>, mut f: impl FnMut(&mut Out<'_, F>, F, u32, bool)) {
         match self {
             SegFrames::One(frame) => {
                 let len = frame.bytes().len() as u32;
                 f(out, frame, len, true);
             }
-            SegFrames::Fragments(mut v) => {
-                v.sort_unstable_by_key(|p| p.seq);
-                for p in v.drain(..) {
-                    let head = p.at == 0 && !p.dup;
-                    f(out, p.frame, p.len, head);
-                }
-                out.recycle(v);
-            }
+            SegFrames::Fragments(v) => each_fragment(v, out, f),
         }
     }
 
@@ -246,6 +234,30 @@ impl<F: Frame> SegFrames<F> {
             (frags, Side::Secondary) => frags.discard_secondary(out, reason),
         }
     }
+}
+
+/// [`SegFrames::payload_run`] of a segment reassembled from fragments (out of line, so the
+/// usual one-frame case stays small).
+#[inline(never)]
+fn fragment_run<'a, F: Frame>(v: &'a [Piece<F>], seg: &TcpSegment, into: u32) -> &'a [u8] {
+    // Offsets inside the IP payload: the TCP header comes first.
+    let at = (seg.payload_offset - seg.header_offset).saturating_add(into);
+    v.iter()
+        .filter(|p| !p.dup && p.at <= at && at - p.at < p.data.len)
+        .find_map(|p| p.data.of(p.frame.bytes())?.get((at - p.at) as usize..))
+        .unwrap_or(&[])
+}
+
+/// [`SegFrames::each`] of a segment reassembled from fragments, in arrival order (out of
+/// line); the list goes back to the pool.
+#[inline(never)]
+fn each_fragment<F>(mut v: Vec<Piece<F>>, out: &mut Out<'_, F>, mut f: impl FnMut(&mut Out<'_, F>, F, u32, bool)) {
+    v.sort_unstable_by_key(|p| p.seq);
+    for p in v.drain(..) {
+        let head = p.at == 0 && !p.dup;
+        f(out, p.frame, p.len, head);
+    }
+    out.recycle(v);
 }
 
 pub(crate) struct HeldPrimary<F> {
@@ -1015,6 +1027,7 @@ impl<F: Frame> TcpConn<F> {
     }
 
     /// The earliest per-packet compare deadline (SPEC §6), if one is armed.
+    #[inline]
     pub(crate) fn compare_deadline(&self, timeout: core::time::Duration) -> Option<Timestamp> {
         if self.diverged || self.timed_out {
             return None;

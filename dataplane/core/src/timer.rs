@@ -54,6 +54,7 @@ impl DeadlineQueue {
 
 /// The compare deadline of a connection: `timeout` after the older of its oldest held primary
 /// and secondary packets (SPEC §6: per packet, measured from arrival), if any is held.
+#[inline]
 pub(crate) fn oldest_deadline(
     primary: Option<Timestamp>,
     secondary: Option<Timestamp>,
