@@ -34,8 +34,9 @@ pub enum Action<F> {
         /// Why.
         reason: DropReason,
     },
-    /// Ask the control thread for a checkpoint.
-    Checkpoint(CheckpointRequest),
+    /// Ask the control thread for a checkpoint. Boxed: requests are rare and carry two
+    /// strings, and inline they would make every release and drop 64 bytes instead of 24.
+    Checkpoint(Box<CheckpointRequest>),
 }
 
 /// One original frame of a datagram and where its compared bytes lie.
@@ -203,11 +204,11 @@ impl<F> Out<'_, F> {
         }
         *requested |= reason.bit();
         self.counters.checkpoint_requests[reason as usize] += 1;
-        self.actions.push_back(Action::Checkpoint(CheckpointRequest {
+        self.actions.push_back(Action::Checkpoint(Box::new(CheckpointRequest {
             reason,
             flow: flow.to_string(),
             detail: detail(),
             now: self.now,
-        }));
+        })));
     }
 }

@@ -36,7 +36,7 @@ impl H {
                 Action::Drop { side, reason, .. } => Ev::Drop(side, reason),
                 Action::Checkpoint(r) => {
                     let s = r.reason.as_str();
-                    self.requests.push(r);
+                    self.requests.push(*r);
                     Ev::Ckpt(s)
                 }
             });

@@ -631,7 +631,7 @@ impl Outlets {
             Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
             // Dropping the handle frees the mbuf; the shard has counted it by reason.
             Action::Drop { frame, .. } => drop(frame),
-            Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request }),
+            Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request: *request }),
         }
     }
 

@@ -33,7 +33,7 @@ pub fn drain(shard: &mut Shard<Indexed>, log: &mut Log) {
         match a {
             Action::Release { frame, via } => log.released.push((frame.index, via)),
             Action::Drop { side, frame, reason } => log.dropped.push((side, frame.index, reason)),
-            Action::Checkpoint(r) => log.requests.push(r),
+            Action::Checkpoint(r) => log.requests.push(*r),
         }
     }
     if let Err(e) = shard.counters().check_accounting() {
