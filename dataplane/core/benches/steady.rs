@@ -93,7 +93,7 @@ impl Case {
     fn timed(&self, n: u64, burst: bool) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0u64;
-        let mut staged = Vec::with_capacity(BURST);
+        let mut classes = Vec::with_capacity(BURST);
         let mut fed = self.fed.borrow_mut();
         while done < n {
             let fed = match fed.take() {
@@ -107,7 +107,7 @@ impl Case {
             let mut released = 0;
             if burst {
                 for pairs in pairs.chunks(BURST) {
-                    released += feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut staged);
+                    released += feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut classes);
                 }
             } else {
                 for pair in pairs {
@@ -146,20 +146,19 @@ fn feed_burst(
     shard: &mut Shard<Prebuilt>,
     pairs: &[(Prebuilt, Prebuilt)],
     t: &mut u64,
-    staged: &mut Vec<(Prebuilt, Class)>,
+    classes: &mut Vec<Class>,
 ) -> usize {
     *t += 100;
     let now = Timestamp::from_nanos(*t);
     let mut released = 0;
     let mut hints = [FlowHint::NONE; BURST];
+    let side_of = |side: Side, (p, s): &(Prebuilt, Prebuilt)| if side == Side::Primary { *p } else { *s };
     for side in [Side::Primary, Side::Secondary] {
-        for (p, s) in pairs {
-            let frame = if side == Side::Primary { *p } else { *s };
-            staged.push((frame, colo_core::wire::parse(frame.bytes())));
-        }
-        shard.locate_burst(side, staged, |(_, class)| class, &mut hints);
-        for ((frame, class), hint) in staged.drain(..).zip(hints) {
-            shard.handle_located(side, frame, class, hint, now);
+        classes.clear();
+        classes.extend(pairs.iter().map(|pair| colo_core::wire::parse(side_of(side, pair).bytes())));
+        shard.locate_burst(side, classes, |class| class, &mut hints);
+        for ((pair, class), hint) in pairs.iter().zip(classes.iter()).zip(hints) {
+            shard.handle_located(side, side_of(side, pair), class, hint, now);
             while let Some(a) = shard.poll_action() {
                 released += usize::from(matches!(a, Action::Release { .. }));
             }

@@ -58,10 +58,15 @@ impl<T> Fifo<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        let first = self.head.take()?;
-        self.head = self.rest.pop_front();
-        Some(first)
+        // The usual case, one element: it moves out once, with no stop on the stack (a
+        // staged copy there was read back wider than it was written, stalling the load).
+        if self.rest.is_empty() {
+            return self.head.take();
+        }
+        let next = self.rest.pop_front();
+        std::mem::replace(&mut self.head, next)
     }
 
     /// Removes and returns element `i`, keeping the others in order.

@@ -522,7 +522,7 @@ impl<F: Frame> Shard<F> {
     /// [`wire::parse`] of these very bytes (the runtime's dispatcher parses each frame once to
     /// pick its shard and hands the result over, SPEC §8).
     pub fn handle_parsed(&mut self, side: Side, frame: F, class: Class, now: Timestamp) {
-        self.handle_located(side, frame, class, FlowHint::NONE, now);
+        self.handle_located(side, frame, &class, FlowHint::NONE, now);
     }
 
     /// Looks up, without changing anything, the flows of a receive burst's frames (`class`
@@ -567,8 +567,12 @@ impl<F: Frame> Shard<F> {
 
     /// [`Shard::handle_parsed`] with the frame's flow located beforehand
     /// ([`Shard::locate_burst`]).
-    pub fn handle_located(&mut self, side: Side, frame: F, class: Class, hint: FlowHint, now: Timestamp) {
-        debug_assert!(class == wire::parse(frame.bytes()), "a class parsed from other bytes");
+    ///
+    /// The class is borrowed: it stays where the burst was parsed into, and only the fields
+    /// handling reads are loaded (a copy of the whole class, just written, made the loads
+    /// wait for the stores).
+    pub fn handle_located(&mut self, side: Side, frame: F, class: &Class, hint: FlowHint, now: Timestamp) {
+        debug_assert!(*class == wire::parse(frame.bytes()), "a class parsed from other bytes");
         match side {
             Side::Primary => self.counters.primary_in += 1,
             Side::Secondary => self.counters.secondary_in += 1,
@@ -578,12 +582,12 @@ impl<F: Frame> Shard<F> {
         }
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match class {
-            Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, hint, now),
-            Class::Datagram(key, span) => self.handle_datagram(side, frame, &key, Kind::Datagram, span, hint, now),
-            Class::OtherIp(key, span) => self.handle_datagram(side, frame, &key, Kind::OtherIp, span, hint, now),
-            Class::Fragment(key, frag) => self.handle_fragment(side, frame, key, frag, now),
+            Class::Tcp(key, seg) => self.handle_tcp(side, frame, *key, *seg, hint, now),
+            Class::Datagram(key, span) => self.handle_datagram(side, frame, key, Kind::Datagram, *span, hint, now),
+            Class::OtherIp(key, span) => self.handle_datagram(side, frame, key, Kind::OtherIp, *span, hint, now),
+            Class::Fragment(key, frag) => self.handle_fragment(side, frame, *key, *frag, now),
             Class::Malformed(reason) => {
-                self.counters.malformed[reason as usize] += 1;
+                self.counters.malformed[*reason as usize] += 1;
                 if compare_non_ip {
                     self.handle_non_ip(side, frame, now);
                 } else {

@@ -279,6 +279,7 @@ impl Class {
 /// or TCP with sound lengths) is read field by field; everything else takes etherparse's
 /// general walk, [`parse_general`]. Both give the same class for every frame (a property test
 /// and the parser fuzz target hold them together).
+#[inline]
 pub fn parse(bytes: &[u8]) -> Class {
     parse_common(bytes).unwrap_or_else(|| parse_general(bytes))
 }
@@ -288,6 +289,7 @@ pub fn parse(bytes: &[u8]) -> Class {
 /// bytes whose total length fits the frame, no fragment, and a UDP header whose length is 0
 /// (taken as "to the end") or between 8 and the IP payload, or a TCP header whose data offset
 /// fits the IP payload.
+#[inline]
 fn parse_common(bytes: &[u8]) -> Option<Class> {
     let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
     let (vlans, l3) = match be16(bytes, 12)? {
@@ -348,6 +350,7 @@ fn parse_common(bytes: &[u8]) -> Option<Class> {
 }
 
 /// [`parse`] by etherparse's general walk for every frame (public for tests and fuzzing).
+#[inline(never)]
 pub fn parse_general(bytes: &[u8]) -> Class {
     if bytes.is_empty() {
         return Class::Malformed(MalformedReason::Empty);

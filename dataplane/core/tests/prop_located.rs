@@ -131,7 +131,7 @@ fn run(steps: &[(Step, u8)], proxy: bool, failover: Option<(usize, bool)>, feedi
                     if feeding == Feeding::OneByOne {
                         shard.handle(side, f, now);
                     } else {
-                        shard.handle_located(side, f, class, hint, now);
+                        shard.handle_located(side, f, &class, hint, now);
                     }
                     drain(&mut shard, &mut log);
                 }

@@ -297,7 +297,7 @@ fn wire_shards(
             mirror,
             backoff: crate::IdleBackoff::new(cfg.idle_sleep),
             load: shared.load_meter(format!("shard {id}")),
-            staged: Vec::with_capacity(dpdk::BURST_SIZE),
+            staged: crate::shard_lcore::Staged::new(),
         });
     }
     Ok(w)

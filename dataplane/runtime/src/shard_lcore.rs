@@ -122,9 +122,38 @@ pub struct ShardContext {
     pub backoff: crate::IdleBackoff,
     /// This lcore's busy/idle cycles.
     pub load: Arc<crate::LcoreLoad>,
-    /// The receive burst being handled, each frame with its parse (empty between bursts; its
-    /// capacity is kept).
-    pub staged: Vec<(HeldFrame, Class)>,
+    /// The receive burst being handled (empty between bursts).
+    pub staged: Staged,
+}
+
+/// A receive burst's frames and, at the same index, their parses. Two vectors, not one of
+/// pairs: the shard borrows each parse where it was written instead of moving it out with its
+/// frame. Their capacity is kept between bursts.
+pub struct Staged {
+    frames: Vec<HeldFrame>,
+    classes: Vec<Class>,
+}
+
+impl Staged {
+    /// Room for one burst.
+    pub fn new() -> Self {
+        Staged { frames: Vec::with_capacity(BURST_SIZE), classes: Vec::with_capacity(BURST_SIZE) }
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn push(&mut self, frame: HeldFrame, class: Class) {
+        self.frames.push(frame);
+        self.classes.push(class);
+    }
+}
+
+impl Default for Staged {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Proxy mode's client side of a shard (SPEC §3): every client frame goes to the primary as
@@ -544,7 +573,7 @@ impl ShardContext {
                 while staged.len() < BURST_SIZE {
                     let Ok((m, class)) = ring.pop() else { break };
                     let class = class.unwrap_or_else(|| colo_core::wire::parse(m.bytes()));
-                    staged.push((m, class));
+                    staged.push(m, class);
                 }
             }
             ShardInput::Queues { primary, secondary, burst, gate } => {
@@ -561,7 +590,7 @@ impl ShardContext {
                 for m in burst.by_ref() {
                     let m = HeldFrame::received(m);
                     let class = colo_core::wire::parse(m.bytes());
-                    staged.push((m, class));
+                    staged.push(m, class);
                 }
             }
         }
@@ -608,15 +637,15 @@ impl Outlets {
         shard: &mut Shard<HeldFrame>,
         id: usize,
         side: Side,
-        staged: &mut Vec<(HeldFrame, Class)>,
+        staged: &mut Staged,
         now: colo_core::Timestamp,
     ) {
-        if staged.is_empty() {
+        if staged.len() == 0 {
             return; // an empty poll
         }
         let mut hints = [FlowHint::NONE; BURST_SIZE];
-        shard.locate_burst(side, staged, |(_, class)| class, &mut hints);
-        for (i, (frame, class)) in staged.drain(..).enumerate() {
+        shard.locate_burst(side, &staged.classes, |class| class, &mut hints);
+        for (i, (frame, class)) in staged.frames.drain(..).zip(&staged.classes).enumerate() {
             // A burst is never longer than the hints; a frame past them would be looked up.
             let hint = hints.get(i).copied().unwrap_or(FlowHint::NONE);
             shard.handle_located(side, frame, class, hint, now);
@@ -624,6 +653,7 @@ impl Outlets {
                 self.apply(action, id);
             }
         }
+        staged.classes.clear();
     }
 
     fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
