@@ -397,6 +397,13 @@ impl<F: Frame> DatagramFlow<F> {
                 .position(|s| s.pos.saturating_add(w) >= item.pos && s.same_as(&item));
             if let Some(s) = found.and_then(|i| self.secondary.remove(i)) {
                 s.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
+                if self.primary.is_empty() && cfg.max_queue_size > 0 {
+                    // Matched with nothing held ahead of it: it goes at once, as `settle`
+                    // would release it, without the round trip through the queue (where a
+                    // copy of it, just marked, would wait on that one-byte store). Nothing
+                    // else is left to settle: no primary datagram is held.
+                    return item.release(out, Side::Primary, Via::Match, DropReason::Consumed);
+                }
                 item.matched = true;
             }
         }
@@ -427,8 +434,17 @@ impl<F: Frame> DatagramFlow<F> {
             while k <= hi {
                 let Some(p) = usize::try_from(k - front).ok().and_then(|i| self.primary.get_mut(i)) else { break };
                 if !p.matched && p.same_as(&item) {
-                    p.matched = true;
                     self.unmatched_primary = self.unmatched_primary.saturating_sub(1);
+                    if k == front {
+                        // The oldest held datagram: it goes at once, unmarked (a copy of it
+                        // just marked would wait on that one-byte store), as `settle` would
+                        // release it first.
+                        if let Some(p) = self.primary.pop_front() {
+                            p.release(out, Side::Primary, Via::Match, DropReason::Consumed);
+                        }
+                    } else {
+                        p.matched = true;
+                    }
                     // Release first, then consume: the same action order as TCP.
                     self.settle(out, cfg, key);
                     item.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
