@@ -933,15 +933,15 @@ impl<F: Frame> Shard<F> {
         }
         let len = frame.bytes().len() as u32;
         let proto = if kind == Kind::NonIp { 0 } else { key.proto };
-        let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
         let slot = match self.flow_slot(key, kind, hint, now) {
             Ok(slot) => slot,
-            Err(NoFlow::Budget) => return self.refuse_new_flow(side, SegFrames::One(piece.frame), now),
-            Err(NoFlow::TableFull) => {
-                return self.overflow(side, piece.frame, false, DropReason::FlowTableFull, key, now)
-            }
+            Err(NoFlow::Budget) => return self.refuse_new_flow(side, SegFrames::One(frame), now),
+            Err(NoFlow::TableFull) => return self.overflow(side, frame, false, DropReason::FlowTableFull, key, now),
         };
         out!(self, now).hold(side, len);
+        // Built in one piece where it is handed over (built in two, the second copy waited on
+        // the first one's stores).
+        let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
         self.feed_item(side, slot, Item::new(proto, Pieces::One(piece), span.len, now), now);
     }
 
