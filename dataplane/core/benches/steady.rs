@@ -155,10 +155,7 @@ fn feed_burst(
     let side_of = |side: Side, (p, s): &(Prebuilt, Prebuilt)| if side == Side::Primary { *p } else { *s };
     for side in [Side::Primary, Side::Secondary] {
         classes.clear();
-        classes.resize(pairs.len(), Class::NonIp(0));
-        for (class, pair) in classes.iter_mut().zip(pairs) {
-            colo_core::wire::parse_into(side_of(side, pair).bytes(), class);
-        }
+        classes.extend(pairs.iter().map(|pair| colo_core::wire::parse(side_of(side, pair).bytes())));
         shard.locate_burst(side, classes, |class| class, &mut hints);
         for ((pair, class), hint) in pairs.iter().zip(classes.iter()).zip(hints) {
             shard.handle_located(side, side_of(side, pair), class, hint, now);

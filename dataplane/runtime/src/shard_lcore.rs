@@ -148,22 +148,6 @@ impl Staged {
         self.frames.push(frame);
         self.classes.push(class);
     }
-
-    /// Stages a frame whose parse [`Staged::parse_unparsed`] will write.
-    fn push_unparsed(&mut self, frame: HeldFrame) {
-        self.frames.push(frame);
-    }
-
-    /// Parses the frames staged without their parse, each into its place in `classes`
-    /// ([`colo_core::wire::parse_into`]: returned and copied, the copy waited on the parse's
-    /// stores).
-    fn parse_unparsed(&mut self) {
-        let parsed = self.classes.len();
-        self.classes.resize(self.frames.len(), Class::NonIp(0));
-        for (class, frame) in self.classes.iter_mut().zip(&self.frames).skip(parsed) {
-            colo_core::wire::parse_into(frame.bytes(), class);
-        }
-    }
 }
 
 impl Default for Staged {
@@ -604,9 +588,10 @@ impl ShardContext {
                 let n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    staged.push_unparsed(HeldFrame::received(m));
+                    let m = HeldFrame::received(m);
+                    let class = colo_core::wire::parse(m.bytes());
+                    staged.push(m, class);
                 }
-                staged.parse_unparsed();
             }
         }
         let n = staged.len();
