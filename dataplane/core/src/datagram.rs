@@ -18,9 +18,10 @@
 //! gives QEMU's immediate verdict at the price of no reorder tolerance.
 //!
 //! Must never: release a primary frame before its datagram matched and every earlier
-//! datagram of the flow was released (frames leave from the FIFO head only, a reassembled
-//! datagram's frames in their arrival order), allocate per datagram (queues keep their
-//! capacity; fragment lists come from a bounded pool), or read a clock.
+//! datagram of the flow was released (frames leave from the FIFO head only, or at once when
+//! nothing is held ahead of them; a reassembled datagram's frames in their arrival order),
+//! allocate per datagram (queues keep their capacity; fragment lists come from a bounded
+//! pool), or read a clock.
 
 use std::collections::VecDeque;
 
@@ -99,7 +100,7 @@ impl<F: Frame> Item<F> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         h.write_u8(self.proto);
         h.write_u32(self.total);
-        let skip = if self.proto == crate::wire::proto::UDP { 6..8 } else { 0..0 };
+        let skip = skipped(self.proto);
         let mut pos = 0usize;
         self.for_chunks(|c| {
             for (k, b) in c.iter().enumerate() {

@@ -744,6 +744,24 @@ fn test_udp_reorder_within_window_releases_in_primary_order() {
 }
 
 #[test]
+fn test_a_datagram_whose_copy_came_first_leaves_at_once_after_the_copy_is_consumed() {
+    // A queue of one: the datagram never waits in the primary queue, so no overflow either.
+    let mut h = H::with(Config { max_queue_size: 1, ..Config::default() });
+    let ds: Vec<Vec<u8>> = (0..3u8).map(|i| udp(&[i; 10]).build()).collect();
+    for (i, d) in ds.iter().enumerate() {
+        let t = 2 * i as u64;
+        assert!(H::released(&h.s(d, t + 1)).is_empty());
+        assert_eq!(h.shard.counters().held_secondary_frames, 1);
+        let evs = h.p(d, t + 2);
+        // The copy is consumed first, then the datagram leaves (the order TCP uses).
+        assert_eq!(evs, vec![Ev::Drop(Side::Secondary, DropReason::Consumed), Ev::Rel(d.clone(), Via::Match)]);
+        let c = h.shard.counters();
+        assert_eq!((c.held_primary_frames, c.held_secondary_frames), (0, 0));
+    }
+    assert!(h.requests.is_empty());
+}
+
+#[test]
 fn test_udp_reorder_beyond_window_is_datagram_mismatch() {
     let mut h = H::with(Config { datagram_window: 2, ..Config::default() });
     let ps: Vec<Vec<u8>> = (0..6u8).map(|i| udp(&[i; 10]).build()).collect();
