@@ -25,6 +25,21 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// Connects to a frame link on `port`, waiting for it to listen: the dataplane binds its admin
+/// socket before the frame link, so the admin socket appearing does not mean the port is open.
+fn connect_frame(port: u16) -> std::net::TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the frame link on port {port}: {e}"),
+        }
+    }
+}
+
 /// A dataplane on endless pcap input (identical sides), admin socket `dir/admin.sock`.
 fn start(dir: &Path) -> ChildGuard {
     let c = Conn::default();
@@ -153,7 +168,7 @@ fn a_second_tcp_peer_cannot_take_the_frame_link_over_and_release_held_output() {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let dp = ChildGuard::new(cmd.spawn().unwrap());
     wait_for(&dir.join("admin.sock"));
-    let mut frame = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut frame = connect_frame(port);
     frame.write_all(&frame_msg("COLO_USERSPACE_PROXY_INIT")).unwrap();
     assert_eq!(read_frame_msg(&mut frame).as_deref(), Some("COLO_COMPARE_GET_XEN_INIT"));
     assert_eq!(read_frame_msg(&mut frame).as_deref(), Some("DO_CHECKPOINT"), "the divergence asks");
