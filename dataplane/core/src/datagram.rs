@@ -398,11 +398,12 @@ impl<F: Frame> DatagramFlow<F> {
                 .position(|s| s.pos.saturating_add(w) >= item.pos && s.same_as(&item));
             if let Some(s) = found.and_then(|i| self.secondary.remove(i)) {
                 s.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
-                if self.primary.is_empty() && cfg.max_queue_size > 0 {
+                if self.primary.is_empty() {
                     // Matched with nothing held ahead of it: it goes at once, as `settle`
                     // would release it, without the round trip through the queue (where a
                     // copy of it, just marked, would wait on that one-byte store). Nothing
-                    // else is left to settle: no primary datagram is held.
+                    // else is left to settle: no primary datagram is held. (A held secondary
+                    // datagram means `max_queue_size` > 0, so the queue had room for it.)
                     return item.release(out, Side::Primary, Via::Match, DropReason::Consumed);
                 }
                 item.matched = true;
