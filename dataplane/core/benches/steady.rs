@@ -155,7 +155,13 @@ fn feed_burst(
     let side_of = |side: Side, (p, s): &(Prebuilt, Prebuilt)| if side == Side::Primary { *p } else { *s };
     for side in [Side::Primary, Side::Secondary] {
         classes.clear();
-        classes.extend(pairs.iter().map(|pair| colo_core::wire::parse(side_of(side, pair).bytes())));
+        // Each parse written in its place, as the runtime stages a burst.
+        for pair in pairs {
+            classes.push(Class::NonIp(0));
+            if let Some(class) = classes.last_mut() {
+                colo_core::wire::parse_into(side_of(side, pair).bytes(), class);
+            }
+        }
         shard.locate_burst(side, classes, |class| class, &mut hints);
         for ((pair, class), hint) in pairs.iter().zip(classes.iter()).zip(hints) {
             shard.handle_located(side, side_of(side, pair), class, hint, now);

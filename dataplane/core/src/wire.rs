@@ -281,16 +281,27 @@ impl Class {
 /// and the parser fuzz target hold them together).
 #[inline]
 pub fn parse(bytes: &[u8]) -> Class {
-    parse_common(bytes).unwrap_or_else(|| parse_general(bytes))
+    let mut class = Class::NonIp(0);
+    parse_into(bytes, &mut class);
+    class
 }
 
-/// The class of the common frame, `None` for any other. Accepts only what etherparse accepts
-/// the same way: the Ethernet II header, one 802.1Q/802.1ad tag at most, an IPv4 header of 20
-/// bytes whose total length fits the frame, no fragment, and a UDP header whose length is 0
-/// (taken as "to the end") or between 8 and the IP payload, or a TCP header whose data offset
-/// fits the IP payload.
+/// [`parse`] into a class the caller holds (a burst's parses are written where they stay:
+/// a class returned and then copied, the copy waited on the parse's stores).
 #[inline]
-fn parse_common(bytes: &[u8]) -> Option<Class> {
+pub fn parse_into(bytes: &[u8], class: &mut Class) {
+    if parse_common(bytes, class).is_none() {
+        *class = parse_general(bytes);
+    }
+}
+
+/// Writes the class of the common frame; `None` (and `class` untouched) for any other.
+/// Accepts only what etherparse accepts the same way: the Ethernet II header, one
+/// 802.1Q/802.1ad tag at most, an IPv4 header of 20 bytes whose total length fits the frame,
+/// no fragment, and a UDP header whose length is 0 (taken as "to the end") or between 8 and
+/// the IP payload, or a TCP header whose data offset fits the IP payload.
+#[inline]
+fn parse_common(bytes: &[u8], class: &mut Class) -> Option<()> {
     let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
     let (vlans, l3) = match be16(bytes, 12)? {
         ETHERTYPE_IPV4 => ([None, None], 14),
@@ -322,7 +333,8 @@ fn parse_common(bytes: &[u8]) -> Option<Class> {
                 return None;
             }
             let ports = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
-            Some(Class::Datagram(key(ports.0, ports.1), Span { offset, len }))
+            *class = Class::Datagram(key(ports.0, ports.1), Span { offset, len });
+            Some(())
         }
         proto::TCP => {
             let tcp: &[u8; 20] = payload.get(..20)?.try_into().ok()?;
@@ -343,7 +355,8 @@ fn parse_common(bytes: &[u8]) -> Option<Class> {
                 payload_len: len - header_len,
             };
             let ports = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
-            Some(Class::Tcp(key(ports.0, ports.1), seg))
+            *class = Class::Tcp(key(ports.0, ports.1), seg);
+            Some(())
         }
         _ => None,
     }
@@ -563,6 +576,12 @@ pub(crate) fn tcp_in_fragment(frame: &[u8], data: Span, total: u32) -> Option<Tc
 mod tests {
     use super::*;
 
+    /// The fast path's class, `None` where it leaves the frame to the general walk.
+    fn common(bytes: &[u8]) -> Option<Class> {
+        let mut class = Class::NonIp(0);
+        parse_common(bytes, &mut class).map(|()| class)
+    }
+
     /// Ethernet(14) + IPv4(20) + TCP(20) + "hello", with 5 bytes of Ethernet padding after it.
     const TCP4_PADDED: [u8; 64] = [
         // dst mac, src mac, type 0x0800
@@ -622,7 +641,7 @@ mod tests {
                 IpFrame { vlans: vlans.clone(), padding, ..IpFrame::udp(53, 4000, &payload) }.build()
             };
             if writes.is_empty() && fields.is_empty() && cut.is_none() && vlans.len() < 2 {
-                proptest::prop_assert!(parse_common(&frame).is_some(), "a common frame off the fast path");
+                proptest::prop_assert!(common(&frame).is_some(), "a common frame off the fast path");
             }
             // Length, offset and type fields set near their edges (random bytes rarely hit them).
             let l3 = 14 + 4 * vlans.len();
@@ -653,7 +672,7 @@ mod tests {
             if let Some(len) = cut {
                 frame.resize(len, 0);
             }
-            if let Some(fast) = parse_common(&frame) {
+            if let Some(fast) = common(&frame) {
                 proptest::prop_assert_eq!(fast, parse_general(&frame));
             }
         }

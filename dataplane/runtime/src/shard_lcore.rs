@@ -148,6 +148,17 @@ impl Staged {
         self.frames.push(frame);
         self.classes.push(class);
     }
+
+    /// Stages a received frame with its parse written straight into its place
+    /// ([`colo_core::wire::parse_into`]): a class returned and then copied in made the copy
+    /// wait for the parse's narrower stores.
+    fn push_parsing(&mut self, frame: HeldFrame) {
+        self.classes.push(Class::NonIp(0));
+        if let Some(class) = self.classes.last_mut() {
+            colo_core::wire::parse_into(frame.bytes(), class);
+        }
+        self.frames.push(frame);
+    }
 }
 
 impl Default for Staged {
@@ -588,9 +599,7 @@ impl ShardContext {
                 let n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    let m = HeldFrame::received(m);
-                    let class = colo_core::wire::parse(m.bytes());
-                    staged.push(m, class);
+                    staged.push_parsing(HeldFrame::received(m));
                 }
             }
         }
