@@ -596,6 +596,31 @@ mod tests {
     ];
 
     #[test]
+    fn test_parse_into_a_class_that_held_another_frame_leaves_nothing_of_it() {
+        use crate::fixtures::IpFrame;
+        let v4 = IpFrame::udp(53, 4000, b"answer").build();
+        let v6 = IpFrame {
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            ..IpFrame::udp(53, 4001, b"answer")
+        }
+        .build();
+        let junk = [0u8; 9];
+        // Each frame parsed into a place that held each other frame's class: the common path
+        // (IPv4), the general walk (IPv6) and a malformed frame overwrite it whole.
+        for frame in [&v4[..], &v6[..], &junk[..]] {
+            for before in [&v4[..], &v6[..], &junk[..]] {
+                let mut class = parse(before);
+                parse_into(frame, &mut class);
+                assert_eq!(class, parse(frame));
+            }
+        }
+        assert!(matches!(parse(&v4), Class::Datagram(k, _) if k.src.is_ipv4()));
+        assert!(matches!(parse(&v6), Class::Datagram(k, _) if k.src.is_ipv6()));
+        assert!(matches!(parse(&junk), Class::Malformed(_)));
+    }
+
+    #[test]
     fn test_neighbour_discovery_mld_and_igmp_follow_the_non_ip_policy() {
         use crate::fixtures::IpFrame;
         let v6 = |icmp_type: u8| {
