@@ -583,8 +583,10 @@ impl ShardContext {
                 };
                 while staged.len() < BURST_SIZE {
                     let Ok((m, class)) = ring.pop() else { break };
-                    let class = class.unwrap_or_else(|| colo_core::wire::parse(m.bytes()));
-                    staged.push(m, class);
+                    match class {
+                        Some(class) => staged.push(m, class),
+                        None => staged.push_parsing(m),
+                    }
                 }
             }
             ShardInput::Queues { primary, secondary, burst, gate } => {
