@@ -395,11 +395,16 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let pool = Mempool::new_pktmbuf(eal, "colo_pool", mbufs, cache, MBUF_DATA_ROOM).map_err(|e| {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
-    // As many compact mbufs as receive mbufs, so any held frame can be compact. Without them
-    // (too little EAL memory) frames stay in their receive mbufs, as before.
-    let compact = Mempool::new_pktmbuf(eal, "colo_compact", mbufs, cache, COMPACT_DATA_ROOM)
+    // Compacting pays only on 4 KiB pages (`--no-huge`), where thousands of held receive
+    // mbufs cost TLB misses; on hugepages it is pure cost (see `held`). As many compact mbufs
+    // as receive mbufs, so any held frame can be compact. Without them (too little EAL
+    // memory) frames stay in their receive mbufs.
+    let compact = (!eal.has_hugepages())
+        .then(|| Mempool::new_pktmbuf(eal, "colo_compact", mbufs, cache, COMPACT_DATA_ROOM))
+        .transpose()
         .map_err(|e| tracing::warn!("no pool of compact mbufs ({e}): short held frames stay in their receive mbufs"))
-        .ok();
+        .ok()
+        .flatten();
     let ports = Ports::start(eal, &ids, &plan, &pool)?;
     let shared = Arc::new(Shared::default());
     let clock = TscClock::start();

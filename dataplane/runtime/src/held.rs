@@ -1,11 +1,13 @@
 //! The frame handle the shards hold: an owned mbuf. Held frames stay in their mbufs (zero
 //! copy); the core gives them back in its actions to be transmitted or freed.
 //!
-//! One exception, for memory's sake: while its shard holds many frames, a short frame is moved
-//! into a compact mbuf (a few cache lines, from a pool of its own) and its receive mbuf goes
-//! back to the pool at once ([`HeldFrame::compacted`]). Thousands of held receive mbufs, each
-//! a 2 KiB buffer, spread the held frames over thousands of pages and cache sets; their compact
-//! copies sit close together, and the receive mbufs that stay in use are the few just freed.
+//! One exception, for memory's sake: on 4 KiB pages (EAL `--no-huge`), while its shard holds
+//! many frames, a short frame is moved into a compact mbuf (a few cache lines, from a pool of
+//! its own) and its receive mbuf goes back to the pool at once ([`HeldFrame::compacted`]).
+//! Thousands of held receive mbufs, each a 2 KiB buffer, spread the held frames over thousands
+//! of pages, and every one touched again costs a TLB miss; their compact copies sit close
+//! together, and the receive mbufs that stay in use are the few just freed. On hugepages the
+//! TLB covers the held mbufs and the copy would be pure cost, so there is no compact pool.
 //!
 //! A frame that arrived as a chain of segments (a virtio guest's 64 KiB TSO frame over
 //! vhost-user, a jumbo frame longer than one mbuf) is copied once into one contiguous buffer

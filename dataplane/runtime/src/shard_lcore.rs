@@ -132,9 +132,10 @@ pub struct ShardContext {
 /// Frames a shard holds from which it moves short received frames into compact mbufs
 /// ([`HeldFrame::compacted`]). Below it the held receive mbufs are few enough to stay in the
 /// caches and the copy is pure cost; above it the compact copies win. Measured with
-/// `benches/dpdk-bench`, 64 B frames, single lcore, alternated, copying at any held count:
-/// with 288 frames held (copies meeting 288 frames apart) the copy cost 5–10 %; with 1,056 it
-/// gained 32 %, with 4,128 45 %, with 10,016 40–70 %.
+/// `benches/dpdk-bench`, 64 B frames, single lcore, `--no-huge`, alternated, copying at any
+/// held count: with 288 frames held (copies meeting 288 frames apart) the copy cost 5–10 %;
+/// with 1,056 it gained 32 %, with 4,128 45 %, with 10,016 40–70 %. (On hugepages it lost
+/// 12 % at 10,016: there is no compact pool then.)
 pub const COMPACT_WHEN_HELD: u64 = 512;
 
 /// A receive burst's frames and, at the same index, their parses. Two vectors, not one of
