@@ -133,9 +133,9 @@ pub struct ShardContext {
 /// ([`HeldFrame::compacted`]). Below it the held receive mbufs are few enough to stay in the
 /// caches and the copy is pure cost; above it the compact copies win. Measured with
 /// `benches/dpdk-bench`, 64 B frames, single lcore, `--no-huge`, alternated, copying at any
-/// held count: with 288 frames held (copies meeting 288 frames apart) the copy cost 5–10 %;
-/// with 1,056 it gained 32 %, with 4,128 45 %, with 10,016 40–70 %. (On hugepages it lost
-/// 12 % at 10,016: there is no compact pool then.)
+/// held count, on the means: with 288 frames held (copies meeting 288 frames apart) the copy
+/// cost 8 %; with 1,056 it gained 33 %, with 4,128 46 %, with 10,016 54 %. (On hugepages it
+/// lost 13 % at 10,016: there is no compact pool then.)
 pub const COMPACT_WHEN_HELD: u64 = 512;
 
 /// A receive burst's frames and, at the same index, their parses. Two vectors, not one of
