@@ -59,14 +59,15 @@ impl Mempool {
     /// Mbufs currently taken from the pool (held by the application, a device ring or a cache
     /// flush pending).
     pub fn in_use(&self) -> u32 {
-        // SAFETY: the pool is alive while self is.
-        unsafe { dpdk_sys::rte_mempool_in_use_count(self.as_ptr()) }
+        self.capacity() - self.available()
     }
 
-    /// Mbufs available for allocation.
+    /// Mbufs available for allocation: in the pool and in the EAL lcores' caches. What
+    /// `rte_mempool_avail_count` counts, without its walk over every possible lcore id (see
+    /// `colo_mempool_avail_count` in the shim).
     pub fn available(&self) -> u32 {
-        // SAFETY: the pool is alive while self is.
-        unsafe { dpdk_sys::rte_mempool_avail_count(self.as_ptr()) }
+        // SAFETY: the pool is alive while self is; the shim only reads it.
+        unsafe { dpdk_sys::colo_mempool_avail_count(self.as_ptr()) }
     }
 
     /// Total number of mbufs in the pool.
