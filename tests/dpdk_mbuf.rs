@@ -85,6 +85,11 @@ fn mbuf_from_slice_round_trips_and_refuses_oversize() {
     assert!(m.is_contiguous());
     assert_eq!(m.refcnt(), 1);
     assert!(Mbuf::from_slice(&pool, &[0u8; 4000]).is_err());
+    // An empty pool is a plain error value (the packet path allocates nothing for it).
+    let all: Vec<Mbuf> = std::iter::from_fn(|| pool.alloc()).collect();
+    assert_eq!(all.len() + 1, pool.capacity() as usize);
+    assert_eq!(Mbuf::from_slice(&pool, b"no room").unwrap_err(), Error::PoolEmpty);
+    drop(all);
     drop(m);
     assert_eq!(pool.in_use(), 0);
 }

@@ -23,6 +23,9 @@ pub enum Error {
     },
     /// The caller asked for something the device or the layer cannot do.
     Invalid(String),
+    /// The mempool had no mbuf to give (a plain value: this happens on the packet path, under
+    /// pressure, where nothing should be allocated).
+    PoolEmpty,
 }
 
 impl Error {
@@ -48,6 +51,7 @@ impl fmt::Display for Error {
             }
             Error::Dpdk { op, code, message } => write!(f, "{op} failed: {message} (errno {code})"),
             Error::Invalid(what) => f.write_str(what),
+            Error::PoolEmpty => f.write_str("mempool exhausted"),
         }
     }
 }

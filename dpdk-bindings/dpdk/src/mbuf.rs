@@ -35,7 +35,7 @@ impl Mbuf {
 
     /// A new mbuf from `pool` holding a copy of `bytes` in one segment.
     pub fn from_slice(pool: &Mempool, bytes: &[u8]) -> Result<Mbuf> {
-        let mut m = pool.alloc().ok_or_else(|| Error::Invalid("mempool exhausted".into()))?;
+        let mut m = pool.alloc().ok_or(Error::PoolEmpty)?;
         let len = u16::try_from(bytes.len()).map_err(|_| Error::Invalid("frame longer than 65535 bytes".into()))?;
         // SAFETY: m is a fresh mbuf we own; append returns NULL if the tailroom is too small.
         let dst = unsafe { dpdk_sys::rte_pktmbuf_append(m.raw.as_ptr(), len) };
@@ -114,7 +114,7 @@ impl Mbuf {
         // valid for the call; the copy is a new chain that nothing else owns (or NULL).
         let raw = unsafe { dpdk_sys::rte_pktmbuf_copy(self.raw.as_ptr(), pool.as_ptr(), 0, u32::MAX) };
         // SAFETY: raw is NULL or a fresh chain owned by nobody else.
-        unsafe { Mbuf::from_raw(raw) }.ok_or_else(|| Error::Invalid("mempool exhausted".into()))
+        unsafe { Mbuf::from_raw(raw) }.ok_or(Error::PoolEmpty)
     }
 
     /// The whole packet, every segment's bytes in order, as one contiguous copy.
