@@ -396,7 +396,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
     // Compacting pays only on 4 KiB pages (`--no-huge`), where thousands of held receive
-    // mbufs cost TLB misses; on hugepages it is pure cost (see `held`). As many compact mbufs
+    // mbufs cost page walks; on hugepages it is pure cost (see `held`). As many compact mbufs
     // as receive mbufs, so any held frame can be compact. Without them (too little EAL
     // memory) frames stay in their receive mbufs.
     let compact = (!eal.has_hugepages())

@@ -5,9 +5,9 @@
 //! many frames, a short frame is moved into a compact mbuf (a few cache lines, from a pool of
 //! its own) and its receive mbuf goes back to the pool at once ([`HeldFrame::compacted`]).
 //! Thousands of held receive mbufs, each a 2 KiB buffer, spread the held frames over thousands
-//! of pages, and touching them again costs TLB misses; their compact copies sit close
-//! together, and the receive mbufs that stay in use are the few just freed. On hugepages the
-//! TLB covers the held mbufs and the copy would be pure cost, so there is no compact pool.
+//! of pages, and touching them again costs page walks (hugepages remove the gain); their
+//! compact copies sit close together, and the receive mbufs that stay in use are the few just
+//! freed. On hugepages the copy would be pure cost, so there is no compact pool.
 //!
 //! A frame that arrived as a chain of segments (a virtio guest's 64 KiB TSO frame over
 //! vhost-user, a jumbo frame longer than one mbuf) is copied once into one contiguous buffer
