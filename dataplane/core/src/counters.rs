@@ -133,6 +133,10 @@ impl Counters {
     pub fn released_total(&self) -> u64 {
         self.released.iter().sum()
     }
+    /// Frames held now, both guests'.
+    pub fn held_frames(&self) -> u64 {
+        self.held_primary_frames + self.held_secondary_frames
+    }
     /// Frames of `side` dropped for `reason`.
     pub fn dropped(&self, side: Side, reason: DropReason) -> u64 {
         match side {

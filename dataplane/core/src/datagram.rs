@@ -379,8 +379,7 @@ impl<F: Frame> DatagramFlow<F> {
         // Its frames are counted as held already: past the budget means over it now.
         if out.over_budget(cfg, 0, 0) {
             // SPEC §6: only exhausted memory drops primary output, and it is counted.
-            let c = &*out.counters;
-            let held = c.held_primary_frames + c.held_secondary_frames;
+            let held = out.counters.held_frames();
             self.request(out, CheckpointReason::ResourcePressure, key, || {
                 format!("shard memory budget exhausted: {held} frames held (budget {})", cfg.held_frames_budget)
             });

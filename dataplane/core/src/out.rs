@@ -103,7 +103,7 @@ impl<F> Out<'_, F> {
     /// Whether holding `frames` more frames of `bytes` passes `eighths`/8 of the budget.
     fn over_eighths(&self, cfg: &Config, frames: u64, bytes: u64, eighths: u64) -> bool {
         let c = &*self.counters;
-        (c.held_primary_frames + c.held_secondary_frames + frames) * 8 > cfg.held_frames_budget as u64 * eighths
+        (c.held_frames() + frames) * 8 > cfg.held_frames_budget as u64 * eighths
             || (c.held_primary_bytes + c.held_secondary_bytes + bytes) * 8 > cfg.held_bytes_budget * eighths
     }
 
@@ -111,8 +111,7 @@ impl<F> Out<'_, F> {
     /// epoch (its flush returns the held frames), with the figures.
     pub(crate) fn budget_request(&mut self, requested: &mut u16, key: &FlowKey, cfg: &Config) {
         let c = &*self.counters;
-        let (frames, bytes) =
-            (c.held_primary_frames + c.held_secondary_frames, c.held_primary_bytes + c.held_secondary_bytes);
+        let (frames, bytes) = (c.held_frames(), c.held_primary_bytes + c.held_secondary_bytes);
         self.request(requested, CheckpointReason::ResourcePressure, key, || {
             format!(
                 "shard memory budget exhausted: {frames} frames / {bytes} bytes held (budget {} / {})",

@@ -463,8 +463,7 @@ impl ShardContext {
     /// ([`crate::held::FramePools::free_for_rx`]).
     fn check_pool(&mut self, now: colo_core::Timestamp) {
         let (free, size) = (self.pools.free_for_rx(), self.pools.rx.capacity());
-        let c = self.shard.counters();
-        let held = c.held_primary_frames + c.held_secondary_frames;
+        let held = self.shard.counters().held_frames();
         let share = u64::from(size / POOL_LOW_WATER_DIVISOR) / self.shards.max(1) as u64;
         if free < size / POOL_LOW_WATER_DIVISOR && held >= share {
             // One request per epoch at most (the core aggregates); the detail is only
@@ -588,7 +587,7 @@ impl ShardContext {
     /// ([`Outlets::handle_burst`]).
     fn take_input(&mut self, side: Side, now: colo_core::Timestamp) -> usize {
         let staged = &mut self.staged;
-        let held = self.shard.counters().held_primary_frames + self.shard.counters().held_secondary_frames;
+        let held = self.shard.counters().held_frames();
         let compact = self.pools.compact.as_ref().filter(|_| held >= COMPACT_WHEN_HELD);
         let mut compacted = 0u64;
         let mut stage = |m: HeldFrame| match compact {
