@@ -2,7 +2,7 @@
 //! the EAL starts once per process (issue 2).
 
 use colo_suite::{loopback_ring_port, test_eal, test_eal_args, unique, varied_frames};
-use dpdk::{Eal, Error, Mbuf, Mempool, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
+use dpdk::{Eal, Error, Mbuf, Mempool, PoolOrder, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
 
 #[test]
 fn a_half_consumed_rx_burst_returns_every_mbuf_to_the_pool() {
@@ -133,4 +133,25 @@ fn free_mbufs_in_a_worker_lcores_cache_are_counted() {
     assert_eq!((pool.available(), pool.in_use()), (capacity - 50, 50), "counted from another thread");
     drop(kept);
     assert_eq!(pool.in_use(), 0);
+}
+
+/// A LIFO pool (the `stack` driver) hands out the mbuf freed last even with no lcore cache in
+/// front of it; the default ring hands out the one freed longest ago. The dataplane's pools
+/// rely on the first (a refill after a cache ran dry gets mbufs still warm).
+#[test]
+fn a_lifo_pool_hands_out_the_mbuf_freed_last() {
+    let eal = test_eal();
+    let lifo = Mempool::new_pktmbuf_in_order(eal, &unique("lifo"), 63, 0, 2176, PoolOrder::Lifo).unwrap();
+    let ring = Mempool::new_pktmbuf(eal, &unique("ring"), 63, 0, 2176).unwrap();
+    assert_eq!((lifo.driver().as_str(), ring.driver().as_str()), ("stack", "ring_mp_mc"));
+    let freed_last_comes_back = |pool: &Mempool| {
+        let taken: Vec<Mbuf> = (0..3).map(|_| pool.alloc().unwrap()).collect();
+        let last = taken[2].data().as_ptr();
+        drop(taken); // freed in order: the third last
+        let next = pool.alloc().unwrap();
+        next.data().as_ptr() == last
+    };
+    assert!(freed_last_comes_back(&lifo));
+    assert!(!freed_last_comes_back(&ring));
+    assert_eq!((lifo.in_use(), ring.in_use()), (0, 0));
 }

@@ -24,7 +24,7 @@ pub use eal::Eal;
 pub use error::{Error, Result};
 pub use lcore::{current_lcore, launch, worker_lcores, JoinHandle, LcoreId};
 pub use mbuf::Mbuf;
-pub use mempool::Mempool;
+pub use mempool::{Mempool, PoolOrder};
 pub use port::{
     LinkStatus, Port, PortConfig, PortId, PortInfo, PortStats, RssConfig, RxQueue, TxQueue, SYMMETRIC_RSS_KEY,
 };

@@ -1,4 +1,5 @@
-//! Packet-buffer pools (`rte_pktmbuf_pool_create`).
+//! Packet-buffer pools (`rte_pktmbuf_pool_create_by_ops`), in DPDK's default order or last
+//! freed, first out ([`PoolOrder`]).
 //!
 //! A pool is freed only when its last handle drops *and* none of its mbufs is in use; otherwise
 //! it is deliberately leaked (with the EAL kept alive), because a live [`Mbuf`] points into it.
@@ -43,17 +44,73 @@ impl Drop for PoolInner {
     }
 }
 
+/// The order in which a pool hands out the mbufs its lcore caches do not hold: what an
+/// allocation gets once a cache has run dry and been refilled from the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolOrder {
+    /// The EAL's default mempool driver (`ring_mp_mc` unless `--mbuf-pool-ops-name` says
+    /// otherwise): a ring, so the mbuf freed longest ago comes out first.
+    Default,
+    /// The `stack` mempool driver: the mbuf freed last comes out first, while its lines and
+    /// its page are likely still cached.
+    Lifo,
+}
+
+impl PoolOrder {
+    /// The mempool driver (`rte_mempool_ops`) that gives this order; `None` for the EAL's.
+    fn ops_name(self) -> Option<&'static std::ffi::CStr> {
+        match self {
+            PoolOrder::Default => None,
+            PoolOrder::Lifo => Some(c"stack"),
+        }
+    }
+}
+
 impl Mempool {
     /// Creates a packet-mbuf pool of `count` mbufs with `data_room` bytes each (headroom
-    /// included; `RTE_MBUF_DEFAULT_BUF_SIZE` is 2176) and a per-lcore cache of `cache`.
+    /// included; `RTE_MBUF_DEFAULT_BUF_SIZE` is 2176) and a per-lcore cache of `cache`, in
+    /// the EAL's default order ([`PoolOrder::Default`]).
     pub fn new_pktmbuf(eal: &Eal, name: &str, count: u32, cache: u32, data_room: u16) -> Result<Mempool> {
+        Self::new_pktmbuf_in_order(eal, name, count, cache, data_room, PoolOrder::Default)
+    }
+
+    /// [`Mempool::new_pktmbuf`] with the order its free mbufs come out in. Fails, besides
+    /// where that fails, when the EAL has not loaded the driver the order needs.
+    pub fn new_pktmbuf_in_order(
+        eal: &Eal,
+        name: &str,
+        count: u32,
+        cache: u32,
+        data_room: u16,
+        order: PoolOrder,
+    ) -> Result<Mempool> {
         let cname = CString::new(name).map_err(|_| Error::Invalid(format!("pool name contains NUL: {name:?}")))?;
-        // SAFETY: cname is a valid C string for the call; EAL is initialised (eal proves it).
+        // SAFETY: cname and the ops name are valid C strings for the call; EAL is initialised
+        // (eal proves it).
         let raw = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, dpdk_sys::SOCKET_ID_ANY)
+            dpdk_sys::rte_pktmbuf_pool_create_by_ops(
+                cname.as_ptr(),
+                count,
+                cache,
+                0,
+                data_room,
+                dpdk_sys::SOCKET_ID_ANY,
+                order.ops_name().map_or(std::ptr::null(), |n| n.as_ptr()),
+            )
         };
-        let raw = NonNull::new(raw).ok_or_else(|| Error::from_errno("rte_pktmbuf_pool_create"))?;
+        let raw = NonNull::new(raw).ok_or_else(|| Error::from_errno("rte_pktmbuf_pool_create_by_ops"))?;
         Ok(Mempool { inner: Arc::new(PoolInner { raw, eal: Some(eal.clone()) }) })
+    }
+
+    /// The name of the pool's mempool driver (`ring_mp_mc`, `stack`, …), read back from DPDK.
+    pub fn driver(&self) -> String {
+        // SAFETY: the pool is alive; its ops index was set at creation and names a registered
+        // driver, whose name is a NUL-terminated array inside the static ops table.
+        let name = unsafe {
+            let ops = dpdk_sys::rte_mempool_get_ops((*self.as_ptr()).ops_index);
+            std::ffi::CStr::from_ptr((*ops).name.as_ptr())
+        };
+        name.to_string_lossy().into_owned()
     }
 
     /// Mbufs currently taken from the pool (held by the application, a device ring or a cache
