@@ -22,7 +22,6 @@ use dpdk::{Eal, Mempool, PoolOrder, Port, PortConfig, RssConfig, RxBurst, TxBatc
 use crate::clock::TscClock;
 use crate::config::{CheckpointModeArg, FrameLossArg, NonIpPolicyArg, RunConfig};
 use crate::egress::Egress;
-use crate::held::FramePools;
 use crate::io_lcore::{Dispatched, IoContext, RxGate, Source, TxDrain};
 use crate::messages::{FlowRow, ShardCommand, ShardEvent, COMMAND_QUEUE, EVENT_QUEUE};
 use crate::plan::{IoWork, Plan, DESCRIPTORS, RING_SLOTS};
@@ -34,9 +33,6 @@ use crate::Shared;
 const MBUF_DATA_ROOM: u16 = 2048 + 128;
 /// The longest frame one mbuf holds (its data room less DPDK's default headroom).
 const MBUF_BUFFER: usize = 2048;
-/// Data room of a compact mbuf: DPDK's 128-byte headroom and a short frame
-/// (`held::COMPACT_FRAME_MAX`).
-const COMPACT_DATA_ROOM: u16 = 128 + crate::held::COMPACT_FRAME_MAX;
 
 /// Final figures of a run.
 #[derive(Debug, Clone, Default)]
@@ -233,7 +229,7 @@ fn wire_shards(
     cfg: &RunConfig,
     plan: &Plan,
     ports: &Ports,
-    pools: &FramePools,
+    pool: &Mempool,
     shared: &Arc<Shared>,
     clock: TscClock,
 ) -> Result<Wiring, String> {
@@ -255,7 +251,7 @@ fn wire_shards(
                 primary: Some(ports.primary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 secondary: Some(ports.secondary.rx_queue(id as u16).map_err(|e| e.to_string())?),
                 burst: Box::new(RxBurst::new()),
-                gate: RxGate::new(pools.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
+                gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
             }
         } else {
             let mut ring = |source: usize| {
@@ -288,7 +284,7 @@ fn wire_shards(
             input,
             out: Outlets {
                 tx: Transmitter::new(path),
-                egress: Egress::new(pools.rx.clone(), output_mtu, MBUF_BUFFER, shared.clone()),
+                egress: Egress::new(pool.clone(), output_mtu, MBUF_BUFFER, shared.clone()),
                 events: events.clone(),
                 unsent_events: Default::default(),
             },
@@ -296,7 +292,7 @@ fn wire_shards(
             clock,
             shared: shared.clone(),
             published,
-            pools: pools.clone(),
+            pool: pool.clone(),
             shards: plan.shards,
             mirror,
             backoff: crate::IdleBackoff::new(cfg.idle_sleep),
@@ -314,7 +310,7 @@ fn io_contexts(
     cfg: &RunConfig,
     plan: &Plan,
     ports: &Ports,
-    pools: &FramePools,
+    pool: &Mempool,
     shared: &Arc<Shared>,
     w: &mut Wiring,
 ) -> Result<Vec<IoContext>, String> {
@@ -335,7 +331,7 @@ fn io_contexts(
         txs,
         shared: shared.clone(),
         shards: plan.shards,
-        gate: RxGate::new(pools.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
+        gate: RxGate::new(pool.clone(), crate::shard_lcore::POOL_RX_RESERVE_DIVISOR, shared.rx_stamp()),
         backoff: crate::IdleBackoff::new(cfg.idle_sleep),
         load: shared.load_meter("io".to_string()),
     };
@@ -407,22 +403,11 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let pool = lifo_pool(eal, "colo_pool", mbufs, cache, MBUF_DATA_ROOM).map_err(|e| {
         format!("cannot create a pool of {mbufs} mbufs ({e}): give EAL more memory (-m) or use --mbufs")
     })?;
-    // Compacting pays only on 4 KiB pages (`--no-huge`), where thousands of held receive
-    // mbufs cost page walks; on hugepages it is pure cost (see `held`). As many compact mbufs
-    // as receive mbufs, so any held frame can be compact. Without them (too little EAL
-    // memory) frames stay in their receive mbufs.
-    let compact = (!eal.has_hugepages())
-        .then(|| lifo_pool(eal, "colo_compact", mbufs, cache, COMPACT_DATA_ROOM))
-        .transpose()
-        .map_err(|e| tracing::warn!("no pool of compact mbufs ({e}): short held frames stay in their receive mbufs"))
-        .ok()
-        .flatten();
     let ports = Ports::start(eal, &ids, &plan, &pool)?;
     let shared = Arc::new(Shared::default());
     let clock = TscClock::start();
-    let pools = FramePools { rx: pool, compact };
-    let mut wiring = wire_shards(cfg, &plan, &ports, &pools, &shared, clock)?;
-    let ios = io_contexts(cfg, &plan, &ports, &pools, &shared, &mut wiring)?;
+    let mut wiring = wire_shards(cfg, &plan, &ports, &pool, &shared, clock)?;
+    let ios = io_contexts(cfg, &plan, &ports, &pool, &shared, &mut wiring)?;
     shared.rx_running.store(ios.iter().filter(|io| !io.inputs.is_empty()).count(), Ordering::Release);
     tracing::info!(
         shards = cfg.shards,
@@ -430,7 +415,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         io_lcores = if plan.io_on_main { 0 } else { ios.len() },
         tx = if plan.per_shard_tx { "one queue per shard" } else { "ring to the I/O lcore" },
         mbufs,
-        pool = pools.rx.driver(),
+        pool = pool.driver(),
         "colo-dataplane starting"
     );
     let mut io_handles = Vec::new();

@@ -1,21 +1,13 @@
 //! The frame handle the shards hold: an owned mbuf. Held frames stay in their mbufs (zero
 //! copy); the core gives them back in its actions to be transmitted or freed.
 //!
-//! One exception, for memory's sake: on 4 KiB pages (EAL `--no-huge`), while its shard holds
-//! many frames, a short frame is moved into a compact mbuf (a few cache lines, from a pool of
-//! its own) and its receive mbuf goes back to the pool at once ([`HeldFrame::compacted`]).
-//! Thousands of held receive mbufs, each a 2 KiB buffer, spread the held frames over thousands
-//! of pages, and touching them again costs page walks (hugepages remove the gain); their
-//! compact copies sit close together, and the receive mbufs that stay in use are the few just
-//! freed. On hugepages the copy would be pure cost, so there is no compact pool.
-//!
 //! A frame that arrived as a chain of segments (a virtio guest's 64 KiB TSO frame over
 //! vhost-user, a jumbo frame longer than one mbuf) is copied once into one contiguous buffer
 //! on receipt: the comparator reads and rewrites that copy, and the copy is what leaves (see
 //! `egress`). Frames that fit one mbuf, nearly all, are never copied.
 
 use colo_core::Frame;
-use dpdk::{Mbuf, Mempool};
+use dpdk::Mbuf;
 
 /// An mbuf as a comparator frame: two words, as the comparator keeps a held frame's handle in
 /// its flow entry (what only a chain or a frame for segmentation has is behind a pointer).
@@ -38,31 +30,6 @@ struct Big {
     segment_size: Option<u16>,
 }
 
-/// The mbuf pools frames live in: the receive pool and, if it could be made, the pool of
-/// compact mbufs ([`HeldFrame::compacted`]).
-#[derive(Clone, Debug)]
-pub struct FramePools {
-    /// Receive mbufs (also copies and cut segments on the way out).
-    pub rx: Mempool,
-    /// Compact mbufs for short held frames.
-    pub compact: Option<Mempool>,
-}
-
-impl FramePools {
-    /// Receive mbufs free for new frames, a frame in a compact mbuf counted as if it still took
-    /// its receive mbuf: compacting changes where held frames live, not how many the receive
-    /// pool's size lets the shards hold (the RX gate and the pressure checks keep their
-    /// meaning).
-    pub fn free_for_rx(&self) -> u32 {
-        let compacted = self.compact.as_ref().map_or(0, Mempool::in_use);
-        self.rx.available().saturating_sub(compacted)
-    }
-}
-
-/// The longest frame [`HeldFrame::compacted`] moves into a compact mbuf: a minimum-size frame,
-/// a TCP ACK with its options, a DNS query.
-pub const COMPACT_FRAME_MAX: u16 = 128;
-
 impl HeldFrame {
     /// A frame as received from a port.
     pub fn received(mbuf: Mbuf) -> HeldFrame {
@@ -70,21 +37,6 @@ impl HeldFrame {
         let segment_size = mbuf.segment_size();
         let big = (whole.is_some() || segment_size.is_some()).then(|| Box::new(Big { whole, segment_size }));
         HeldFrame { mbuf, big }
-    }
-
-    /// The frame moved into a compact mbuf from `compact` (a pool of [`COMPACT_FRAME_MAX`]-byte
-    /// buffers), its receive mbuf freed, if it is that short, in one segment and not waiting
-    /// for segmentation; `Err` with the frame as it was otherwise, or when `compact` has no
-    /// mbuf left. Only the bytes move: nothing else of a received mbuf is read once the frame
-    /// is staged for its shard.
-    pub fn compacted(self, compact: &Mempool) -> Result<HeldFrame, HeldFrame> {
-        if self.big.is_some() || self.mbuf.len() > usize::from(COMPACT_FRAME_MAX) {
-            return Err(self);
-        }
-        match Mbuf::from_slice(compact, self.mbuf.data()) {
-            Ok(mbuf) => Ok(HeldFrame { mbuf, big: None }),
-            Err(_) => Err(self),
-        }
     }
 
     /// Whether the mbuf can be sent as it is on a port taking frames of up to `max_frame`

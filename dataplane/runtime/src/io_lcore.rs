@@ -126,7 +126,7 @@ pub struct IoContext {
 /// budget (free minus reserve) that received frames use up, and only an exhausted budget is
 /// counted again — conservative, since frees in between are not credited.
 pub struct RxGate {
-    pools: crate::held::FramePools,
+    pool: dpdk::Mempool,
     reserve: u32,
     budget: u32,
     /// This lcore's last-RX stamp (its own cache line).
@@ -134,17 +134,17 @@ pub struct RxGate {
 }
 
 impl RxGate {
-    /// A gate on the receive pool closing below `capacity / divisor` free mbufs (frames in
-    /// compact mbufs counted as taking theirs); received bursts are stamped in `stamp`.
-    pub fn new(pools: crate::held::FramePools, divisor: u32, stamp: Arc<crate::RxStamp>) -> Self {
-        let reserve = pools.rx.capacity() / divisor.max(1);
-        RxGate { pools, reserve, budget: 0, stamp }
+    /// A gate on `pool` closing below `capacity / divisor` free mbufs; received bursts are
+    /// stamped in `stamp`.
+    pub fn new(pool: dpdk::Mempool, divisor: u32, stamp: Arc<crate::RxStamp>) -> Self {
+        let reserve = pool.capacity() / divisor.max(1);
+        RxGate { pool, reserve, budget: 0, stamp }
     }
 
     /// Whether RX may take a burst now.
     pub fn open(&mut self) -> bool {
         if self.budget == 0 {
-            self.budget = self.pools.free_for_rx().saturating_sub(self.reserve);
+            self.budget = self.pool.available().saturating_sub(self.reserve);
         }
         self.budget > 0
     }

@@ -57,9 +57,6 @@ pub struct LcoreLoad {
     pub idle: AtomicU64,
     /// Frames moved (received, handed on, or compared).
     pub frames: AtomicU64,
-    /// Short frames a shard moved into compact mbufs while holding many
-    /// (`HeldFrame::compacted`).
-    pub compacted: AtomicU64,
 }
 
 impl LcoreLoad {
@@ -73,13 +70,7 @@ impl LcoreLoad {
         }
     }
 
-    /// Adds `n` frames moved into compact mbufs.
-    pub fn compacted(&self, n: u64) {
-        let r = Ordering::Relaxed;
-        self.compacted.store(self.compacted.load(r).wrapping_add(n), r);
-    }
-
-    /// `{role, busy_percent, cycles_per_frame, frames, compacted_frames}` for the statistics.
+    /// `{role, busy_percent, cycles_per_frame, frames}` for the statistics.
     pub fn report(&self, role: &str) -> serde_json::Value {
         let (busy, idle, frames) =
             (self.busy.load(Ordering::Relaxed), self.idle.load(Ordering::Relaxed), self.frames.load(Ordering::Relaxed));
@@ -89,7 +80,6 @@ impl LcoreLoad {
             "busy_percent": if total == 0 { 0.0 } else { (busy as f64 * 1000.0 / total as f64).round() / 10.0 },
             "cycles_per_frame": busy.checked_div(frames).unwrap_or(0),
             "frames": frames,
-            "compacted_frames": self.compacted.load(Ordering::Relaxed),
         })
     }
 }

@@ -112,11 +112,8 @@ pub struct ShardContext {
     pub shared: Arc<Shared>,
     /// Latest counters for the control thread (capacity 1, overwritten): lock-free reads.
     pub published: Arc<ArrayQueue<Counters>>,
-    /// The packet pools: the receive pool, watched for exhaustion (SPEC §6
-    /// `resource-pressure`), and the compact mbufs for short frames while the shard holds many
-    /// ([`COMPACT_WHEN_HELD`]; `None` when that pool could not be made: frames then stay in
-    /// their receive mbufs).
-    pub pools: crate::held::FramePools,
+    /// The packet pool, watched for exhaustion (SPEC §6 `resource-pressure`).
+    pub pool: dpdk::Mempool,
     /// Number of shards sharing the pool.
     pub shards: usize,
     /// Proxy mode: mirroring client frames to both guests.
@@ -128,15 +125,6 @@ pub struct ShardContext {
     /// The receive burst being handled (empty between bursts).
     pub staged: Staged,
 }
-
-/// Frames a shard holds from which it moves short received frames into compact mbufs
-/// ([`HeldFrame::compacted`]). Below it the held receive mbufs are few enough to stay in the
-/// caches and the copy is pure cost; above it the compact copies win. Measured with
-/// `benches/dpdk-bench`, 64 B frames, single lcore, `--no-huge`, alternated, copying at any
-/// held count, on the means: with 288 frames held (copies meeting 288 frames apart) the copy
-/// cost 8 %; with 1,056 it gained 33 %, with 4,128 46 %, with 10,016 54 %. (On hugepages it
-/// lost 13 % at 10,016: there is no compact pool then.)
-pub const COMPACT_WHEN_HELD: u64 = 512;
 
 /// A receive burst's frames and, at the same index, their parses. Two vectors, not one of
 /// pairs: the shard borrows each parse where it was written instead of moving it out with its
@@ -459,10 +447,9 @@ impl ShardContext {
 
     /// Below 1/8 free mbufs, a shard holding its share of the shortage asks for
     /// `resource-pressure`: if the mbufs sit in TX backlogs (output slower than the guests) a
-    /// flush would free nothing. Frames in compact mbufs count as taking their receive mbufs
-    /// ([`crate::held::FramePools::free_for_rx`]).
+    /// flush would free nothing.
     fn check_pool(&mut self, now: colo_core::Timestamp) {
-        let (free, size) = (self.pools.free_for_rx(), self.pools.rx.capacity());
+        let (free, size) = (self.pool.available(), self.pool.capacity());
         let held = self.shard.counters().held_frames();
         let share = u64::from(size / POOL_LOW_WATER_DIVISOR) / self.shards.max(1) as u64;
         if free < size / POOL_LOW_WATER_DIVISOR && held >= share {
@@ -576,7 +563,7 @@ impl ShardContext {
         let mut n = 0;
         while n < BURST_SIZE {
             let Ok((m, class)) = ring.pop() else { break };
-            mirror.client_frame(&mut self.shard, &self.pools.rx, m, class, now);
+            mirror.client_frame(&mut self.shard, &self.pool, m, class, now);
             n += 1;
         }
         n
@@ -587,13 +574,6 @@ impl ShardContext {
     /// ([`Outlets::handle_burst`]).
     fn take_input(&mut self, side: Side, now: colo_core::Timestamp) -> usize {
         let staged = &mut self.staged;
-        let held = self.shard.counters().held_frames();
-        let compact = self.pools.compact.as_ref().filter(|_| held >= COMPACT_WHEN_HELD);
-        let mut compacted = 0u64;
-        let mut stage = |m: HeldFrame| match compact {
-            Some(pool) => m.compacted(pool).inspect(|_| compacted += 1).unwrap_or_else(|m| m),
-            None => m,
-        };
         match &mut self.input {
             ShardInput::Rings { primary, secondary, .. } => {
                 let ring = match side {
@@ -603,8 +583,8 @@ impl ShardContext {
                 while staged.len() < BURST_SIZE {
                     let Ok((m, class)) = ring.pop() else { break };
                     match class {
-                        Some(class) => staged.push(stage(m), class),
-                        None => staged.push_parsing(stage(m)),
+                        Some(class) => staged.push(m, class),
+                        None => staged.push_parsing(m),
                     }
                 }
             }
@@ -620,12 +600,9 @@ impl ShardContext {
                 let n = queue.rx_burst(burst);
                 gate.took(n);
                 for m in burst.by_ref() {
-                    staged.push_parsing(stage(HeldFrame::received(m)));
+                    staged.push_parsing(HeldFrame::received(m));
                 }
             }
-        }
-        if compacted > 0 {
-            self.load.compacted(compacted);
         }
         let n = staged.len();
         self.out.handle_burst(&mut self.shard, self.id, side, staged, now);

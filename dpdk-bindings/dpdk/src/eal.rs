@@ -93,12 +93,6 @@ impl Eal {
         unsafe { dpdk_sys::rte_get_main_lcore() }
     }
 
-    /// Whether EAL's memory is on hugepages (false with `--no-huge`: 4 KiB pages).
-    pub fn has_hugepages(&self) -> bool {
-        // SAFETY: reads EAL's internal configuration, valid after init.
-        unsafe { dpdk_sys::rte_eal_has_hugepages() != 0 }
-    }
-
     /// Creates a virtual device after start-up (`rte_vdev_init`), e.g.
     /// `create_vdev("net_pcap0", "rx_pcap=in.pcap,tx_pcap=out.pcap")`, and returns its port.
     pub fn create_vdev(&self, name: &str, args: &str) -> Result<crate::PortId> {
