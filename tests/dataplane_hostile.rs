@@ -86,6 +86,10 @@ fn out_of_range_settings_are_refused_and_the_dataplane_keeps_running() {
     assert!(shard["frames"].as_u64() >= Some(100), "{shard}");
     assert!(shard["busy_percent"].as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)), "{shard}");
     assert!(shard["cycles_per_frame"].as_u64() > Some(0), "{shard}");
+    // The packet pool: the LIFO driver, its size, what is taken from it.
+    let mbufs = &v["mbufs"];
+    assert_eq!(mbufs["driver"], "stack", "{mbufs}");
+    assert!(mbufs["in_use"].as_u64().is_some_and(|n| n <= mbufs["size"].as_u64().unwrap_or(0)), "{mbufs}");
     colo_ctl(&admin, &["shutdown"]);
     let out = dp.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

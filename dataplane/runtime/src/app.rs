@@ -53,6 +53,8 @@ pub struct RunSummary {
     pub proxy: Option<serde_json::Value>,
     /// Each polling lcore's busy share and cycles per frame.
     pub lcores: Option<serde_json::Value>,
+    /// The packet pool: driver, size, mbufs in use ([`pool_report`]).
+    pub mbufs: Option<serde_json::Value>,
 }
 
 /// Checks that hugepages exist unless the EAL options say `--no-huge` (SPEC §11).
@@ -388,6 +390,12 @@ fn lifo_pool(eal: &Eal, name: &str, count: u32, cache: u32, data_room: u16) -> d
     })
 }
 
+/// The packet pool for the statistics: its driver (`stack` unless it had to fall back), its
+/// size (`--mbufs`) and the mbufs taken from it (held frames, device rings, TX backlogs).
+fn pool_report(pool: &Mempool) -> serde_json::Value {
+    serde_json::json!({ "driver": pool.driver(), "size": pool.capacity(), "in_use": pool.in_use() })
+}
+
 /// Runs the dataplane until a signal or idleness stops it.
 pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     let ids = PortIds::resolve(eal, cfg)?;
@@ -437,7 +445,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
         shard_handles.push(dpdk::launch(lcore, move || ctx.run()).map_err(|e| format!("cannot launch a shard: {e}"))?);
     }
     let io_here = local_io.is_some();
-    let mut control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints)?;
+    let mut control = ControlLoop::new(cfg, wiring.links, shared.clone(), clock, local_io, endpoints, pool.clone())?;
     control.local_shard = local_shard.map(|mut ctx| {
         // Where the I/O work shares this lcore, its back-off already waits here: the shard's
         // must not add to it. A shard that polls its ports itself keeps its own (and with it
@@ -456,6 +464,7 @@ pub fn run(eal: &Eal, cfg: &RunConfig) -> Result<RunSummary, String> {
     summary.tx_abandoned_at_shutdown = shared.tx_abandoned_at_shutdown.load(Ordering::Relaxed);
     summary.egress = Some(shared.egress.report());
     summary.lcores = Some(shared.load_report());
+    summary.mbufs = Some(pool_report(&pool));
     summary.proxy = proxy.then(|| proxy_summary(&wiring.mirror_stats));
     summary.ports = ports.stats();
     // Ports close when dropped here: net_pcap output files are complete after this.
@@ -495,6 +504,8 @@ struct ControlLoop {
     local_shard: Option<LocalShard>,
     /// `flows` requests waiting for every shard's answer.
     pending_flows: Vec<PendingFlows>,
+    /// The packet pool, for `stats`.
+    pool: Mempool,
     next_request: u64,
     /// Whether a completion means the secondary guest became a copy of the primary (a COLO
     /// frame's checkpoint) or nothing changed in the guests (standalone mode).
@@ -639,6 +650,7 @@ impl ControlLoop {
         clock: TscClock,
         local_io: Option<IoContext>,
         endpoints: ControlEndpoints,
+        pool: Mempool,
     ) -> Result<Self, String> {
         let ControlEndpoints { admin, server, terminate, mode } = endpoints;
         let ShardLinks { commands, published, events } = links;
@@ -683,6 +695,7 @@ impl ControlLoop {
             local_io: local_io.map(|io| (io, RxBurst::new())),
             local_shard: None,
             pending_flows: Vec::new(),
+            pool,
             next_request: 1,
             resync_on_completion: mode == CheckpointMode::Frame,
         })
@@ -852,6 +865,7 @@ impl ControlLoop {
                     v["checkpoint_pending"] = self.coordinator.checkpoint_pending().into();
                     v["lcores"] = self.shared.load_report();
                     v["egress"] = self.shared.egress.report();
+                    v["mbufs"] = pool_report(&self.pool);
                     v
                 }
                 AdminRequest::CheckpointDone => {
@@ -1043,6 +1057,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
         "egress": s.egress,
         "proxy": s.proxy,
         "lcores": s.lcores,
+        "mbufs": s.mbufs,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
             "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,
