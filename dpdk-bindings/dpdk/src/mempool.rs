@@ -23,8 +23,9 @@ struct PoolInner {
     eal: Option<Eal>,
 }
 
-// SAFETY: DPDK mempools created with default flags are multi-producer/multi-consumer; all
-// operations used here (alloc, free, counts) are thread-safe.
+// SAFETY: DPDK mempools created with default flags are multi-producer/multi-consumer, with
+// either driver used here (the default ring, or `stack`, which locks); all operations used
+// here (alloc, free, counts) are thread-safe.
 unsafe impl Send for PoolInner {}
 // SAFETY: as above; shared references only call thread-safe mempool functions.
 unsafe impl Sync for PoolInner {}
