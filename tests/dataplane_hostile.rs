@@ -89,7 +89,8 @@ fn out_of_range_settings_are_refused_and_the_dataplane_keeps_running() {
     // The packet pool: the LIFO driver, its size, what is taken from it.
     let mbufs = &v["mbufs"];
     assert_eq!(mbufs["driver"], "stack", "{mbufs}");
-    assert!(mbufs["in_use"].as_u64().is_some_and(|n| n <= mbufs["size"].as_u64().unwrap_or(0)), "{mbufs}");
+    let size = mbufs["size"].as_u64().unwrap_or_else(|| panic!("no pool size: {mbufs}"));
+    assert!(size > 0 && mbufs["in_use"].as_u64().is_some_and(|n| n <= size), "{mbufs}");
     colo_ctl(&admin, &["shutdown"]);
     let out = dp.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

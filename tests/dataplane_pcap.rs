@@ -538,8 +538,7 @@ fn short_frames_held_by_the_thousand_leave_unchanged() {
         assert_eq!(total["checkpoint_requests"], serde_json::json!({}), "{total}");
         assert_eq!(total["released"]["match"], primary.len(), "{total}");
         assert_same_per_flow(&run.output, &primary);
-        // Every mbuf is back in the pool (the LIFO one) once the run is over.
-        assert_eq!(run.stats["mbufs"]["driver"], "stack", "{}", run.stats["mbufs"]);
+        // Every mbuf is back in the pool once the run is over.
         assert_eq!(run.stats["mbufs"]["in_use"], 0, "{}", run.stats["mbufs"]);
         assert_eq!(run.stats["mbufs"]["size"], 40_000, "{}", run.stats["mbufs"]);
     }

@@ -136,8 +136,8 @@ fn free_mbufs_in_a_worker_lcores_cache_are_counted() {
 }
 
 /// A LIFO pool (the `stack` driver) hands out the mbuf freed last even with no lcore cache in
-/// front of it; the default ring hands out the one freed longest ago. The dataplane's pools
-/// rely on the first (a refill after a cache ran dry gets mbufs still warm).
+/// front of it; the default ring hands out the one freed longest ago. The dataplane's pool
+/// relies on the first (a refill after a cache ran dry gets mbufs still warm).
 #[test]
 fn a_lifo_pool_hands_out_the_mbuf_freed_last() {
     let eal = test_eal();

@@ -381,8 +381,8 @@ fn proxy_summary(stats: &[Arc<crate::shard_lcore::MirrorStats>]) -> serde_json::
 /// An mbuf pool that hands out the mbuf freed last (DPDK's `stack` mempool driver), or the
 /// EAL's default ring if that driver is missing. With thousands of frames held the number of
 /// free mbufs swings by more than an lcore cache, so allocations often come from the pool
-/// itself: a ring gives the mbuf freed longest ago, cold in the caches and the TLB, where the
-/// stack gives one freed moments before (see ARCHITECTURE).
+/// itself: a ring gives the mbuf freed longest ago, long out of the caches, where the stack
+/// gives one freed moments before (see ARCHITECTURE).
 fn lifo_pool(eal: &Eal, name: &str, count: u32, cache: u32, data_room: u16) -> dpdk::Result<Mempool> {
     Mempool::new_pktmbuf_in_order(eal, name, count, cache, data_room, PoolOrder::Lifo).or_else(|e| {
         tracing::warn!("cannot make {name} with the `stack` mempool driver ({e}): trying the EAL's default ring");
