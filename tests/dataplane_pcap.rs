@@ -469,6 +469,36 @@ fn jumbo_frames_are_compared_whole_and_leave_cut_to_the_output_mtu() {
     }
 }
 
+/// A secondary that sent the first 5,000 bytes of the primary's 8,000-byte segment and then
+/// nothing more (as one waiting for the client to acknowledge what it sent): those verified
+/// bytes leave as a part, cut to the output MTU, ahead of the segment; the rest, never
+/// verified, leaves only by the shutdown flush. The client's stream is whole and once.
+#[test]
+fn a_stalled_secondary_gets_the_verified_part_of_a_jumbo_segment_out() {
+    let conn = |ip_id| Conn { template: TcpFrame { ip_id, ..TcpFrame::default() }, ..Conn::default() };
+    let (p, s) = (conn(100), conn(900));
+    let stream: Vec<u8> = (0..8000u32).map(|i| (i * 5 + i / 253) as u8).collect();
+    let primary = vec![p.data(0, &stream)];
+    let secondary: Vec<Vec<u8>> =
+        stream[..5000].chunks(1448).enumerate().map(|(k, c)| s.data(k as u32 * 1448, c)).collect();
+    let dir = scratch_dir("dp-part");
+    let run = run_dataplane(&dir, &primary, &secondary, 1, &[]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let total = &run.stats["total"];
+    assert_eq!(total["accounting"], "ok", "{total}");
+    assert_eq!(total["released_parts"], 1, "{total}");
+    assert_eq!(total["released"]["flush"], 1, "the unverified rest leaves by flush only: {total}");
+    let mut joined = Vec::new();
+    for f in &run.output {
+        assert!(f.len() <= 1514, "a {}-byte frame left a 1500-byte MTU port", f.len());
+        assert!(colo_core::fixtures::tcp_checksum_valid(f));
+        let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
+        assert_eq!(seq, p.seq(joined.len() as u32), "in stream order");
+        joined.extend_from_slice(tcp_payload(f));
+    }
+    assert_eq!(joined, stream, "the primary's stream, in order, once");
+}
+
 /// A VLAN-tagged UDP datagram of the full MTU (a 1,518-byte frame) is not too long for a
 /// 1,500-byte MTU port: the MTU bounds the IP packet, not the tag. It leaves as it came.
 #[test]

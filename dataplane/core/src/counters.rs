@@ -80,6 +80,11 @@ pub struct Counters {
     pub secondary_in: u64,
     /// Primary frames released, indexed by [`Via`] (`Via::ALL` order).
     pub released: [u64; 4],
+    /// Verified parts of held primary segments released ahead of their rest (a secondary
+    /// stalled mid-segment, waiting for the client's acknowledgement of what it sent; see
+    /// [`crate::Action::ReleasePart`]). Not frames: the segment stays held and is counted
+    /// in `released` when its rest leaves.
+    pub released_parts: u64,
     /// Secondary frames consumed after comparison (or carrying nothing to compare).
     pub secondary_consumed: u64,
     /// Secondary frames dropped by a checkpoint flush.
@@ -212,6 +217,7 @@ impl Counters {
             "secondary_in": self.secondary_in,
             "released": released,
             "released_total": self.released_total(),
+            "released_parts": self.released_parts,
             "secondary_consumed": self.secondary_consumed,
             "secondary_flushed": self.secondary_flushed,
             "secondary_forwarded": self.secondary_forwarded,
@@ -246,6 +252,7 @@ impl Counters {
         for (a, b) in self.released.iter_mut().zip(o.released) {
             *a += b;
         }
+        self.released_parts += o.released_parts;
         self.secondary_consumed += o.secondary_consumed;
         self.secondary_flushed += o.secondary_flushed;
         self.secondary_forwarded += o.secondary_forwarded;

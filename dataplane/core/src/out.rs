@@ -25,6 +25,27 @@ pub enum Action<F> {
         /// Why it may go.
         via: Via,
     },
+    /// Transmit this frame's TCP segment from payload byte `skip` on: the bytes before it
+    /// left earlier as a [`Action::ReleasePart`]. Counted as the frame's release.
+    ReleaseRest {
+        /// The primary's frame, as it arrived.
+        frame: F,
+        /// Why it may go.
+        via: Via,
+        /// Payload bytes already sent.
+        skip: u32,
+    },
+    /// Transmit these bytes: a TCP frame the comparator built from the verified first bytes
+    /// of a held primary segment whose rest still waits for the secondary (which, holding a
+    /// short segment back until the client acknowledges what it sent, would otherwise never
+    /// send that rest). The segment stays held; its rest leaves as [`Action::ReleaseRest`].
+    ReleasePart {
+        /// The whole frame: headers, lengths and checksums written for the part. It may be
+        /// longer than the output port's MTU (a part of a guest's TSO frame).
+        bytes: Box<[u8]>,
+        /// Why it may go.
+        via: Via,
+    },
     /// Do not transmit; free the frame.
     Drop {
         /// Which guest sent it.
@@ -141,6 +162,22 @@ impl<F> Out<'_, F> {
         c.released[via as usize] += 1;
         c.hold_time.record(self.now.saturating_since(arrived));
         self.actions.push_back(Action::Release { frame, via });
+    }
+
+    /// The rest of a held segment whose first `skip` payload bytes left as a part.
+    pub(crate) fn release_held_rest(&mut self, frame: F, via: Via, arrived: Timestamp, len: u32, skip: u32) {
+        let c = &mut *self.counters;
+        c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
+        c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
+        c.released[via as usize] += 1;
+        c.hold_time.record(self.now.saturating_since(arrived));
+        self.actions.push_back(Action::ReleaseRest { frame, via, skip });
+    }
+
+    /// A verified part of a held segment (see [`Action::ReleasePart`]).
+    pub(crate) fn release_part(&mut self, bytes: Box<[u8]>, via: Via) {
+        self.counters.released_parts += 1;
+        self.actions.push_back(Action::ReleasePart { bytes, via });
     }
 
     pub(crate) fn release_now(&mut self, frame: F, via: Via) {

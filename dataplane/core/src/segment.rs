@@ -88,57 +88,96 @@ pub fn split_tcp(
     mss: usize,
     max_frame: usize,
     scratch: &mut Vec<u8>,
+    emit: impl FnMut(&[u8]),
+) -> Result<usize, NotSplittable> {
+    split_tcp_from(frame, 0, mss, max_frame, scratch, emit)
+}
+
+/// [`split_tcp`] of the payload from byte `skip` on: the bytes before it left earlier (as a
+/// part, see [`cut_payload`]). Nothing is emitted when `skip` is at or past the payload's end,
+/// unless the segment carries a FIN, which then leaves in one empty piece.
+pub fn split_tcp_from(
+    frame: &[u8],
+    skip: usize,
+    mss: usize,
+    max_frame: usize,
+    scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, NotSplittable> {
     let l = layout(frame)?;
-    let headers = l.payload;
-    let room = max_frame.checked_sub(headers).filter(|&r| r > 0).ok_or(NotSplittable::NoRoom)?;
+    let room = max_frame.checked_sub(l.payload).filter(|&r| r > 0).ok_or(NotSplittable::NoRoom)?;
     let step = if mss == 0 { room } else { mss.min(room) };
-    let payload = &frame[l.payload..l.end];
-    let seq = u32::from_be_bytes([frame[l.tcp + 4], frame[l.tcp + 5], frame[l.tcp + 6], frame[l.tcp + 7]]);
-    let flags = frame[l.tcp + 13];
+    let len = l.end - l.payload;
+    let skip = skip.min(len);
+    let fin = frame[l.tcp + 13] & 0x01 != 0;
+    // A fully sent payload still owes its FIN (or, when it never had any, its one frame).
+    let pieces = if skip == len && skip > 0 && !fin { 0 } else { (len - skip).div_ceil(step).max(1) };
     let ip_id = u16::from_be_bytes([frame[l.ip + 4], frame[l.ip + 5]]);
-    let pieces = payload.len().div_ceil(step).max(1);
-    let out = scratch;
     for i in 0..pieces {
-        let chunk = &payload[(i * step).min(payload.len())..((i + 1) * step).min(payload.len())];
-        out.clear();
-        out.extend_from_slice(&frame[..headers]);
-        out.extend_from_slice(chunk);
-        let l4_len = headers - l.tcp + chunk.len();
-        // IP: lengths, identification, header checksum.
-        if l.ipv4 {
-            let total = (headers - l.ip + chunk.len()) as u16;
-            out[l.ip + 2..l.ip + 4].copy_from_slice(&total.to_be_bytes());
-            out[l.ip + 4..l.ip + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
-            out[l.ip + 10..l.ip + 12].copy_from_slice(&[0, 0]);
-            let c = finish(add(0, &out[l.ip..l.tcp]));
-            out[l.ip + 10..l.ip + 12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            out[l.ip + 4..l.ip + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        }
-        // TCP: sequence number, flags, checksum over the pseudo-header.
-        let piece_seq = seq.wrapping_add((i * step) as u32);
-        out[l.tcp + 4..l.tcp + 8].copy_from_slice(&piece_seq.to_be_bytes());
-        let (fin_psh, cwr) = (0x01 | 0x08, 0x80);
-        let mut f = flags;
-        if i + 1 < pieces {
-            f &= !fin_psh;
-        }
-        if i > 0 {
-            f &= !cwr;
-        }
-        out[l.tcp + 13] = f;
-        out[l.tcp + 16..l.tcp + 18].copy_from_slice(&[0, 0]);
-        let addrs = if l.ipv4 { &out[l.ip + 12..l.ip + 20] } else { &out[l.ip + 8..l.ip + 40] };
-        let mut sum = add(0, addrs);
-        sum = add(sum, &[0, 6]);
-        sum = add(sum, &(l4_len as u32).to_be_bytes());
-        let c = finish(add(sum, &out[l.tcp..]));
-        out[l.tcp + 16..l.tcp + 18].copy_from_slice(&c.to_be_bytes());
-        emit(out);
+        let from = skip + i * step;
+        build_piece(frame, &l, from..(from + step).min(len), ip_id.wrapping_add(i as u16), scratch);
+        emit(scratch);
     }
     Ok(pieces)
+}
+
+/// Builds in `out` one TCP frame carrying payload bytes `range` of `frame` (a part of a held
+/// segment whose first bytes are verified while the rest waits): the same headers, the
+/// sequence number advanced to the part, FIN and PSH kept only if the part ends the payload,
+/// CWR only if it starts it, lengths and checksums written anew. The part may be longer than
+/// a port's MTU (the egress cuts it as any long frame).
+pub fn cut_payload(frame: &[u8], range: std::ops::Range<usize>, out: &mut Vec<u8>) -> Result<(), NotSplittable> {
+    let l = layout(frame)?;
+    let len = l.end - l.payload;
+    if range.start > range.end || range.end > len {
+        return Err(NotSplittable::NoRoom);
+    }
+    let ip_id = u16::from_be_bytes([frame[l.ip + 4], frame[l.ip + 5]]);
+    build_piece(frame, &l, range, ip_id, out);
+    Ok(())
+}
+
+/// One piece of `frame` (laid out as `l`): its headers, payload bytes `range`, IPv4
+/// identification `ip_id`; every length, flag and checksum as [`split_tcp`] writes them.
+fn build_piece(frame: &[u8], l: &Layout, range: std::ops::Range<usize>, ip_id: u16, out: &mut Vec<u8>) {
+    let headers = l.payload;
+    let len = l.end - l.payload;
+    let chunk = &frame[headers + range.start..headers + range.end];
+    out.clear();
+    out.extend_from_slice(&frame[..headers]);
+    out.extend_from_slice(chunk);
+    let l4_len = headers - l.tcp + chunk.len();
+    // IP: lengths, identification, header checksum. A piece longer than the 16-bit field
+    // (only a part of a 64 KiB GSO frame) carries 0, as the GSO frame did.
+    if l.ipv4 {
+        let total = u16::try_from(headers - l.ip + chunk.len()).unwrap_or(0);
+        out[l.ip + 2..l.ip + 4].copy_from_slice(&total.to_be_bytes());
+        out[l.ip + 4..l.ip + 6].copy_from_slice(&ip_id.to_be_bytes());
+        out[l.ip + 10..l.ip + 12].copy_from_slice(&[0, 0]);
+        let c = finish(add(0, &out[l.ip..l.tcp]));
+        out[l.ip + 10..l.ip + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        out[l.ip + 4..l.ip + 6].copy_from_slice(&u16::try_from(l4_len).unwrap_or(0).to_be_bytes());
+    }
+    // TCP: sequence number, flags, checksum over the pseudo-header.
+    let seq = u32::from_be_bytes([frame[l.tcp + 4], frame[l.tcp + 5], frame[l.tcp + 6], frame[l.tcp + 7]]);
+    out[l.tcp + 4..l.tcp + 8].copy_from_slice(&seq.wrapping_add(range.start as u32).to_be_bytes());
+    let (fin_psh, cwr) = (0x01 | 0x08, 0x80);
+    let mut f = frame[l.tcp + 13];
+    if range.end < len {
+        f &= !fin_psh;
+    }
+    if range.start > 0 {
+        f &= !cwr;
+    }
+    out[l.tcp + 13] = f;
+    out[l.tcp + 16..l.tcp + 18].copy_from_slice(&[0, 0]);
+    let addrs = if l.ipv4 { &out[l.ip + 12..l.ip + 20] } else { &out[l.ip + 8..l.ip + 40] };
+    let mut sum = add(0, addrs);
+    sum = add(sum, &[0, 6]);
+    sum = add(sum, &(l4_len as u32).to_be_bytes());
+    let c = finish(add(sum, &out[l.tcp..]));
+    out[l.tcp + 16..l.tcp + 18].copy_from_slice(&c.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -264,6 +303,49 @@ mod tests {
             let last = segs.last().unwrap();
             let l = layout(last).unwrap();
             proptest::prop_assert_eq!(last[l.tcp + 13] & 0x09, flags & 0x09);
+        }
+
+        /// A verified part cut off the front (any length), then the rest cut from where the
+        /// part ended: the stream is the original, once, every piece with valid checksums;
+        /// FIN and PSH only where the payload ends, CWR only where it starts.
+        #[test]
+        fn a_part_and_the_rest_from_it_carry_the_stream_once(
+            v6 in proptest::bool::ANY,
+            len in 1usize..20_000,
+            part in 0usize..20_000,
+            mtu in 600usize..9000,
+            seq in proptest::num::u32::ANY,
+            flags in proptest::num::u8::ANY,
+        ) {
+            let part = part % (len + 1);
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13 + i / 5) as u8).collect();
+            let frame = tcp_frame(v6, seq, flags, &payload);
+            let mut first = Vec::new();
+            cut_payload(&frame, 0..part, &mut first).expect("cuttable");
+            proptest::prop_assert!(valid_checksums(&first));
+            let l = layout(&first).unwrap();
+            proptest::prop_assert_eq!(&first[l.payload..l.end], &payload[..part]);
+            proptest::prop_assert_eq!(first[l.tcp + 13] & 0x80, flags & 0x80);
+            let ends = part == len;
+            proptest::prop_assert_eq!(first[l.tcp + 13] & 0x09, if ends { flags & 0x09 } else { 0 });
+            let mut joined = payload[..part].to_vec();
+            let mut rest = Vec::new();
+            split_tcp_from(&frame, part, 0, mtu + 14, &mut Vec::new(), |f| rest.push(f.to_vec())).expect("splittable");
+            for s in &rest {
+                proptest::prop_assert!(s.len() <= mtu + 14 && valid_checksums(s));
+                let l = layout(s).unwrap();
+                let at = u32::from_be_bytes(s[l.tcp + 4..l.tcp + 8].try_into().unwrap());
+                proptest::prop_assert_eq!(at, seq.wrapping_add(joined.len() as u32));
+                proptest::prop_assert_eq!(s[l.tcp + 13] & 0x80, 0);
+                joined.extend_from_slice(&s[l.payload..l.end]);
+            }
+            proptest::prop_assert_eq!(&joined, &payload);
+            // Nothing is left after a part that took everything, unless a FIN is owed.
+            proptest::prop_assert_eq!(rest.is_empty(), ends && flags & 0x01 == 0);
+            if let Some(last) = rest.last() {
+                let l = layout(last).unwrap();
+                proptest::prop_assert_eq!(last[l.tcp + 13] & 0x09, flags & 0x09);
+            }
         }
     }
 }

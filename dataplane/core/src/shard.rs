@@ -1256,6 +1256,7 @@ impl<F: Frame> Shard<F> {
             let mut out = out!(self, now);
             match &mut flow.conn {
                 Conn::Tcp(conn) => {
+                    conn.release_verified_part(&mut out, self.cfg.compare_timeout);
                     if let Some((reason, detail)) = conn.expired(now, self.cfg.compare_timeout) {
                         conn.timed_out = true;
                         out.request(&mut conn.requested, reason, flow.key, || detail);

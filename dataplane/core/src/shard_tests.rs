@@ -12,6 +12,9 @@ use crate::Mode;
 #[derive(Debug, PartialEq, Eq)]
 enum Ev {
     Rel(Vec<u8>, Via),
+    /// A segment's rest, after `skip` payload bytes left as a part.
+    Rest(Vec<u8>, Via, u32),
+    Part(Vec<u8>, Via),
     Drop(Side, DropReason),
     Ckpt(&'static str),
 }
@@ -33,6 +36,8 @@ impl H {
         while let Some(a) = self.shard.poll_action() {
             v.push(match a {
                 Action::Release { frame, via } => Ev::Rel(frame, via),
+                Action::ReleaseRest { frame, via, skip } => Ev::Rest(frame, via, skip),
+                Action::ReleasePart { bytes, via } => Ev::Part(bytes.into_vec(), via),
                 Action::Drop { side, reason, .. } => Ev::Drop(side, reason),
                 Action::Checkpoint(r) => {
                     let s = r.reason.as_str();
@@ -2180,4 +2185,145 @@ fn test_a_flow_the_full_table_could_not_take_costs_no_new_flow_credit() {
     h.done(0);
     assert!(h.p(&udp_to(10, b"after the flush"), 0).is_empty(), "admitted on the credit given back");
     assert_eq!(h.shard.counters().primary_dropped[DropReason::NewFlowBudget as usize], 0);
+}
+
+/// Parts: a secondary that sent a primary segment's first bytes and then waits for the
+/// client's acknowledgement (Nagle holds its short segment; its window is full) gets those
+/// verified bytes out, so the client acknowledges them and the secondary sends the rest.
+mod verified_parts {
+    use super::*;
+    use crate::fixtures::tcp_checksum_valid;
+
+    /// Sequence number, flags and payload of a TCP frame built by the fixtures (IPv4, no VLAN).
+    fn seq_flags_payload(f: &[u8]) -> (u32, u8, Vec<u8>) {
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let tcp = 14 + ihl;
+        let off = usize::from(f[tcp + 12] >> 4) * 4;
+        let seq = u32::from_be_bytes(f[tcp + 4..tcp + 8].try_into().unwrap());
+        (seq, f[tcp + 13], f[tcp + off..14 + total].to_vec())
+    }
+
+    fn stream() -> Vec<u8> {
+        (0..3000u32).map(|i| (i * 7 + i / 11) as u8).collect()
+    }
+
+    /// Primary: one 3000-byte segment; secondary: its first 2000 bytes, at 3 ms.
+    fn stalled() -> (H, Conn, Vec<u8>, Vec<u8>) {
+        let (pc, sc) = conns();
+        let mut h = H::new();
+        h.p(&pc.syn_ack(), 0);
+        h.s(&sc.syn_ack(), 1);
+        let data = stream();
+        let whole = pc.data(0, &data);
+        assert!(h.p(&whole, 2).is_empty());
+        assert_eq!(h.s(&pc.data(0, &data[..2000]), 3), vec![CONSUMED]);
+        (h, pc, data, whole)
+    }
+
+    fn parts(evs: &[Ev]) -> Vec<(&[u8], Via)> {
+        evs.iter()
+            .filter_map(|e| match e {
+                Ev::Part(b, v) => Some((b.as_slice(), *v)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_verified_first_bytes_leave_once_the_secondary_stalls_and_the_rest_follows_it() {
+        let (mut h, pc, data, whole) = stalled();
+        // Still within the wait: the secondary may be on its way.
+        assert!(h.tick(4).is_empty());
+        let evs = h.tick(6);
+        let part = parts(&evs);
+        assert_eq!(part.len(), 1, "{evs:?}");
+        let (bytes, via) = part[0];
+        assert_eq!(via, Via::Match);
+        assert!(tcp_checksum_valid(bytes));
+        let (seq, flags, payload) = seq_flags_payload(bytes);
+        assert_eq!((seq, payload.as_slice()), (pc.seq(0), &data[..2000]));
+        assert_eq!(flags & crate::fixtures::flags::PSH, 0, "PSH stays with the segment's end");
+        assert_eq!(h.shard.counters().released_parts, 1);
+        assert_eq!(h.shard.counters().held_primary_frames, 1);
+        // Sent is sent: no second part of the same bytes, nor a timeout for a while.
+        assert!(h.tick(30).is_empty());
+        // The client acknowledged the part; the secondary sends the rest.
+        let evs = h.s(&pc.data(2000, &data[2000..]), 40);
+        assert_eq!(evs, vec![Ev::Rest(whole.clone(), Via::Match, 2000), CONSUMED]);
+        let mut rest = Vec::new();
+        crate::segment::split_tcp_from(&whole, 2000, 0, 1 << 20, &mut Vec::new(), |f| rest.push(f.to_vec())).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(tcp_checksum_valid(&rest[0]));
+        let (seq, flags, payload) = seq_flags_payload(&rest[0]);
+        assert_eq!((seq, payload.as_slice()), (pc.seq(2000), &data[2000..]));
+        assert_ne!(flags & crate::fixtures::flags::PSH, 0);
+        assert!(h.requests.is_empty());
+        let c = h.shard.counters();
+        assert_eq!((c.held_primary_frames, c.released_via(Via::Match)), (0, 2));
+    }
+
+    #[test]
+    fn a_secondary_that_keeps_sending_gets_no_parts() {
+        let (pc, sc) = conns();
+        let mut h = H::new();
+        h.p(&pc.syn_ack(), 0);
+        h.s(&sc.syn_ack(), 1);
+        let data = stream();
+        let whole = pc.data(0, &data);
+        h.p(&whole, 2);
+        let mut evs = Vec::new();
+        for (i, at) in [(0usize, 3u64), (1000, 4), (2000, 5)] {
+            evs.extend(h.tick(at));
+            evs.extend(h.s(&pc.data(i as u32, &data[i..i + 1000]), at));
+        }
+        assert!(parts(&evs).is_empty(), "{evs:?}");
+        assert_eq!(H::released(&evs), vec![(whole.as_slice(), Via::Match)]);
+        assert_eq!(h.shard.counters().released_parts, 0);
+    }
+
+    #[test]
+    fn a_difference_after_the_part_holds_the_rest_until_the_checkpoint() {
+        let (mut h, pc, data, whole) = stalled();
+        assert_eq!(parts(&h.tick(6)).len(), 1);
+        let mut other = data[2000..].to_vec();
+        other[500] ^= 0x20;
+        let evs = h.s(&pc.data(2000, &other), 40);
+        assert_eq!(H::ckpts(&evs), vec!["tcp-payload-mismatch"]);
+        assert!(!evs.iter().any(|e| matches!(e, Ev::Rel(..) | Ev::Rest(..) | Ev::Part(..))), "{evs:?}");
+        assert!(parts(&h.tick(100)).is_empty(), "nothing past the difference leaves as a part");
+        let evs = h.done(200);
+        assert!(evs.contains(&Ev::Rest(whole, Via::Flush, 2000)), "{evs:?}");
+    }
+
+    #[test]
+    fn a_difference_in_the_first_bytes_leaves_nothing() {
+        let (pc, sc) = conns();
+        let mut h = H::new();
+        h.p(&pc.syn_ack(), 0);
+        h.s(&sc.syn_ack(), 1);
+        let data = stream();
+        h.p(&pc.data(0, &data), 2);
+        let mut other = data[..2000].to_vec();
+        other[1999] ^= 1;
+        assert_eq!(H::ckpts(&h.s(&pc.data(0, &other), 3)), vec!["tcp-payload-mismatch"]);
+        for t in [6, 50, 500] {
+            assert!(parts(&h.tick(t)).is_empty());
+        }
+        assert_eq!(h.shard.counters().released_parts, 0);
+    }
+
+    #[test]
+    fn a_segment_awaiting_the_secondary_ack_leaves_no_part() {
+        // The primary acknowledged client data the secondary has not: the primary's segment
+        // is held for that (ack-lag), whatever its bytes.
+        let (pc, sc) = conns();
+        let mut h = H::new();
+        h.p(&pc.syn_ack(), 0);
+        h.s(&sc.syn_ack(), 1);
+        let data = stream();
+        h.p(&pc.data_ack(0, &data, pc.ack + 10), 2);
+        h.s(&pc.data(0, &data[..2000]), 3);
+        assert!(parts(&h.tick(10)).is_empty());
+    }
 }

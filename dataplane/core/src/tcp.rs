@@ -267,6 +267,39 @@ pub(crate) struct HeldPrimary<F> {
     /// Wholly below `compared` on arrival: released via `retransmission` without comparing.
     retransmission: bool,
     pub(crate) len: u32,
+    /// Payload bytes already released as a part (see [`TcpConn::release_verified_part`]).
+    sent: u32,
+}
+
+impl<F: Frame> HeldPrimary<F> {
+    fn via(&self) -> Via {
+        if self.retransmission {
+            Via::Retransmission
+        } else {
+            Via::Match
+        }
+    }
+
+    /// Releases the segment toward the clients: whole, or what a part left.
+    fn release(self, out: &mut Out<'_, F>, via: Via) {
+        match self.frames {
+            SegFrames::One(frame) if self.sent > 0 => {
+                let len = frame.bytes().len() as u32;
+                out.release_held_rest(frame, via, self.arrived, len, self.sent);
+            }
+            frames => frames.release(out, via, self.arrived),
+        }
+    }
+}
+
+/// How long a held primary segment whose first bytes are verified waits for the secondary's
+/// next bytes before those first bytes leave on their own (see
+/// [`TcpConn::release_verified_part`]): a little longer than a busy guest takes between two
+/// segments, far shorter than a compare timeout. A quarter of `timeout` when that is shorter.
+const PART_WAIT: core::time::Duration = core::time::Duration::from_millis(2);
+
+fn part_wait(timeout: core::time::Duration) -> core::time::Duration {
+    PART_WAIT.min(timeout / 4)
 }
 
 pub(crate) struct HeldSecondary<F> {
@@ -391,6 +424,8 @@ pub(crate) struct TcpConn<F> {
     /// A timeout was requested this epoch: no more compare deadlines until the flush.
     pub(crate) timed_out: bool,
     pub(crate) closed_at: Option<Timestamp>,
+    /// When `compared` last moved (a verified part waits [`PART_WAIT`] from here).
+    progressed_at: Timestamp,
 }
 
 impl<F: Frame> TcpConn<F> {
@@ -438,6 +473,7 @@ impl<F: Frame> TcpConn<F> {
             requested: 0,
             timed_out: false,
             closed_at: None,
+            progressed_at: Timestamp(0),
         }
     }
 
@@ -631,7 +667,7 @@ impl<F: Frame> TcpConn<F> {
                 }
                 self.p_tail_end = Some(seg.end());
             }
-            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len });
+            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len, sent: 0 });
             if self.over_window(self.primary.len(), self.p_bytes, cfg) {
                 let (n, bytes, window) = (self.primary.len(), self.p_bytes, self.client_window());
                 out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
@@ -784,7 +820,11 @@ impl<F: Frame> TcpConn<F> {
     }
 
     fn progress(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
+        let before = self.compared;
         self.advance(out, key);
+        if self.compared != before {
+            self.progressed_at = out.now;
+        }
         self.release_ready(out);
         self.consume_secondary(out);
     }
@@ -1002,9 +1042,9 @@ impl<F: Frame> TcpConn<F> {
             let Some(h) = self.primary.pop_front() else {
                 break;
             };
-            let via = if h.retransmission { Via::Retransmission } else { Via::Match };
+            let via = h.via();
             self.p_bytes = self.p_bytes.saturating_sub(u64::from(h.len));
-            h.frames.release(out, via, h.arrived);
+            h.release(out, via);
         }
     }
 
@@ -1038,10 +1078,49 @@ impl<F: Frame> TcpConn<F> {
             timeout,
         );
         let lone_rst = self.lone_secondary_rst().map(|t| t.saturating_add(timeout));
-        match (queues, lone_rst) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let part = self.verified_part().map(|_| self.progressed_at.saturating_add(part_wait(timeout)));
+        [queues, lone_rst, part].into_iter().flatten().min()
+    }
+
+    /// The verified payload bytes of the head primary segment that have not left yet, as
+    /// `(from, to)` offsets into its payload, when they may leave ahead of the rest: the
+    /// secondary has sent (and matched) the segment's first bytes but not all of them, and
+    /// nothing else holds the segment (no SYN or RST to pair, its ACK covered). One frame
+    /// only: a segment reassembled from fragments waits whole.
+    fn verified_part(&self) -> Option<(u32, u32)> {
+        let (h, c) = (self.primary.front()?, self.compared?);
+        if self.diverged || h.seg.syn || h.seg.rst || !matches!(h.frames, SegFrames::One(_)) {
+            return None;
         }
+        if h.seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(h.seg.ack, a)) {
+            return None;
+        }
+        let verified = c.wrapping_sub(h.seg.data_start());
+        (h.sent < verified && verified < h.seg.payload_len).then_some((h.sent, verified))
+    }
+
+    /// Releases the verified first bytes of the head primary segment as a part (SPEC §6:
+    /// output leaves once verified) when `compared` has not moved for [`PART_WAIT`]. The
+    /// secondary sent the segment's first bytes, then stopped: its TCP holds a short segment
+    /// back until the client acknowledges what it sent (Nagle), or its congestion window is
+    /// full — and the client can acknowledge nothing the held segment carries. Without the
+    /// part the connection waits for the compare timeout (a guest offered TSO hands over
+    /// 64 KiB segments, so its secondary stops inside one often). The rest stays held and
+    /// leaves as [`crate::Action::ReleaseRest`].
+    pub(crate) fn release_verified_part(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration) {
+        let Some((from, to)) = self.verified_part() else { return };
+        if self.progressed_at.saturating_add(part_wait(timeout)) > out.now {
+            return;
+        }
+        let Some(h) = self.primary.front_mut() else { return };
+        let SegFrames::One(frame) = &h.frames else { return };
+        let mut bytes = Vec::new();
+        if crate::segment::cut_payload(frame.bytes(), from as usize..to as usize, &mut bytes).is_err() {
+            return;
+        }
+        h.sent = to;
+        let via = h.via();
+        out.release_part(bytes.into_boxed_slice(), via);
     }
 
     /// When the secondary reset a connection the primary has not reset (yet).
@@ -1122,7 +1201,7 @@ impl<F: Frame> TcpConn<F> {
     /// secondary never sends them again) and turn one divergence into a storm.
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, resync: bool) {
         while let Some(h) = self.primary.pop_front() {
-            h.frames.release(out, Via::Flush, h.arrived);
+            h.release(out, Via::Flush);
         }
         self.p_bytes = 0;
         if let Some(high) = self.p_high {

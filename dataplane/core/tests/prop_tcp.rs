@@ -56,6 +56,9 @@ struct Scenario {
     /// Zero-length probes both guests send (keepalives, window probes): (where in the frame
     /// list, at which stream position).
     probes: Vec<(usize, usize)>,
+    /// Steps after which both guests pause for 3 ms and the shard's deadlines run: a stall
+    /// mid-segment releases the verified part of the primary's segment.
+    stalls: Vec<usize>,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -69,21 +72,27 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::vec(any::<usize>(), 0..3),
         proptest::collection::vec(any::<bool>(), 0..64),
         (any::<bool>(), prop_oneof![any::<u32>(), (u32::MAX - 2000)..=u32::MAX]),
-        proptest::collection::vec((any::<usize>(), any::<usize>()), 0..4),
+        (
+            proptest::collection::vec((any::<usize>(), any::<usize>()), 0..4),
+            proptest::collection::vec(0usize..40, 0..6),
+        ),
     )
-        .prop_map(|(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, (fin, isn), probes)| Scenario {
-            data,
-            p_cuts,
-            s_cuts,
-            p_swaps,
-            s_swaps,
-            p_dups,
-            s_dups,
-            order,
-            fin,
-            isn,
-            probes,
-        })
+        .prop_map(
+            |(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, (fin, isn), (probes, stalls))| Scenario {
+                data,
+                p_cuts,
+                s_cuts,
+                p_swaps,
+                s_swaps,
+                p_dups,
+                s_dups,
+                order,
+                fin,
+                isn,
+                probes,
+                stalls,
+            },
+        )
 }
 
 /// Primary frames, secondary frames, and the primary's data segments (offset, len).
@@ -118,6 +127,7 @@ fn run(sc: &Scenario, pf: Vec<Vec<u8>>, sf: Vec<Vec<u8>>) -> (Shard<Indexed>, Lo
     let mut si = sf.into_iter().enumerate().peekable();
     let mut t = 0u64;
     let mut order = sc.order.iter().copied().cycle();
+    let mut step = 0;
     loop {
         let take_primary = match (pi.peek().is_some(), si.peek().is_some()) {
             (false, false) => break,
@@ -130,8 +140,30 @@ fn run(sc: &Scenario, pf: Vec<Vec<u8>>, sf: Vec<Vec<u8>>) -> (Shard<Indexed>, Lo
         if let Some((index, data)) = next {
             feed(&mut shard, &mut log, Indexed { side, index, data }, Timestamp::from_nanos(t));
         }
+        if sc.stalls.contains(&step) {
+            t += 3_000_000;
+            shard.handle_timeout(Timestamp::from_nanos(t));
+            drain(&mut shard, &mut log);
+        }
+        step += 1;
     }
     (shard, log, t)
+}
+
+/// Stream positions (offsets from the first byte after the SYN) and bytes of every payload
+/// that reached the wire, frames and parts alike (IPv4 frames of the fixtures).
+fn wire_bytes(log: &Log, isn: u32) -> Vec<(usize, u8)> {
+    let mut out = Vec::new();
+    for f in &log.wire {
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let tcp = 14 + ihl;
+        let off = usize::from(f[tcp + 12] >> 4) * 4;
+        let seq = u32::from_be_bytes(f[tcp + 4..tcp + 8].try_into().unwrap());
+        let at = seq.wrapping_sub(isn.wrapping_add(1)) as usize;
+        out.extend(f[tcp + off..14 + total].iter().enumerate().map(|(i, &b)| (at + i, b)));
+    }
+    out
 }
 
 proptest! {
@@ -159,6 +191,13 @@ proptest! {
             .all(|(_, via)| matches!(via, Via::Match | Via::Retransmission)));
         prop_assert_eq!(shard.counters().held_primary_frames, 0);
         prop_assert_eq!(shard.counters().held_secondary_frames, 0);
+        // On the wire (parts included): the stream's bytes where they belong, all of them.
+        let mut seen = vec![false; sc.data.len()];
+        for (at, b) in wire_bytes(&log, sc.isn) {
+            prop_assert_eq!(sc.data.get(at), Some(&b), "byte at stream +{}", at);
+            seen[at] = true;
+        }
+        prop_assert!(seen.iter().all(|s| *s));
     }
 
     #[test]
@@ -180,6 +219,8 @@ proptest! {
         for (i, via) in &log.released {
             prop_assert!(!holds_k(*i), "frame {i} holding the changed byte released via {via:?}");
         }
+        // Nor did a part of one carry it: what left before the checkpoint stops short of it.
+        prop_assert!(wire_bytes(&log, sc.isn).iter().all(|&(at, _)| at != k), "{} parts", log.parts);
         shard.checkpoint_done(Timestamp::from_nanos(t + 1));
         drain(&mut shard, &mut log);
         let mut order: Vec<usize> = log.released.iter().map(|r| r.0).collect();

@@ -150,26 +150,67 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// A released frame into the output capture; `skip`: only its payload from there on (the
+    /// bytes before it left as a part).
+    fn release(&mut self, frame: ReplayFrame, via: colo_core::Via, skip: Option<u32>) {
+        // Released secondary frames only exist after a failover, which replay never commands.
+        let now = self.current;
+        if frame.side == Side::Primary {
+            if self.explain_indices.contains(&frame.index) {
+                let rest = if skip.is_some() { " (its rest)" } else { "" };
+                self.explain.push(format!(
+                    "  t={}us released primary #{}{rest} via {}",
+                    now.as_micros(),
+                    frame.index,
+                    via.as_str()
+                ));
+            }
+            self.released.push(Released { index: frame.index, via: via.as_str() });
+        }
+        let at = self.origin + Duration::from_nanos(now.as_nanos());
+        match skip {
+            None => self.output.push(at, frame.data),
+            Some(skip) => {
+                let mut pieces = Vec::new();
+                let cut = colo_core::segment::split_tcp_from(
+                    &frame.data,
+                    skip as usize,
+                    0,
+                    usize::MAX / 2,
+                    &mut Vec::new(),
+                    |p| pieces.push(p.to_vec()),
+                );
+                // Only TCP segments are released in parts; anything else leaves whole.
+                if cut.is_err() {
+                    pieces.push(frame.data);
+                }
+                for p in pieces {
+                    self.output.push(at, p);
+                }
+            }
+        }
+    }
+
     fn drain(&mut self, shard: usize) {
-        let Some(s) = self.shards.get_mut(shard) else { return };
-        while let Some(action) = s.poll_action() {
+        while let Some(action) = self.shards.get_mut(shard).and_then(Shard::poll_action) {
             match action {
-                Action::Release { frame, via } => {
-                    // Released secondary frames only exist after a failover, which replay
-                    // never commands.
+                Action::Release { frame, via } => self.release(frame, via, None),
+                Action::ReleaseRest { frame, via, skip } => self.release(frame, via, Some(skip)),
+                Action::ReleasePart { bytes, via } => {
                     let now = self.current;
-                    if frame.side == Side::Primary {
-                        if self.explain_indices.contains(&frame.index) {
-                            self.explain.push(format!(
-                                "  t={}us released primary #{} via {}",
-                                now.as_micros(),
-                                frame.index,
-                                via.as_str()
-                            ));
-                        }
-                        self.released.push(Released { index: frame.index, via: via.as_str() });
+                    let explained = match wire::parse(&bytes) {
+                        Class::Tcp(key, _) => self.explain_key.is_some_and(|k| k == key),
+                        _ => false,
+                    };
+                    if explained {
+                        self.explain.push(format!(
+                            "  t={}us released a verified part ({} bytes) via {} ahead of its segment",
+                            now.as_micros(),
+                            bytes.len(),
+                            via.as_str()
+                        ));
                     }
-                    self.output.push(self.origin + Duration::from_nanos(now.as_nanos()), frame.data);
+                    self.output.push(self.origin + Duration::from_nanos(now.as_nanos()), bytes.into_vec());
                 }
                 Action::Drop { side, frame, reason } => {
                     let traced = match side {

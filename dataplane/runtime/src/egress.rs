@@ -76,30 +76,53 @@ impl Egress {
 
     /// Sends `frame` (released, in order) through `tx`.
     pub fn send(&mut self, frame: HeldFrame, tx: &mut Transmitter) {
-        let stats = &self.shared.egress;
         // The MTU bounds the IP packet: the frame adds its Ethernet header and VLAN tags.
         let max_frame = self.mtu + l2_len(frame.bytes());
         if frame.sendable_as_is(max_frame) {
             tx.push(frame.into_mbuf());
             return;
         }
-        let bytes = frame.bytes();
+        self.cut_or_copy(frame.bytes(), 0, frame.segment_size(), tx);
+    }
+
+    /// Sends what is left of `frame` after its first `skip` payload bytes left as a part
+    /// (`colo_core::Action::ReleaseRest`): cut from there, in the guest's segment size.
+    pub fn send_rest(&mut self, frame: HeldFrame, skip: u32, tx: &mut Transmitter) {
+        self.cut_or_copy(frame.bytes(), skip as usize, frame.segment_size(), tx);
+    }
+
+    /// Sends a frame the comparator built (`colo_core::Action::ReleasePart`): copied into an
+    /// mbuf, or cut to the MTU when longer (a part of a TSO frame).
+    pub fn send_bytes(&mut self, bytes: &[u8], tx: &mut Transmitter) {
+        self.cut_or_copy(bytes, 0, None, tx);
+    }
+
+    /// Cuts `bytes` (a TCP frame, its payload from `skip` on) into segments of the guest's
+    /// `segment_size` when it asked for segmentation, or when the frame is too long for the
+    /// port or one mbuf (or any rest); copies anything else that fits into one mbuf.
+    fn cut_or_copy(&mut self, bytes: &[u8], skip: usize, segment_size: Option<u16>, tx: &mut Transmitter) {
+        let stats = &self.shared.egress;
+        let max_frame = self.mtu + l2_len(bytes);
         let fits = bytes.len() <= max_frame.min(self.buffer);
-        if frame.segment_size().is_some() || !fits {
-            let mss = frame.segment_size().map_or(0, |s| usize::from(s).max(MIN_SEGMENT));
+        if segment_size.is_some() || !fits || skip > 0 {
+            let mss = segment_size.map_or(0, |s| usize::from(s).max(MIN_SEGMENT));
             let mut sent = 0u64;
             let mut lost = 0u64;
             let pool = &self.pool;
-            let cut =
-                colo_core::segment::split_tcp(bytes, mss, max_frame.min(self.buffer), &mut self.scratch, |piece| {
-                    match Mbuf::from_slice(pool, piece) {
-                        Ok(m) => {
-                            tx.push(m);
-                            sent += 1;
-                        }
-                        Err(_) => lost += 1,
+            let cut = colo_core::segment::split_tcp_from(
+                bytes,
+                skip,
+                mss,
+                max_frame.min(self.buffer),
+                &mut self.scratch,
+                |piece| match Mbuf::from_slice(pool, piece) {
+                    Ok(m) => {
+                        tx.push(m);
+                        sent += 1;
                     }
-                });
+                    Err(_) => lost += 1,
+                },
+            );
             match cut {
                 Ok(_) => {
                     stats.split.fetch_add(1, Ordering::Relaxed);
@@ -111,7 +134,8 @@ impl Egress {
                     stats.too_long_dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                // Flagged for segmentation but not TCP (a UDP GSO frame) and short enough.
+                // Flagged for segmentation but not TCP (a UDP GSO frame) and short enough; a
+                // rest is always TCP (the comparator cuts only TCP segments).
                 Err(_) => {}
             }
         }

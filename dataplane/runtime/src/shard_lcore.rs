@@ -669,6 +669,8 @@ impl Outlets {
     fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
         match action {
             Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
+            Action::ReleaseRest { frame, skip, .. } => self.egress.send_rest(frame, skip, &mut self.tx),
+            Action::ReleasePart { bytes, .. } => self.egress.send_bytes(&bytes, &mut self.tx),
             // Dropping the handle frees the mbuf; the shard has counted it by reason.
             Action::Drop { frame, .. } => drop(frame),
             Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request: *request }),

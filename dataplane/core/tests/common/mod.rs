@@ -23,7 +23,14 @@ impl Frame for Indexed {
 
 #[derive(Default, Debug)]
 pub struct Log {
+    /// Primary frames released (a frame whose first bytes left as parts counts when its rest
+    /// leaves), in order.
     pub released: Vec<(usize, Via)>,
+    /// What reached the clients' wire, in order: released frames, parts, rests (each rest
+    /// built as the egress builds it, in one piece).
+    pub wire: Vec<Vec<u8>>,
+    /// Parts released ahead of their segments' rests.
+    pub parts: usize,
     pub dropped: Vec<(Side, usize, DropReason)>,
     pub requests: Vec<CheckpointRequest>,
 }
@@ -31,7 +38,26 @@ pub struct Log {
 pub fn drain(shard: &mut Shard<Indexed>, log: &mut Log) {
     while let Some(a) = shard.poll_action() {
         match a {
-            Action::Release { frame, via } => log.released.push((frame.index, via)),
+            Action::Release { frame, via } => {
+                log.released.push((frame.index, via));
+                log.wire.push(frame.data);
+            }
+            Action::ReleaseRest { frame, via, skip } => {
+                log.released.push((frame.index, via));
+                colo_core::segment::split_tcp_from(
+                    &frame.data,
+                    skip as usize,
+                    0,
+                    usize::MAX / 2,
+                    &mut Vec::new(),
+                    |f| log.wire.push(f.to_vec()),
+                )
+                .expect("a rest is a TCP segment");
+            }
+            Action::ReleasePart { bytes, .. } => {
+                log.parts += 1;
+                log.wire.push(bytes.into_vec());
+            }
             Action::Drop { side, frame, reason } => log.dropped.push((side, frame.index, reason)),
             Action::Checkpoint(r) => log.requests.push(*r),
         }
