@@ -2264,6 +2264,19 @@ mod verified_parts {
     }
 
     #[test]
+    fn pure_acks_from_the_stalled_secondary_do_not_put_its_part_off() {
+        // The client uploads while the secondary holds its short segment back: the secondary
+        // acknowledges the upload with pure ACKs, and sends no data.
+        let (mut h, pc, _, _) = stalled();
+        for (t, acked) in [(4u64, 100u32), (5, 200)] {
+            h.p(&pc.pure_ack(3000, pc.ack + acked), t);
+            h.s(&pc.pure_ack(2000, pc.ack + acked), t);
+        }
+        assert_eq!(parts(&h.tick(6)).len(), 1);
+        assert!(h.requests.is_empty());
+    }
+
+    #[test]
     fn a_secondary_that_keeps_sending_gets_no_parts() {
         let (pc, sc) = conns();
         let mut h = H::new();

@@ -267,8 +267,6 @@ pub(crate) struct HeldPrimary<F> {
     /// Wholly below `compared` on arrival: released via `retransmission` without comparing.
     retransmission: bool,
     pub(crate) len: u32,
-    /// Payload bytes already released as a part (see [`TcpConn::release_verified_part`]).
-    sent: u32,
 }
 
 impl<F: Frame> HeldPrimary<F> {
@@ -280,12 +278,14 @@ impl<F: Frame> HeldPrimary<F> {
         }
     }
 
-    /// Releases the segment toward the clients: whole, or what a part left.
-    fn release(self, out: &mut Out<'_, F>, via: Via) {
+    /// Releases the segment toward the clients: what is left after its first `sent` payload
+    /// bytes left as a part (only unfragmented segments are released in parts; with `sent`
+    /// 0, the whole segment).
+    fn release_rest(self, out: &mut Out<'_, F>, via: Via, sent: u32) {
         match self.frames {
-            SegFrames::One(frame) if self.sent > 0 => {
+            SegFrames::One(frame) if sent > 0 => {
                 let len = frame.bytes().len() as u32;
-                out.release_held_rest(frame, via, self.arrived, len, self.sent);
+                out.release_held_rest(frame, via, self.arrived, len, sent);
             }
             frames => frames.release(out, via, self.arrived),
         }
@@ -424,8 +424,13 @@ pub(crate) struct TcpConn<F> {
     /// A timeout was requested this epoch: no more compare deadlines until the flush.
     pub(crate) timed_out: bool,
     pub(crate) closed_at: Option<Timestamp>,
-    /// When `compared` last moved (a verified part waits [`PART_WAIT`] from here).
-    progressed_at: Timestamp,
+    /// When the secondary's last segment with data (or SYN, FIN) arrived: a verified part
+    /// waits [`PART_WAIT`] from here (a secondary that sends nothing more; its pure ACKs of
+    /// client data do not count, Nagle sends those while it holds its short segment back).
+    s_last_at: Timestamp,
+    /// Payload bytes of the head primary segment already released as parts (see
+    /// [`TcpConn::release_verified_part`]); only the head is ever released in parts.
+    head_sent: u32,
 }
 
 impl<F: Frame> TcpConn<F> {
@@ -473,7 +478,8 @@ impl<F: Frame> TcpConn<F> {
             requested: 0,
             timed_out: false,
             closed_at: None,
-            progressed_at: Timestamp(0),
+            s_last_at: Timestamp(0),
+            head_sent: 0,
         }
     }
 
@@ -667,7 +673,7 @@ impl<F: Frame> TcpConn<F> {
                 }
                 self.p_tail_end = Some(seg.end());
             }
-            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len, sent: 0 });
+            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len });
             if self.over_window(self.primary.len(), self.p_bytes, cfg) {
                 let (n, bytes, window) = (self.primary.len(), self.p_bytes, self.client_window());
                 out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
@@ -694,6 +700,9 @@ impl<F: Frame> TcpConn<F> {
             self.learn_offset();
         }
         self.secondary_sent_up_to(&seg);
+        if seg.has_positions() {
+            self.s_last_at = out.now;
+        }
         if seg.rst {
             self.s_rst_raw = Some(seg.seq);
             if self.p_rst.is_none() && self.s_rst_at.is_none() {
@@ -820,11 +829,7 @@ impl<F: Frame> TcpConn<F> {
     }
 
     fn progress(&mut self, out: &mut Out<'_, F>, key: &FlowKey) {
-        let before = self.compared;
         self.advance(out, key);
-        if self.compared != before {
-            self.progressed_at = out.now;
-        }
         self.release_ready(out);
         self.consume_secondary(out);
     }
@@ -1044,7 +1049,11 @@ impl<F: Frame> TcpConn<F> {
             };
             let via = h.via();
             self.p_bytes = self.p_bytes.saturating_sub(u64::from(h.len));
-            h.release(out, via);
+            if self.head_sent == 0 {
+                h.frames.release(out, via, h.arrived);
+            } else {
+                h.release_rest(out, via, std::mem::take(&mut self.head_sent));
+            }
         }
     }
 
@@ -1077,9 +1086,15 @@ impl<F: Frame> TcpConn<F> {
             self.secondary.front().map(|h| h.arrived),
             timeout,
         );
-        let lone_rst = self.lone_secondary_rst().map(|t| t.saturating_add(timeout));
-        let part = self.verified_part().map(|_| self.progressed_at.saturating_add(part_wait(timeout)));
-        [queues, lone_rst, part].into_iter().flatten().min()
+        let earliest = |a: Option<Timestamp>, b: Timestamp| Some(a.map_or(b, |a| a.min(b)));
+        let mut at = queues;
+        if let Some(t) = self.lone_secondary_rst() {
+            at = earliest(at, t.saturating_add(timeout));
+        }
+        if self.verified_part().is_some() {
+            at = earliest(at, self.s_last_at.saturating_add(part_wait(timeout)));
+        }
+        at
     }
 
     /// The verified payload bytes of the head primary segment that have not left yet, as
@@ -1089,18 +1104,22 @@ impl<F: Frame> TcpConn<F> {
     /// only: a segment reassembled from fragments waits whole.
     fn verified_part(&self) -> Option<(u32, u32)> {
         let (h, c) = (self.primary.front()?, self.compared?);
+        // The usual answer first: `compared` is not inside the head segment's unsent bytes.
+        let verified = c.wrapping_sub(h.seg.data_start());
+        if !(self.head_sent < verified && verified < h.seg.payload_len) {
+            return None;
+        }
         if self.diverged || h.seg.syn || h.seg.rst || !matches!(h.frames, SegFrames::One(_)) {
             return None;
         }
         if h.seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(h.seg.ack, a)) {
             return None;
         }
-        let verified = c.wrapping_sub(h.seg.data_start());
-        (h.sent < verified && verified < h.seg.payload_len).then_some((h.sent, verified))
+        Some((self.head_sent, verified))
     }
 
     /// Releases the verified first bytes of the head primary segment as a part (SPEC §6:
-    /// output leaves once verified) when `compared` has not moved for [`PART_WAIT`]. The
+    /// output leaves once verified) when the secondary has sent nothing for [`PART_WAIT`]. The
     /// secondary sent the segment's first bytes, then stopped: its TCP holds a short segment
     /// back until the client acknowledges what it sent (Nagle), or its congestion window is
     /// full — and the client can acknowledge nothing the held segment carries. Without the
@@ -1109,17 +1128,17 @@ impl<F: Frame> TcpConn<F> {
     /// leaves as [`crate::Action::ReleaseRest`].
     pub(crate) fn release_verified_part(&mut self, out: &mut Out<'_, F>, timeout: core::time::Duration) {
         let Some((from, to)) = self.verified_part() else { return };
-        if self.progressed_at.saturating_add(part_wait(timeout)) > out.now {
+        if self.s_last_at.saturating_add(part_wait(timeout)) > out.now {
             return;
         }
-        let Some(h) = self.primary.front_mut() else { return };
+        let Some(h) = self.primary.front() else { return };
         let SegFrames::One(frame) = &h.frames else { return };
         let mut bytes = Vec::new();
         if crate::segment::cut_payload(frame.bytes(), from as usize..to as usize, &mut bytes).is_err() {
             return;
         }
-        h.sent = to;
         let via = h.via();
+        self.head_sent = to;
         out.release_part(bytes.into_boxed_slice(), via);
     }
 
@@ -1200,8 +1219,11 @@ impl<F: Frame> TcpConn<F> {
     /// primary's next bytes without a counterpart (the client acknowledges them, so the
     /// secondary never sends them again) and turn one divergence into a storm.
     pub(crate) fn flush(&mut self, out: &mut Out<'_, F>, resync: bool) {
+        if let Some(h) = self.primary.pop_front() {
+            h.release_rest(out, Via::Flush, std::mem::take(&mut self.head_sent));
+        }
         while let Some(h) = self.primary.pop_front() {
-            h.release(out, Via::Flush);
+            h.frames.release(out, Via::Flush, h.arrived);
         }
         self.p_bytes = 0;
         if let Some(high) = self.p_high {
