@@ -1061,7 +1061,15 @@ impl<F: Frame> TcpConn<F> {
         let (Some(c), Some(off)) = (self.compared, self.offset) else {
             return;
         };
-        let mut i = 0;
+        // The usual case first: the oldest segments are the compared ones (popped, not
+        // removed: `VecDeque::remove` shifts, even at the front).
+        while self.secondary.front().is_some_and(|h| seq_le(h.seg.end().wrapping_add(off), c)) {
+            if let Some(h) = self.secondary.pop_front() {
+                self.s_bytes = self.s_bytes.saturating_sub(u64::from(h.len));
+                h.frames.discard_secondary(out, DropReason::Consumed);
+            }
+        }
+        let mut i = 1;
         while i < self.secondary.len() {
             let done = self.secondary.get(i).is_some_and(|h| seq_le(h.seg.end().wrapping_add(off), c));
             if done {
