@@ -35,6 +35,7 @@ impl RxBurst {
     }
 
     /// Mbufs not yet taken.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.len - self.next
     }
@@ -64,6 +65,7 @@ impl RxBurst {
 impl Iterator for RxBurst {
     type Item = Mbuf;
 
+    #[inline]
     fn next(&mut self) -> Option<Mbuf> {
         if self.next >= self.len {
             return None;
@@ -104,21 +106,25 @@ impl TxBatch {
     }
 
     /// Queued mbufs.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether nothing is queued.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether no more mbufs fit.
+    #[inline]
     pub fn is_full(&self) -> bool {
         self.len == BURST_SIZE
     }
 
     /// Queues `m` at the end; gives it back when the batch is full.
+    #[inline]
     pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
         if self.is_full() {
             return Err(m);

@@ -22,11 +22,13 @@ impl Mbuf {
     ///
     /// # Safety
     /// `raw` must be NULL or a valid mbuf that nothing else owns or will free.
+    #[inline]
     pub unsafe fn from_raw(raw: *mut dpdk_sys::rte_mbuf) -> Option<Mbuf> {
         NonNull::new(raw).map(|raw| Mbuf { raw })
     }
 
     /// Gives up ownership; the caller must free or transmit the mbuf.
+    #[inline]
     pub fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
         let raw = self.raw.as_ptr();
         std::mem::forget(self);
@@ -46,12 +48,14 @@ impl Mbuf {
         Ok(m)
     }
 
+    #[inline]
     fn raw(&self) -> &dpdk_sys::rte_mbuf {
         // SAFETY: raw is a valid mbuf owned by self for self's lifetime.
         unsafe { self.raw.as_ref() }
     }
 
     /// The bytes of the first segment (the whole frame when [`Mbuf::is_contiguous`]).
+    #[inline]
     pub fn data(&self) -> &[u8] {
         let m = self.raw();
         // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's buffer (an mbuf
@@ -64,6 +68,7 @@ impl Mbuf {
     }
 
     /// The bytes of the first segment, writable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let (addr, off, len) = {
             let m = self.raw();
@@ -75,21 +80,25 @@ impl Mbuf {
     }
 
     /// Length of the first segment.
+    #[inline]
     pub fn len(&self) -> usize {
         usize::from(self.raw().data_len)
     }
 
     /// Whether the first segment is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Length of the whole packet (all segments).
+    #[inline]
     pub fn pkt_len(&self) -> usize {
         self.raw().pkt_len as usize
     }
 
     /// Whether the packet is a single segment.
+    #[inline]
     pub fn is_contiguous(&self) -> bool {
         self.raw().nb_segs == 1
     }
@@ -137,6 +146,7 @@ impl Mbuf {
 
     /// For a packet handed over for segmentation (a virtio guest's TSO/GSO frame, flagged
     /// large-receive on RX or TCP segmentation for TX), the payload size of each segment.
+    #[inline]
     pub fn segment_size(&self) -> Option<u16> {
         let m = self.raw();
         if m.ol_flags & (dpdk_sys::RTE_MBUF_F_RX_LRO | dpdk_sys::RTE_MBUF_F_TX_TCP_SEG) == 0 {
@@ -149,11 +159,13 @@ impl Mbuf {
     }
 
     /// The port the packet arrived on.
+    #[inline]
     pub fn port(&self) -> u16 {
         self.raw().port
     }
 
     /// The RSS hash computed by the NIC, if it set one.
+    #[inline]
     pub fn rss_hash(&self) -> Option<u32> {
         let m = self.raw();
         if m.ol_flags & dpdk_sys::RTE_MBUF_F_RX_RSS_HASH == 0 {
@@ -172,6 +184,7 @@ impl Mbuf {
 }
 
 impl Drop for Mbuf {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: we own the chain; rte_pktmbuf_free returns every segment to its pool.
         unsafe { dpdk_sys::rte_pktmbuf_free(self.raw.as_ptr()) }
@@ -179,6 +192,7 @@ impl Drop for Mbuf {
 }
 
 impl AsRef<[u8]> for Mbuf {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.data()
     }
