@@ -1126,8 +1126,10 @@ impl<F: Frame> TcpConn<F> {
         Some((self.head_sent, verified))
     }
 
-    /// Releases the verified first bytes of the head primary segment as a part (SPEC §6:
-    /// output leaves once verified) when the secondary has sent nothing for [`PART_WAIT`]. The
+    /// Releases the verified first bytes of the head primary segment as a part when the
+    /// secondary has sent nothing for [`PART_WAIT`]: positions below `compared` whose ACK the
+    /// secondary has sent, as SPEC §5.1's release rule asks, in a frame of their own; the
+    /// segment itself is still released by that rule. The
     /// secondary sent the segment's first bytes, then stopped: its TCP holds a short segment
     /// back until the client acknowledges what it sent (Nagle), or its congestion window is
     /// full — and the client can acknowledge nothing the held segment carries. Without the
