@@ -289,6 +289,7 @@ fn wire_shards(
                 egress: Egress::new(pool.clone(), output_mtu, MBUF_BUFFER, shared.clone()),
                 events: events.clone(),
                 unsent_events: Default::default(),
+                frees: dpdk::FreeBatch::new(),
             },
             commands,
             clock,

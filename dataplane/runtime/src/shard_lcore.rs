@@ -424,6 +424,7 @@ impl ShardContext {
             work += 1;
             state.stopping |= self.command(cmd, now);
         }
+        self.out.frees.flush();
         self.out.tx.flush();
         if let Some(mirror) = &mut self.mirror {
             // Secondary SYNs (or a flush) handled above may have made offsets known.
@@ -521,6 +522,7 @@ impl ShardContext {
         let now = self.clock.now();
         self.shard.flush_for_shutdown(now);
         self.apply_actions();
+        self.out.frees.flush();
         let give_up = std::time::Instant::now() + crate::SHUTDOWN_TX_GRACE;
         if let Some(mirror) = &mut self.mirror {
             // After the flush every offset is 0: the waiting copies can go.
@@ -635,6 +637,9 @@ pub struct Outlets {
     pub events: Arc<ArrayQueue<ShardEvent>>,
     /// Events the queue had no room for yet (kept in order, never lost).
     pub unsent_events: VecDeque<ShardEvent>,
+    /// Dropped and consumed frames' mbufs, freed a batch at a time (each round's end at the
+    /// latest).
+    pub frees: dpdk::FreeBatch,
 }
 
 impl Outlets {
@@ -671,8 +676,8 @@ impl Outlets {
             Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
             Action::ReleaseRest { frame, skip, .. } => self.egress.send_rest(frame, skip, &mut self.tx),
             Action::ReleasePart { bytes, .. } => self.egress.send_bytes(&bytes, &mut self.tx),
-            // Dropping the handle frees the mbuf; the shard has counted it by reason.
-            Action::Drop { frame, .. } => drop(frame),
+            // The shard has counted it by reason; its mbuf goes back with the round's others.
+            Action::Drop { frame, .. } => self.frees.push(frame.into_mbuf()),
             Action::Checkpoint(request) => self.send_event(ShardEvent::Request { shard, request: *request }),
         }
     }

@@ -168,3 +168,56 @@ impl Drop for TxBatch {
         while self.pop_front().is_some() {}
     }
 }
+
+/// Mbufs to free, freed together: one `rte_pktmbuf_free_bulk` call (and the pool's bulk put)
+/// for a burst's worth instead of a call per mbuf. Frees what it holds when full, on
+/// [`FreeBatch::flush`] and on drop.
+pub struct FreeBatch {
+    pkts: [RawMbuf; BURST_SIZE],
+    len: usize,
+}
+
+// SAFETY: the batch exclusively owns the mbufs in pkts[..len]; mbufs may move between threads
+// (see `Mbuf`).
+unsafe impl Send for FreeBatch {}
+
+impl Default for FreeBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FreeBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        FreeBatch { pkts: [std::ptr::null_mut(); BURST_SIZE], len: 0 }
+    }
+
+    /// Queues `m` to be freed (freeing the batch first when it is full).
+    #[inline]
+    pub fn push(&mut self, m: Mbuf) {
+        if self.len == BURST_SIZE {
+            self.flush();
+        }
+        self.pkts[self.len] = m.into_raw();
+        self.len += 1;
+    }
+
+    /// Frees every queued mbuf.
+    pub fn flush(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: pkts[..len] are mbuf chains taken from owned `Mbuf`s by `push`, each queued
+        // once; rte_pktmbuf_free_bulk frees every segment of each to its pool, and they leave
+        // the batch here.
+        unsafe { dpdk_sys::rte_pktmbuf_free_bulk(self.pkts.as_mut_ptr(), self.len as u32) };
+        self.len = 0;
+    }
+}
+
+impl Drop for FreeBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}

@@ -19,7 +19,7 @@ mod port;
 mod ring;
 pub mod telemetry;
 
-pub use burst::{RxBurst, TxBatch, BURST_SIZE};
+pub use burst::{FreeBatch, RxBurst, TxBatch, BURST_SIZE};
 pub use eal::Eal;
 pub use error::{Error, Result};
 pub use lcore::{current_lcore, launch, worker_lcores, JoinHandle, LcoreId};
