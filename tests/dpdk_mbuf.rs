@@ -2,7 +2,7 @@
 //! the EAL starts once per process (issue 2).
 
 use colo_suite::{loopback_ring_port, test_eal, test_eal_args, unique, varied_frames};
-use dpdk::{Eal, Error, Mbuf, Mempool, PoolOrder, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
+use dpdk::{Eal, Error, FreeBatch, Mbuf, Mempool, PoolOrder, Port, PortConfig, RxBurst, TxBatch, BURST_SIZE};
 
 #[test]
 fn a_half_consumed_rx_burst_returns_every_mbuf_to_the_pool() {
@@ -74,6 +74,28 @@ fn a_full_tx_batch_gives_the_mbuf_back_and_unsent_stay_in_order() {
     assert_eq!(batch.len(), BURST_SIZE - sent);
     let first_unsent = batch.pop_front().unwrap();
     assert_eq!(first_unsent.data(), &frames[sent][..], "unsent keep their order");
+}
+
+#[test]
+fn a_free_batch_returns_its_mbufs_when_full_on_flush_and_on_drop() {
+    let eal = test_eal();
+    let pool = Mempool::new_pktmbuf(eal, &unique("pool"), 127, 0, 2176).unwrap();
+    let mut mbufs: Vec<Mbuf> = (0..BURST_SIZE + 5).map(|_| pool.alloc().unwrap()).collect();
+    let mut frees = FreeBatch::new();
+    for m in mbufs.drain(..BURST_SIZE) {
+        frees.push(m);
+    }
+    assert_eq!(pool.in_use(), (BURST_SIZE + 5) as u32, "a full batch still holds its mbufs");
+    for m in mbufs.drain(..) {
+        frees.push(m);
+    }
+    assert_eq!(pool.in_use(), 5, "the full batch was freed to take the next one");
+    frees.flush();
+    assert_eq!(pool.in_use(), 0);
+    frees.flush();
+    frees.push(pool.alloc().unwrap());
+    drop(frees);
+    assert_eq!(pool.in_use(), 0, "freed on drop");
 }
 
 #[test]
