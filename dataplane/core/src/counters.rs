@@ -31,8 +31,15 @@ impl Default for HoldTime {
 }
 
 impl HoldTime {
-    pub(crate) fn record(&mut self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    #[cfg(test)]
+    fn record(&mut self, d: Duration) {
+        self.record_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// One release held `ns` nanoseconds (plain integers: a `Duration` round trip divides and
+    /// multiplies by 10^9 on every release).
+    #[inline]
+    pub(crate) fn record_ns(&mut self, ns: u64) {
         self.count += 1;
         self.sum_ns = self.sum_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);

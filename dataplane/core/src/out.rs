@@ -160,7 +160,7 @@ impl<F> Out<'_, F> {
         c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
         c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
         c.released[via as usize] += 1;
-        c.hold_time.record(self.now.saturating_since(arrived));
+        c.hold_time.record_ns(self.now.as_nanos().saturating_sub(arrived.as_nanos()));
         self.actions.push_back(Action::Release { frame, via });
     }
 
@@ -170,7 +170,7 @@ impl<F> Out<'_, F> {
         c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
         c.held_primary_bytes = c.held_primary_bytes.saturating_sub(u64::from(len));
         c.released[via as usize] += 1;
-        c.hold_time.record(self.now.saturating_since(arrived));
+        c.hold_time.record_ns(self.now.as_nanos().saturating_sub(arrived.as_nanos()));
         self.actions.push_back(Action::ReleaseRest { frame, via, skip });
     }
 
