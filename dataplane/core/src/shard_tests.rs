@@ -2204,17 +2204,19 @@ mod verified_parts {
         (seq, f[tcp + 13], f[tcp + off..14 + total].to_vec())
     }
 
-    fn stream() -> Vec<u8> {
-        (0..3000u32).map(|i| (i * 7 + i / 11) as u8).collect()
-    }
-
-    /// Primary: one 3000-byte segment; secondary: its first 2000 bytes, at 3 ms.
-    fn stalled() -> (H, Conn, Vec<u8>, Vec<u8>) {
+    /// A connection both guests opened (SYN-ACKs at 0 and 1 ms), and the 3000 bytes its
+    /// primary sends next.
+    fn opened() -> (H, Conn, Vec<u8>) {
         let (pc, sc) = conns();
         let mut h = H::new();
         h.p(&pc.syn_ack(), 0);
         h.s(&sc.syn_ack(), 1);
-        let data = stream();
+        (h, pc, (0..3000u32).map(|i| (i * 7 + i / 11) as u8).collect())
+    }
+
+    /// Primary: one 3000-byte segment; secondary: its first 2000 bytes, at 3 ms.
+    fn stalled() -> (H, Conn, Vec<u8>, Vec<u8>) {
+        let (mut h, pc, data) = opened();
         let whole = pc.data(0, &data);
         assert!(h.p(&whole, 2).is_empty());
         assert_eq!(h.s(&pc.data(0, &data[..2000]), 3), vec![CONSUMED]);
@@ -2278,11 +2280,7 @@ mod verified_parts {
 
     #[test]
     fn a_secondary_that_keeps_sending_gets_no_parts() {
-        let (pc, sc) = conns();
-        let mut h = H::new();
-        h.p(&pc.syn_ack(), 0);
-        h.s(&sc.syn_ack(), 1);
-        let data = stream();
+        let (mut h, pc, data) = opened();
         let whole = pc.data(0, &data);
         h.p(&whole, 2);
         let mut evs = Vec::new();
@@ -2311,11 +2309,7 @@ mod verified_parts {
 
     #[test]
     fn a_difference_in_the_first_bytes_leaves_nothing() {
-        let (pc, sc) = conns();
-        let mut h = H::new();
-        h.p(&pc.syn_ack(), 0);
-        h.s(&sc.syn_ack(), 1);
-        let data = stream();
+        let (mut h, pc, data) = opened();
         h.p(&pc.data(0, &data), 2);
         let mut other = data[..2000].to_vec();
         other[1999] ^= 1;
@@ -2330,11 +2324,7 @@ mod verified_parts {
     fn a_segment_awaiting_the_secondary_ack_leaves_no_part() {
         // The primary acknowledged client data the secondary has not: the primary's segment
         // is held for that (ack-lag), whatever its bytes.
-        let (pc, sc) = conns();
-        let mut h = H::new();
-        h.p(&pc.syn_ack(), 0);
-        h.s(&sc.syn_ack(), 1);
-        let data = stream();
+        let (mut h, pc, data) = opened();
         h.p(&pc.data_ack(0, &data, pc.ack + 10), 2);
         h.s(&pc.data(0, &data[..2000]), 3);
         assert!(parts(&h.tick(10)).is_empty());
