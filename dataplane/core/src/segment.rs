@@ -121,6 +121,15 @@ pub fn split_tcp_from(
     Ok(pieces)
 }
 
+/// What is left of `frame` after its first `skip` payload bytes left as a part, as one frame
+/// of any length (how replay and tests show an `Action::ReleaseRest`; the egress cuts it to the
+/// MTU instead): `None` when nothing is left to send (no payload, no FIN).
+pub fn rest(frame: &[u8], skip: usize) -> Result<Option<Vec<u8>>, NotSplittable> {
+    let mut out = None;
+    split_tcp_from(frame, skip, 0, usize::MAX / 2, &mut Vec::new(), |f| out = Some(f.to_vec()))?;
+    Ok(out)
+}
+
 /// Builds in `out` one TCP frame carrying payload bytes `range` of `frame` (a part of a held
 /// segment whose first bytes are verified while the rest waits): the same headers, the
 /// sequence number advanced to the part, FIN and PSH kept only if the part ends the payload,

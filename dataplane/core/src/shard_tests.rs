@@ -2253,11 +2253,9 @@ mod verified_parts {
         // The client acknowledged the part; the secondary sends the rest.
         let evs = h.s(&pc.data(2000, &data[2000..]), 40);
         assert_eq!(evs, vec![Ev::Rest(whole.clone(), Via::Match, 2000), CONSUMED]);
-        let mut rest = Vec::new();
-        crate::segment::split_tcp_from(&whole, 2000, 0, 1 << 20, &mut Vec::new(), |f| rest.push(f.to_vec())).unwrap();
-        assert_eq!(rest.len(), 1);
-        assert!(tcp_checksum_valid(&rest[0]));
-        let (seq, flags, payload) = seq_flags_payload(&rest[0]);
+        let rest = crate::segment::rest(&whole, 2000).unwrap().expect("1000 bytes left");
+        assert!(tcp_checksum_valid(&rest));
+        let (seq, flags, payload) = seq_flags_payload(&rest);
         assert_eq!((seq, payload.as_slice()), (pc.seq(2000), &data[2000..]));
         assert_ne!(flags & crate::fixtures::flags::PSH, 0);
         assert!(h.requests.is_empty());

@@ -168,26 +168,14 @@ impl Run<'_> {
             self.released.push(Released { index: frame.index, via: via.as_str() });
         }
         let at = self.origin + Duration::from_nanos(now.as_nanos());
-        match skip {
-            None => self.output.push(at, frame.data),
-            Some(skip) => {
-                let mut pieces = Vec::new();
-                let cut = colo_core::segment::split_tcp_from(
-                    &frame.data,
-                    skip as usize,
-                    0,
-                    usize::MAX / 2,
-                    &mut Vec::new(),
-                    |p| pieces.push(p.to_vec()),
-                );
-                // Only TCP segments are released in parts; anything else leaves whole.
-                if cut.is_err() {
-                    pieces.push(frame.data);
-                }
-                for p in pieces {
-                    self.output.push(at, p);
+        match skip.map(|skip| colo_core::segment::rest(&frame.data, skip as usize)) {
+            Some(Ok(rest)) => {
+                if let Some(data) = rest {
+                    self.output.push(at, data);
                 }
             }
+            // Only TCP segments are released in parts: anything else leaves whole.
+            None | Some(Err(_)) => self.output.push(at, frame.data),
         }
     }
 
@@ -198,10 +186,9 @@ impl Run<'_> {
                 Action::ReleaseRest { frame, via, skip } => self.release(frame, via, Some(skip)),
                 Action::ReleasePart { bytes, via } => {
                     let now = self.current;
-                    let explained = match wire::parse(&bytes) {
-                        Class::Tcp(key, _) => self.explain_key.is_some_and(|k| k == key),
-                        _ => false,
-                    };
+                    // Parsed only while a flow is explained.
+                    let explained =
+                        self.explain_key.is_some_and(|k| matches!(wire::parse(&bytes), Class::Tcp(key, _) if key == k));
                     if explained {
                         self.explain.push(format!(
                             "  t={}us released a verified part ({} bytes) via {} ahead of its segment",

@@ -44,15 +44,8 @@ pub fn drain(shard: &mut Shard<Indexed>, log: &mut Log) {
             }
             Action::ReleaseRest { frame, via, skip } => {
                 log.released.push((frame.index, via));
-                colo_core::segment::split_tcp_from(
-                    &frame.data,
-                    skip as usize,
-                    0,
-                    usize::MAX / 2,
-                    &mut Vec::new(),
-                    |f| log.wire.push(f.to_vec()),
-                )
-                .expect("a rest is a TCP segment");
+                let rest = colo_core::segment::rest(&frame.data, skip as usize).expect("a rest is a TCP segment");
+                log.wire.extend(rest);
             }
             Action::ReleasePart { bytes, .. } => {
                 log.parts += 1;
