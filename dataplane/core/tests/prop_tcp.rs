@@ -4,6 +4,7 @@
 mod common;
 
 use colo_core::fixtures::Conn;
+use colo_core::wire::{self, Class};
 use colo_core::{CheckpointReason, Config, Shard, Side, Timestamp, Via};
 use common::{cases, drain, feed, Indexed, Log};
 use proptest::prelude::*;
@@ -151,17 +152,14 @@ fn run(sc: &Scenario, pf: Vec<Vec<u8>>, sf: Vec<Vec<u8>>) -> (Shard<Indexed>, Lo
 }
 
 /// Stream positions (offsets from the first byte after the SYN) and bytes of every payload
-/// that reached the wire, frames and parts alike (IPv4 frames of the fixtures).
+/// that reached the wire, frames and parts alike.
 fn wire_bytes(log: &Log, isn: u32) -> Vec<(usize, u8)> {
     let mut out = Vec::new();
     for f in &log.wire {
-        let ihl = usize::from(f[14] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-        let tcp = 14 + ihl;
-        let off = usize::from(f[tcp + 12] >> 4) * 4;
-        let seq = u32::from_be_bytes(f[tcp + 4..tcp + 8].try_into().unwrap());
-        let at = seq.wrapping_sub(isn.wrapping_add(1)) as usize;
-        out.extend(f[tcp + off..14 + total].iter().enumerate().map(|(i, &b)| (at + i, b)));
+        let Class::Tcp(_, seg) = wire::parse(f) else { panic!("a released frame that is not TCP") };
+        let at = seg.seq.wrapping_sub(isn.wrapping_add(1)) as usize;
+        let payload = wire::payload(f, &seg).expect("its payload");
+        out.extend(payload.iter().enumerate().map(|(i, &b)| (at + i, b)));
     }
     out
 }
