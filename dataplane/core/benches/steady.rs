@@ -12,7 +12,10 @@
 //! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them,
 //! handled as the runtime handles a burst: parsed, flows located together, then each frame).
 //!
-//! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run).
+//! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run;
+//! `STEADY_CASES=udp64_10k` for one case). Instructions per pair, the same in every run:
+//! `valgrind --tool=callgrind --toggle-collect=steady::pass` on the bench binary with
+//! `--bench --profile-time 1 NAME`, the count divided by the case's pairs (two passes).
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use colo_core::fixtures::{Conn, IpFrame, TcpFrame};
 use colo_core::wire::Class;
-use colo_core::{Action, Config, FlowHint, Frame, Shard, Side, Timestamp};
+use colo_core::{Action, Config, Frame, Shard, Side, Timestamp};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// A prebuilt frame handed over without a copy. Compare mode never writes into a frame, so a
@@ -123,7 +126,9 @@ impl Case {
     }
 }
 
-/// Hands one pair to the shard at the next instant; returns the frames released.
+/// Hands one pair to the shard at the next instant; returns the frames released. Never
+/// inlined, like [`feed_burst`]: an instruction count (callgrind) divides by its calls.
+#[inline(never)]
 fn feed(shard: &mut Shard<Prebuilt>, (p, s): &(Prebuilt, Prebuilt), t: &mut u64) -> usize {
     *t += 100;
     shard.handle(Side::Primary, *p, Timestamp::from_nanos(*t));
@@ -140,8 +145,9 @@ const BURST: usize = 32;
 
 /// Hands a burst of primary frames, then the burst of their secondary copies, to the shard
 /// (the order a DPDK lcore receives them in when both guests send the same frames) the way
-/// the runtime does: the burst parsed, its flows located together (`Shard::locate_burst`),
-/// then each frame handled and its actions drained. Returns the frames released.
+/// the runtime does: the burst parsed, then handed over whole (`Shard::handle_burst`: its flows
+/// located together, then each frame handled and its actions drained). Returns the frames released.
+#[inline(never)]
 fn feed_burst(
     shard: &mut Shard<Prebuilt>,
     pairs: &[(Prebuilt, Prebuilt)],
@@ -151,7 +157,6 @@ fn feed_burst(
     *t += 100;
     let now = Timestamp::from_nanos(*t);
     let mut released = 0;
-    let mut hints = [FlowHint::NONE; BURST];
     let side_of = |side: Side, (p, s): &(Prebuilt, Prebuilt)| if side == Side::Primary { *p } else { *s };
     for side in [Side::Primary, Side::Secondary] {
         classes.clear();
@@ -162,13 +167,9 @@ fn feed_burst(
                 colo_core::wire::parse_into(side_of(side, pair).bytes(), class);
             }
         }
-        shard.locate_burst(side, classes, |class| class, &mut hints);
-        for ((pair, class), hint) in pairs.iter().zip(classes.iter()).zip(hints) {
-            shard.handle_located(side, side_of(side, pair), class, hint, now);
-            while let Some(a) = shard.poll_action() {
-                released += usize::from(matches!(a, Action::Release { .. }));
-            }
-        }
+        let frames = pairs.iter().map(|pair| side_of(side, pair));
+        shard
+            .handle_burst(side, frames, classes, now, |a| released += usize::from(matches!(a, Action::Release { .. })));
     }
     black_box(released)
 }
@@ -256,54 +257,86 @@ fn memcmp(case: &Case, n: u64) -> Duration {
     start.elapsed()
 }
 
-/// Cycles and instructions (hardware counters) or task-clock ns per pair, over one pass.
+/// One pass over the case's pairs (pair by pair, or in bursts) on `fed`'s shard. Never inlined:
+/// the fixed amount of work an instruction count (`valgrind --tool=callgrind
+/// --toggle-collect=steady::pass`) is taken over, the same in every run.
+#[inline(never)]
+fn pass(case: &Case, fed: &mut Fed, burst: bool) {
+    let mut classes = Vec::with_capacity(BURST);
+    if burst {
+        for pairs in case.pairs.chunks(BURST) {
+            feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut classes);
+        }
+    } else {
+        for pair in &case.pairs {
+            feed(&mut fed.shard, pair, &mut fed.t);
+        }
+    }
+}
+
+/// Cycles and instructions (hardware counters) or task-clock ns per pair, over one pass pair
+/// by pair and one in bursts.
 fn counters(name: &str, case: &Case) {
     use perf_event::events::{Hardware, Software};
     use perf_event::{Builder, Group};
     let n = case.pairs.len() as u64;
-    let hardware = Group::new().and_then(|mut g| {
-        let cycles = Builder::new().group(&mut g).kind(Hardware::CPU_CYCLES).build()?;
-        let instructions = Builder::new().group(&mut g).kind(Hardware::INSTRUCTIONS).build()?;
-        Ok((g, cycles, instructions))
-    });
     // The shard the samples fed, where its pairs can be fed again: priming is not repeated.
-    let fed = case.fed.borrow_mut().take().filter(|_| case.repeats);
-    let Fed { mut shard, mut t, .. } = fed.unwrap_or_else(|| case.primed());
-    match hardware {
-        Ok((mut g, cycles, instructions)) => {
-            let _ = g.enable();
-            for pair in &case.pairs {
-                feed(&mut shard, pair, &mut t);
-            }
-            let _ = g.disable();
-            if let Ok(counts) = g.read() {
-                let per = |c: &perf_event::Counter| counts[c] as f64 / n as f64;
-                println!("{name}: {:.0} cycles, {:.0} instructions per pair", per(&cycles), per(&instructions));
-            }
+    let mut fed = case.fed.borrow_mut().take().filter(|_| case.repeats).unwrap_or_else(|| case.primed());
+    for (how, burst) in [("pair by pair", false), ("bursts of 32", true)] {
+        if burst && !case.repeats {
+            // The TCP segments would be retransmissions to the shard that has had them.
+            fed = case.primed();
         }
-        Err(_) => {
-            let Ok(mut clock) = Builder::new().kind(Software::TASK_CLOCK).build() else {
-                println!("{name}: no perf counters on this machine");
-                return;
-            };
-            let _ = clock.enable();
-            for pair in &case.pairs {
-                feed(&mut shard, pair, &mut t);
+        let hardware = Group::new().and_then(|mut g| {
+            let cycles = Builder::new().group(&mut g).kind(Hardware::CPU_CYCLES).build()?;
+            let instructions = Builder::new().group(&mut g).kind(Hardware::INSTRUCTIONS).build()?;
+            Ok((g, cycles, instructions))
+        });
+        match hardware {
+            Ok((mut g, cycles, instructions)) => {
+                let _ = g.enable();
+                pass(case, &mut fed, burst);
+                let _ = g.disable();
+                if let Ok(counts) = g.read() {
+                    let per = |c: &perf_event::Counter| counts[c] as f64 / n as f64;
+                    println!(
+                        "{name}, {how}: {:.0} cycles, {:.0} instructions per pair",
+                        per(&cycles),
+                        per(&instructions)
+                    );
+                }
             }
-            let _ = clock.disable();
-            let ns = clock.read().unwrap_or(0);
-            println!("{name}: {:.0} ns task-clock per pair (no hardware counters here)", ns as f64 / n as f64);
+            Err(_) => {
+                let Ok(mut clock) = Builder::new().kind(Software::TASK_CLOCK).build() else {
+                    println!("{name}: no perf counters on this machine");
+                    return;
+                };
+                let _ = clock.enable();
+                pass(case, &mut fed, burst);
+                let _ = clock.disable();
+                let ns = clock.read().unwrap_or(0);
+                println!(
+                    "{name}, {how}: {:.0} ns task-clock per pair (no hardware counters here)",
+                    ns as f64 / n as f64
+                );
+            }
         }
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let cases = [
-        ("steady_udp64_10k_flows", udp_case(10_000, 16)),
-        ("steady_udp64_1m_flows", udp_case(1_000_000, 2)),
-        ("steady_tcp1460_64_conns", tcp_case()),
+    // STEADY_CASES=udp64_10k,tcp builds and runs only the cases whose names contain one of the
+    // words (priming a million flows takes a while, under valgrind above all).
+    let only = std::env::var("STEADY_CASES").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| name.contains(w));
+    type MakeCase = fn() -> Case;
+    let cases: [(&str, MakeCase); 3] = [
+        ("steady_udp64_10k_flows", || udp_case(10_000, 16)),
+        ("steady_udp64_1m_flows", || udp_case(1_000_000, 2)),
+        ("steady_tcp1460_64_conns", tcp_case),
     ];
-    for (group, case) in cases {
+    for (group, case) in cases.into_iter().filter(|(name, _)| wanted(name)) {
+        let case = case();
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(1));
         g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n, false)));

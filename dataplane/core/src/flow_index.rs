@@ -1,7 +1,8 @@
 //! The flow table's index (SPEC §11): from a flow's key to the slot that holds it.
 //!
 //! Owns a hash table of slot numbers (4 bytes an entry, with hashbrown's control bytes one
-//! more) and the keyed hash of a flow key. The keys themselves live in the shard's slots, so
+//! more), the packed form of a flow key (`PackedKey`, what is hashed and compared) and the
+//! keyed hash of it. The keys themselves live in the shard's slots, so
 //! the index of a 65,536-flow table takes about 640 KiB and stays in a core's L2 cache, where a
 //! map holding whole keys took 7 MiB and missed on every lookup; the one key comparison a
 //! lookup makes reads the slot the caller is about to use anyway.
@@ -12,9 +13,76 @@
 //!
 //! Never allocates except when the table grows past the capacity it was made with.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::wire::FlowKey;
+
+/// Set in a packed key's last word when the addresses take a word each (IPv6).
+const V6: u128 = 1 << 80;
+/// Set (with [`V6`]) when the source / destination address is IPv4 all the same.
+const SRC_V4: u128 = 1 << 81;
+const DST_V4: u128 = 1 << 82;
+
+/// A flow key and its comparator kind (`tag`) packed into three 128-bit words: what the index
+/// hashes and what a lookup compares. Two IPv4 addresses share the first word; IPv6 ones take
+/// a word each. Compared as words, where the key's own fields (addresses as enums, VLANs as
+/// options) took several times the work, and as large (48 bytes), so a flow keeps its key in
+/// this form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PackedKey([u128; 3]);
+
+impl PackedKey {
+    #[inline]
+    pub(crate) fn new(key: &FlowKey, tag: u8) -> Self {
+        // VLAN ids are 12 bits: 0xffff stands for "untagged".
+        let vlan = |v: Option<u16>| u128::from(v.unwrap_or(u16::MAX));
+        let rest = vlan(key.vlans[0])
+            | vlan(key.vlans[1]) << 16
+            | u128::from(key.proto) << 32
+            | u128::from(tag) << 40
+            | u128::from(key.src_port) << 48
+            | u128::from(key.dst_port) << 64;
+        match (key.src, key.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                PackedKey([u128::from(u32::from(src)) << 32 | u128::from(u32::from(dst)), 0, rest])
+            }
+            (src, dst) => {
+                let addr = |a: IpAddr| match a {
+                    IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+                    IpAddr::V6(v6) => u128::from(v6),
+                };
+                let families = (u128::from(src.is_ipv4()) * SRC_V4) | (u128::from(dst.is_ipv4()) * DST_V4);
+                PackedKey([addr(src), addr(dst), rest | V6 | families])
+            }
+        }
+    }
+
+    /// The key back (for reports and the cold paths that need its fields).
+    pub(crate) fn key(&self) -> FlowKey {
+        let [w0, w1, rest] = self.0;
+        let vlan = |v: u128| Some(v as u16).filter(|&v| v != u16::MAX);
+        let (src, dst) = if rest & V6 == 0 {
+            (IpAddr::V4(Ipv4Addr::from((w0 >> 32) as u32)), IpAddr::V4(Ipv4Addr::from(w0 as u32)))
+        } else {
+            let addr = |w: u128, v4: bool| {
+                let v6 = Ipv6Addr::from(w);
+                match v6.to_ipv4_mapped() {
+                    Some(a) if v4 => IpAddr::V4(a),
+                    _ => IpAddr::V6(v6),
+                }
+            };
+            (addr(w0, rest & SRC_V4 != 0), addr(w1, rest & DST_V4 != 0))
+        };
+        FlowKey {
+            vlans: [vlan(rest), vlan(rest >> 16)],
+            src,
+            dst,
+            proto: (rest >> 32) as u8,
+            src_port: (rest >> 48) as u16,
+            dst_port: (rest >> 64) as u16,
+        }
+    }
+}
 
 /// Slot numbers by key hash. The caller supplies the key comparison (the keys are in its slots).
 pub(crate) struct FlowIndex {
@@ -28,30 +96,14 @@ impl FlowIndex {
         FlowIndex { table: hashbrown::HashTable::with_capacity(capacity), state: ahash::RandomState::new() }
     }
 
-    /// The keyed hash of a flow key and its comparator kind (`tag`). The key is packed into
-    /// 128-bit words first (two for IPv4, three for IPv6): hashing the derived way would feed
-    /// every field and enum discriminant separately, several times the work.
+    /// The keyed hash of a packed key: two words for IPv4, three for IPv6.
     #[inline]
-    pub(crate) fn hash(&self, key: &FlowKey, tag: u8) -> u64 {
-        // VLAN ids are 12 bits: 0xffff stands for "untagged".
-        let vlan = |v: Option<u16>| u128::from(v.unwrap_or(u16::MAX));
-        let rest = vlan(key.vlans[0])
-            | vlan(key.vlans[1]) << 16
-            | u128::from(key.proto) << 32
-            | u128::from(tag) << 40
-            | u128::from(key.src_port) << 48
-            | u128::from(key.dst_port) << 64;
-        match (key.src, key.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                self.state.hash_one((u128::from(u32::from(src)) << 32 | u128::from(u32::from(dst)), rest))
-            }
-            (src, dst) => {
-                let addr = |a: IpAddr| match a {
-                    IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-                    IpAddr::V6(v6) => u128::from(v6),
-                };
-                self.state.hash_one((addr(src), addr(dst), rest | 1 << 80))
-            }
+    pub(crate) fn hash(&self, key: &PackedKey) -> u64 {
+        let [addrs, v6_dst, rest] = key.0;
+        if rest & V6 == 0 {
+            self.state.hash_one((addrs, rest))
+        } else {
+            self.state.hash_one((addrs, v6_dst, rest))
         }
     }
 
@@ -92,7 +144,6 @@ impl FlowIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn key(src_port: u16) -> FlowKey {
         FlowKey {
@@ -109,7 +160,8 @@ mod tests {
     fn every_field_and_the_tag_change_the_hash() {
         let index = FlowIndex::with_capacity(4);
         let base = key(1000);
-        let h = index.hash(&base, 1);
+        let hash = |k: &FlowKey, tag| index.hash(&PackedKey::new(k, tag));
+        let h = hash(&base, 1);
         let variants = [
             FlowKey { vlans: [Some(0), None], ..base },
             FlowKey { vlans: [None, Some(7)], ..base },
@@ -121,27 +173,52 @@ mod tests {
             FlowKey { dst_port: 54, ..base },
         ];
         for v in variants {
-            assert_ne!(index.hash(&v, 1), h, "{v:?}");
+            assert_ne!(hash(&v, 1), h, "{v:?}");
+            assert_ne!(PackedKey::new(&v, 1), PackedKey::new(&base, 1), "{v:?}");
         }
-        assert_ne!(index.hash(&base, 2), h);
-        assert_eq!(index.hash(&key(1000), 1), h, "the same key hashes the same");
+        assert_ne!(hash(&base, 2), h);
+        assert_eq!(hash(&key(1000), 1), h, "the same key hashes the same");
     }
 
     #[test]
     fn finds_inserts_and_removes_by_slot_through_growth() {
         let mut index = FlowIndex::with_capacity(2);
         let keys: Vec<FlowKey> = (0..1000).map(key).collect();
-        let hashes: Vec<u64> = keys.iter().map(|k| index.hash(k, 0)).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| index.hash(&PackedKey::new(k, 0))).collect();
         for slot in 0..1000u32 {
             index.insert(hashes[slot as usize], slot, |s| hashes[s as usize]);
         }
         assert_eq!(index.len(), 1000);
-        let find = |index: &FlowIndex, k: &FlowKey| index.find(index.hash(k, 0), |s| keys[s as usize] == *k);
+        let find =
+            |index: &FlowIndex, k: &FlowKey| index.find(index.hash(&PackedKey::new(k, 0)), |s| keys[s as usize] == *k);
         assert_eq!(find(&index, &keys[617]), Some(617));
         assert!(index.remove(hashes[617], 617));
         assert!(!index.remove(hashes[617], 617), "removed once");
         assert_eq!(find(&index, &keys[617]), None);
         assert_eq!(find(&index, &keys[618]), Some(618));
         assert_eq!(index.slots().count(), 999);
+    }
+
+    #[test]
+    fn a_packed_key_unpacks_to_the_same_key() {
+        let v6 = |s: &str| IpAddr::V6(s.parse().unwrap());
+        let v4 = |s: &str| IpAddr::V4(s.parse().unwrap());
+        let keys = [
+            key(1000),
+            FlowKey { vlans: [Some(10), Some(4094)], proto: 6, src_port: 65535, dst_port: 0, ..key(7) },
+            FlowKey { src: v6("2001:db8::2"), dst: v6("2001:db8::1"), ..key(53) },
+            // IPv4-mapped IPv6 addresses stay IPv6; mixed families stay mixed.
+            FlowKey { src: v6("::ffff:10.0.0.2"), dst: v6("::ffff:10.0.0.1"), ..key(53) },
+            FlowKey { src: v4("10.0.0.2"), dst: v6("::ffff:10.0.0.1"), ..key(53) },
+            FlowKey { src: v6("::"), dst: v4("0.0.0.0"), ..key(53) },
+        ];
+        for k in keys {
+            for tag in [0, 1, 255] {
+                assert_eq!(PackedKey::new(&k, tag).key(), k, "tag {tag}");
+            }
+        }
+        let mapped = PackedKey::new(&keys[3], 0);
+        assert_ne!(mapped, PackedKey::new(&key(53), 0), "an IPv4-mapped IPv6 key is not its IPv4 key");
+        assert_ne!(mapped, PackedKey::new(&keys[4], 0));
     }
 }

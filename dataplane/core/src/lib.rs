@@ -47,7 +47,7 @@ pub use counters::{Counters, HoldTime};
 pub use out::Action;
 pub use proxy::ClientRewrite;
 pub use reasons::{DropReason, FlowStatus, HoldReason, Via};
-pub use shard::{ClientSegment, FlowHint, Shard};
+pub use shard::{ClientSegment, Shard};
 pub use time::Timestamp;
 pub use wire::{FlowKey, MalformedReason};
 

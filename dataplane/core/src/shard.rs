@@ -10,14 +10,15 @@
 //! Must never: read a clock, log or allocate on the per-packet path in steady state (queues
 //! keep their capacity; only checkpoint diagnostics allocate), drop primary output silently,
 //! or reorder a flow. Calls are driven in this order by the caller: any `handle*`,
-//! `checkpoint_done` or `failover` call, then `poll_action` until `None`.
+//! `checkpoint_done` or `failover` call, then `poll_action` until `None` (`handle_burst`
+//! hands each frame's actions to its sink itself).
 
 use std::collections::VecDeque;
 
 use crate::checkpoint::CheckpointReason;
 use crate::counters::Counters;
 use crate::datagram::{DatagramFlow, Item, Pieces};
-use crate::flow_index::FlowIndex;
+use crate::flow_index::{FlowIndex, PackedKey};
 pub use crate::out::Action;
 use crate::out::{Out, Piece};
 pub use crate::reasons::{DropReason, FlowStatus, HoldReason, Via};
@@ -61,18 +62,25 @@ enum Kind {
     NonIp,
 }
 
-/// Where [`Shard::locate_burst`] found a frame's flow: the slot that held it then, if any. Only
-/// a shortcut: the handling checks that the slot still holds that flow (an earlier frame of
-/// the burst may have removed it or, in proxy mode, moved the frame to another port's
-/// connection) and looks the flow up again if not.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowHint {
-    slot: Option<u32>,
+/// Where [`Shard::locate_burst`] found a frame's flow: the slot that held it then and the
+/// slot's generation. Only a shortcut: the handling takes the slot while its generation is
+/// unchanged (removing a flow bumps it, so an earlier frame of the burst that removed the
+/// flow, or removed it and made another in its place, voids the hint) and looks the flow up
+/// again if not. Hints never leave the shard ([`Shard::handle_burst`] makes and uses them), so
+/// a hint always belongs to the frame it is used for; a frame whose key the handling changes
+/// (proxy mode moving a secondary segment to its paired connection's port) drops its hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowHint {
+    /// The slot, or [`FlowHint::NO_SLOT`].
+    slot: u32,
+    generation: u32,
 }
 
 impl FlowHint {
     /// No hint: the handling looks the flow up itself.
-    pub const NONE: FlowHint = FlowHint { slot: None };
+    const NONE: FlowHint = FlowHint { slot: FlowHint::NO_SLOT, generation: 0 };
+    /// No table has this many slots (the flow bound is far smaller).
+    const NO_SLOT: u32 = u32::MAX;
 }
 
 /// Frames [`Shard::locate_burst`] hashes before it probes (a DPDK receive burst).
@@ -168,10 +176,10 @@ impl<F: Frame> Conn<F> {
 }
 
 struct Flow<F> {
-    /// The index's hash of (`key`, `kind`).
+    /// The index's hash of `packed`.
     hash: u64,
-    key: FlowKey,
-    kind: Kind,
+    /// The flow's key and kind, in the form a lookup compares ([`Flow::key`] unpacks it).
+    packed: PackedKey,
     conn: Conn<F>,
     last_activity: Timestamp,
     /// Earliest compare-timer entry outstanding for this flow (lazy invalidation).
@@ -185,6 +193,11 @@ struct Flow<F> {
 }
 
 impl<F: Frame> Flow<F> {
+    /// The flow's key.
+    fn key(&self) -> FlowKey {
+        self.packed.key()
+    }
+
     /// A frame of `side` arrived: once both guests showed the flow it is no longer one of the
     /// shard's young one-sided flows (`one_sided` counts those).
     fn saw(&mut self, side: Side, one_sided: &mut usize) {
@@ -479,7 +492,7 @@ impl<F: Frame> Shard<F> {
         let mut out: Vec<(FlowKey, FlowStatus)> = top
             .into_iter()
             .filter_map(|Reverse((_, slot))| {
-                let key = self.slots.get(slot as usize)?.flow.as_ref()?.key;
+                let key = self.slots.get(slot as usize)?.flow.as_ref()?.key();
                 self.status_of(slot).map(|st| (key, st))
             })
             .collect();
@@ -525,8 +538,44 @@ impl<F: Frame> Shard<F> {
         self.handle_located(side, frame, &class, FlowHint::NONE, now);
     }
 
-    /// Looks up, without changing anything, the flows of a receive burst's frames (`class`
-    /// gives an item's parse) into `hints`, and reads into the cache what handling each frame
+    /// Handles a receive burst of `side`'s frames, `classes[i]` parsed from the i-th frame
+    /// ([`wire::parse_into`]), the way a DPDK lcore hands them over: the flows of every 32
+    /// frames are located together first (their memory reads overlap instead of each waiting
+    /// for the one before, and what handling reads first is read ahead), then each frame is
+    /// handled and `sink` gets its actions before the next one is handled, so released frames
+    /// leave in order and held frames never wait behind the burst. Acts exactly as
+    /// [`Shard::handle`] frame by frame would. Frames past `classes` are parsed and handled
+    /// one by one.
+    pub fn handle_burst(
+        &mut self,
+        side: Side,
+        frames: impl IntoIterator<Item = F>,
+        classes: &[Class],
+        now: Timestamp,
+        mut sink: impl FnMut(Action<F>),
+    ) {
+        let mut frames = frames.into_iter();
+        for classes in classes.chunks(LOCATE_CHUNK) {
+            let mut hints = [FlowHint::NONE; LOCATE_CHUNK];
+            self.locate_burst(side, classes, &mut hints);
+            for (class, &hint) in classes.iter().zip(&hints) {
+                let Some(frame) = frames.next() else { return };
+                self.handle_located(side, frame, class, hint, now);
+                while let Some(action) = self.poll_action() {
+                    sink(action);
+                }
+            }
+        }
+        for frame in frames {
+            self.handle(side, frame, now);
+            while let Some(action) = self.poll_action() {
+                sink(action);
+            }
+        }
+    }
+
+    /// Looks up, without changing anything, the flows of (at most [`LOCATE_CHUNK`] of) a
+    /// receive burst's frames into `hints`, and reads into the cache what handling each frame
     /// of `side` will read first: its flow entry, and the other guest's oldest held frame (the
     /// one a frame in step is compared with). Frames then handled with their hints
     /// ([`Shard::handle_located`]) find that memory in the cache, and the burst's lookups
@@ -535,33 +584,38 @@ impl<F: Frame> Shard<F> {
     ///
     /// Each step is taken for the whole burst before the next (hashes, index probes, entries,
     /// held frames' buffers, their bytes), so each step's cache misses are outstanding
-    /// together instead of one after the other. `hints` past `items` are left alone.
-    pub fn locate_burst<T>(&self, side: Side, items: &[T], class: impl Fn(&T) -> &Class, hints: &mut [FlowHint]) {
+    /// together instead of one after the other.
+    fn locate_burst(&self, side: Side, classes: &[Class], hints: &mut [FlowHint; LOCATE_CHUNK]) {
         if self.failed_over.is_some() {
             // Frames are forwarded uncompared: no flow to find.
-            return hints.iter_mut().take(items.len()).for_each(|h| *h = FlowHint::NONE);
+            return;
         }
-        for (items, hints) in items.chunks(LOCATE_CHUNK).zip(hints.chunks_mut(LOCATE_CHUNK)) {
-            let mut hashes = [0u64; LOCATE_CHUNK];
-            for (hash, item) in hashes.iter_mut().zip(items) {
-                if let Some((key, kind)) = flow_of(class(item)) {
-                    *hash = self.index.hash(key, kind as u8);
-                }
+        let mut keys = [None; LOCATE_CHUNK];
+        let mut hashes = [0u64; LOCATE_CHUNK];
+        for ((packed, hash), class) in keys.iter_mut().zip(hashes.iter_mut()).zip(classes) {
+            if let Some((key, kind)) = flow_of(class) {
+                let key = PackedKey::new(key, kind as u8);
+                *hash = self.index.hash(&key);
+                *packed = Some(key);
             }
-            let mut flows: [Option<&Flow<F>>; LOCATE_CHUNK] = [None; LOCATE_CHUNK];
-            for (((hint, item), &hash), flow) in hints.iter_mut().zip(items).zip(&hashes).zip(&mut flows) {
-                hint.slot = flow_of(class(item)).and_then(|(key, kind)| self.find(hash, key, kind));
-                *flow = hint.slot.and_then(|s| self.slots.get(s as usize)).and_then(|s| s.flow.as_ref());
+        }
+        let mut flows: [Option<&Flow<F>>; LOCATE_CHUNK] = [None; LOCATE_CHUNK];
+        for (((hint, packed), &hash), flow) in hints.iter_mut().zip(&keys).zip(&hashes).zip(&mut flows) {
+            let found = packed.as_ref().and_then(|key| self.find(hash, key));
+            let slot = found.and_then(|s| Some((s, self.slots.get(s as usize)?)));
+            if let Some((s, slot)) = slot {
+                *hint = FlowHint { slot: s, generation: slot.generation };
+                *flow = slot.flow.as_ref();
             }
-            let mut held: [&[u8]; LOCATE_CHUNK] = [&[]; LOCATE_CHUNK];
-            for (bytes, flow) in held.iter_mut().zip(&flows) {
-                if let Some(f) = flow {
-                    *bytes = f.warm(side);
-                }
+        }
+        let mut held: [&[u8]; LOCATE_CHUNK] = [&[]; LOCATE_CHUNK];
+        for (bytes, flow) in held.iter_mut().zip(&flows) {
+            if let Some(f) = flow {
+                *bytes = f.warm(side);
             }
-            for bytes in held {
-                touch_lines(bytes);
-            }
+        }
+        for bytes in held {
+            touch_lines(bytes);
         }
     }
 
@@ -571,7 +625,7 @@ impl<F: Frame> Shard<F> {
     /// The class is borrowed: it stays where the burst was parsed into, and only the fields
     /// handling reads are loaded (a copy of the whole class, just written, made the loads
     /// wait for the stores).
-    pub fn handle_located(&mut self, side: Side, frame: F, class: &Class, hint: FlowHint, now: Timestamp) {
+    fn handle_located(&mut self, side: Side, frame: F, class: &Class, hint: FlowHint, now: Timestamp) {
         debug_assert!(*class == wire::parse(frame.bytes()), "a class parsed from other bytes");
         match side {
             Side::Primary => self.counters.primary_in += 1,
@@ -631,20 +685,21 @@ impl<F: Frame> Shard<F> {
     /// `hint` is where [`Shard::locate_burst`] found it, if it did.
     #[inline]
     fn flow_slot(&mut self, key: &FlowKey, kind: Kind, hint: FlowHint, now: Timestamp) -> Result<u32, NoFlow> {
-        if let Some(slot) = hint.slot {
-            let flow = self.slots.get(slot as usize).and_then(|s| s.flow.as_ref());
-            if flow.is_some_and(|f| f.kind == kind && f.key == *key) {
-                return Ok(slot);
+        if let Some(s) = self.slots.get(hint.slot as usize).filter(|s| s.generation == hint.generation) {
+            let flow = s.flow.as_ref();
+            debug_assert!(flow.is_none_or(|f| f.packed == PackedKey::new(key, kind as u8)), "a hint for another flow");
+            if flow.is_some() {
+                return Ok(hint.slot);
             }
         }
-        self.find_or_make(key, kind, now)
+        self.find_or_make(PackedKey::new(key, kind as u8), kind, now)
     }
 
     /// [`Shard::flow_slot`] without a usable hint: look the flow up, or make it.
     #[inline(never)]
-    fn find_or_make(&mut self, key: &FlowKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
-        let hash = self.index.hash(key, kind as u8);
-        if let Some(slot) = self.find(hash, key, kind) {
+    fn find_or_make(&mut self, key: PackedKey, kind: Kind, now: Timestamp) -> Result<u32, NoFlow> {
+        let hash = self.index.hash(&key);
+        if let Some(slot) = self.find(hash, &key) {
             return Ok(slot);
         }
         if !self.unflowed.is_empty() {
@@ -654,7 +709,7 @@ impl<F: Frame> Shard<F> {
         if !self.admit(hash, now) {
             return Err(NoFlow::Budget);
         }
-        let slot = self.insert(*key, kind, hash, now);
+        let slot = self.insert(key, kind, hash, now);
         if slot.is_none() {
             // No flow was made: the credit it took goes back.
             self.budget.refund(&self.cfg);
@@ -664,15 +719,14 @@ impl<F: Frame> Shard<F> {
 
     /// The slot of the flow with this key and kind, if there is one.
     fn lookup(&self, key: &FlowKey, kind: Kind) -> Option<u32> {
-        self.find(self.index.hash(key, kind as u8), key, kind)
+        let key = PackedKey::new(key, kind as u8);
+        self.find(self.index.hash(&key), &key)
     }
 
-    /// [`Shard::lookup`] with the key's hash already known.
-    fn find(&self, hash: u64, key: &FlowKey, kind: Kind) -> Option<u32> {
+    /// [`Shard::lookup`] with the key packed and its hash known.
+    fn find(&self, hash: u64, key: &PackedKey) -> Option<u32> {
         let slots = &self.slots;
-        self.index.find(hash, |s| {
-            slots.get(s as usize).and_then(|s| s.flow.as_ref()).is_some_and(|f| f.kind == kind && f.key == *key)
-        })
+        self.index.find(hash, |s| slots.get(s as usize).and_then(|s| s.flow.as_ref()).is_some_and(|f| f.packed == *key))
     }
 
     /// Whether a new flow may be made now (SPEC §11): room among the young one-sided flows
@@ -734,13 +788,19 @@ impl<F: Frame> Shard<F> {
     }
 
     fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, hint: FlowHint, now: Timestamp) {
-        let (mut frame, mut key) = (frame, key);
+        let (mut frame, mut key, mut hint) = (frame, key, hint);
         let mut paired = None;
         if self.cfg.mode == crate::Mode::Proxy {
             let guest_syn = seg.syn && !seg.ack_flag;
             match side {
                 Side::Secondary => match self.pair_secondary(frame, key, &seg, now) {
-                    Some((f, k)) => (frame, key) = (f, k),
+                    Some((f, k)) => {
+                        if k != key {
+                            // Moved to its paired connection: the hint was for the old key.
+                            hint = FlowHint::NONE;
+                        }
+                        (frame, key) = (f, k);
+                    }
                     None => return,
                 },
                 Side::Primary
@@ -898,12 +958,12 @@ impl<F: Frame> Shard<F> {
         };
         if conn.is_new_incarnation(side, &seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
-            self.pairs.forget_alias(&flow.key, conn.secondary_port);
+            self.pairs.forget_alias(&key, conn.secondary_port);
             conn.reincarnate(self.cfg.mode);
         }
         match side {
-            Side::Primary => conn.on_primary(frames, seg, &mut out, &self.cfg, &flow.key),
-            Side::Secondary => conn.on_secondary(frames, seg, &mut out, &self.cfg, &flow.key),
+            Side::Primary => conn.on_primary(frames, seg, &mut out, &self.cfg, &key),
+            Side::Secondary => conn.on_secondary(frames, seg, &mut out, &self.cfg, &key),
         }
         if conn.is_closed() && conn.closed_at.is_none() {
             conn.closed_at = Some(now);
@@ -942,20 +1002,20 @@ impl<F: Frame> Shard<F> {
         // Built in one piece where it is handed over (built in two, the second copy waited on
         // the first one's stores).
         let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
-        self.feed_item(side, slot, Item::new(proto, Pieces::One(piece), span.len, now), now);
+        self.feed_item(side, slot, key, Item::new(proto, Pieces::One(piece), span.len, now), now);
     }
 
     /// Gives a whole datagram (frames already counted as held) to its flow.
     #[inline(always)]
-    fn feed_item(&mut self, side: Side, slot: u32, item: Item<F>, now: Timestamp) {
+    fn feed_item(&mut self, side: Side, slot: u32, key: &FlowKey, item: Item<F>, now: Timestamp) {
         let mut out = out!(self, now);
         let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
         let one_sided = &mut self.one_sided;
-        let Some((key, d)) = flow.and_then(|f| {
+        let Some(d) = flow.and_then(|f| {
             f.last_activity = now;
             f.saw(side, one_sided);
             match &mut f.conn {
-                Conn::Datagram(d) => Some((&f.key, d)),
+                Conn::Datagram(d) => Some(d),
                 Conn::Tcp(_) => None,
             }
         }) else {
@@ -1008,7 +1068,7 @@ impl<F: Frame> Shard<F> {
     /// is full.
     fn feed_reassembled(&mut self, side: Side, key: FlowKey, kind: Kind, item: Item<F>, now: Timestamp) {
         match self.flow_slot(&key, kind, FlowHint::NONE, now) {
-            Ok(slot) => self.feed_item(side, slot, item, now),
+            Ok(slot) => self.feed_item(side, slot, &key, item, now),
             Err(NoFlow::Budget) => {
                 let mut out = out!(self, now);
                 for (frame, len) in item.into_frames() {
@@ -1048,7 +1108,7 @@ impl<F: Frame> Shard<F> {
         self.handle_tcp_conn(side, frames, key, seg, FlowHint::NONE, now);
     }
 
-    fn insert(&mut self, key: FlowKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {
+    fn insert(&mut self, packed: PackedKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {
         if self.index.len() >= self.cfg.max_flows && (self.evict_blocked || !self.evict_one(now)) {
             // Only a whole fruitless sweep says nothing can go: then inserts fail fast until
             // something changes (a timer run, a flush, a removal).
@@ -1059,8 +1119,7 @@ impl<F: Frame> Shard<F> {
         }
         let flow = Flow {
             hash,
-            key,
-            kind,
+            packed,
             conn: Conn::new(kind, &self.cfg),
             last_activity: now,
             compare_at: None,
@@ -1140,7 +1199,7 @@ impl<F: Frame> Shard<F> {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if let Some(f) = s.flow.take() {
                 if let Conn::Tcp(c) = &f.conn {
-                    self.pairs.forget(&f.key, c.secondary_port);
+                    self.pairs.forget(&f.key(), c.secondary_port);
                 }
                 self.index.remove(f.hash, slot);
                 if f.young {
@@ -1259,13 +1318,13 @@ impl<F: Frame> Shard<F> {
                     conn.release_verified_part(&mut out, self.cfg.compare_timeout);
                     if let Some((reason, detail)) = conn.expired(now, self.cfg.compare_timeout) {
                         conn.timed_out = true;
-                        out.request(&mut conn.requested, reason, flow.key, || detail);
+                        out.request(&mut conn.requested, reason, flow.packed.key(), || detail);
                     }
                 }
                 Conn::Datagram(d) => {
                     if let Some((reason, detail)) = d.expired(now, self.cfg.compare_timeout, self.cfg.reorder_grace) {
                         d.timed_out = true;
-                        d.request(&mut out, reason, &flow.key, || detail);
+                        d.request(&mut out, reason, &flow.packed.key(), || detail);
                     }
                 }
             }

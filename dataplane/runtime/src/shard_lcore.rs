@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use colo_core::wire::Class;
-use colo_core::{Action, Counters, FlowHint, Frame, Shard, Side};
+use colo_core::{Action, Counters, Frame, Shard, Side};
 use crossbeam_queue::ArrayQueue;
 use dpdk::{Mbuf, RxBurst, RxQueue, BURST_SIZE};
 
@@ -643,10 +643,10 @@ pub struct Outlets {
 }
 
 impl Outlets {
-    /// Hands a burst of `side`'s parsed frames (emptied) to the comparator: their flows are
-    /// located together first ([`Shard::locate_burst`]: the lookups' memory reads overlap),
-    /// then each frame is handled and its actions carried out at once, so released frames
-    /// leave in order and held frames never wait behind the burst.
+    /// Hands a burst of `side`'s parsed frames (emptied) to the comparator
+    /// ([`Shard::handle_burst`]: their flows located together, the lookups' memory reads
+    /// overlapping), carrying out each frame's actions at once, so released frames leave in
+    /// order and held frames never wait behind the burst.
     fn handle_burst(
         &mut self,
         shard: &mut Shard<HeldFrame>,
@@ -658,16 +658,7 @@ impl Outlets {
         if staged.len() == 0 {
             return; // an empty poll
         }
-        let mut hints = [FlowHint::NONE; BURST_SIZE];
-        shard.locate_burst(side, &staged.classes, |class| class, &mut hints);
-        for (i, (frame, class)) in staged.frames.drain(..).zip(&staged.classes).enumerate() {
-            // A burst is never longer than the hints; a frame past them would be looked up.
-            let hint = hints.get(i).copied().unwrap_or(FlowHint::NONE);
-            shard.handle_located(side, frame, class, hint, now);
-            while let Some(action) = shard.poll_action() {
-                self.apply(action, id);
-            }
-        }
+        shard.handle_burst(side, staged.frames.drain(..), &staged.classes, now, |action| self.apply(action, id));
         staged.classes.clear();
     }
 

@@ -36,27 +36,35 @@ pub struct Log {
 }
 
 pub fn drain(shard: &mut Shard<Indexed>, log: &mut Log) {
-    while let Some(a) = shard.poll_action() {
-        match a {
-            Action::Release { frame, via } => {
-                log.released.push((frame.index, via));
-                log.wire.push(frame.data);
-            }
-            Action::ReleaseRest { frame, via, skip } => {
-                log.released.push((frame.index, via));
-                let rest = colo_core::segment::rest(&frame.data, skip as usize).expect("a rest is a TCP segment");
-                log.wire.extend(rest);
-            }
-            Action::ReleasePart { bytes, .. } => {
-                log.parts += 1;
-                log.wire.push(bytes.into_vec());
-            }
-            Action::Drop { side, frame, reason } => log.dropped.push((side, frame.index, reason)),
-            Action::Checkpoint(r) => log.requests.push(*r),
-        }
-    }
+    log.record(std::iter::from_fn(|| shard.poll_action()));
     if let Err(e) = shard.counters().check_accounting() {
         panic!("accounting invariant broken: {e}");
+    }
+}
+
+impl Log {
+    /// Writes down `actions`, in order.
+    pub fn record(&mut self, actions: impl IntoIterator<Item = Action<Indexed>>) {
+        let log = self;
+        for a in actions {
+            match a {
+                Action::Release { frame, via } => {
+                    log.released.push((frame.index, via));
+                    log.wire.push(frame.data);
+                }
+                Action::ReleaseRest { frame, via, skip } => {
+                    log.released.push((frame.index, via));
+                    let rest = colo_core::segment::rest(&frame.data, skip as usize).expect("a rest is a TCP segment");
+                    log.wire.extend(rest);
+                }
+                Action::ReleasePart { bytes, .. } => {
+                    log.parts += 1;
+                    log.wire.push(bytes.into_vec());
+                }
+                Action::Drop { side, frame, reason } => log.dropped.push((side, frame.index, reason)),
+                Action::Checkpoint(r) => log.requests.push(*r),
+            }
+        }
     }
 }
 
