@@ -209,13 +209,55 @@ fn eq_chunks<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
     let (Some(x), Some(y)) = (pa.data.of(pa.frame.bytes()), pb.data.of(pb.frame.bytes())) else {
         return false;
     };
-    let skip = skipped(a.proto);
+    x.len() == a.total as usize && eq_compared(x, y, a.proto)
+}
+
+/// Whether two datagrams' compared bytes (of protocol `proto`) are equal, [`skipped`] aside.
+#[inline]
+fn eq_compared(x: &[u8], y: &[u8], proto: u8) -> bool {
+    if x.len() != y.len() {
+        return false;
+    }
+    if (16..=SHORT).contains(&x.len()) {
+        return eq_short(x, y, first_word_kept(proto));
+    }
+    let skip = skipped(proto);
     let cut = skip.start.min(x.len());
     let resume = skip.end.min(x.len());
-    x.len() == a.total as usize
-        && x.len() == y.len()
-        && x.get(..cut) == y.get(..cut)
-        && x.get(resume..) == y.get(resume..)
+    x.get(..cut) == y.get(..cut) && x.get(resume..) == y.get(resume..)
+}
+
+/// Datagrams of 16 up to this many compared bytes are compared eight bytes at a time in line
+/// ([`eq_short`]); longer ones by the library's `memcmp`, which wins once its call pays.
+const SHORT: usize = 64;
+
+/// The bits of a datagram's first eight compared bytes (read little-endian) that are compared:
+/// [`skipped`]'s bytes cleared.
+fn first_word_kept(proto: u8) -> u64 {
+    let skip = skipped(proto);
+    debug_assert!(skip.end <= 8);
+    let ones = |k: usize| if k >= 8 { u64::MAX } else { (1u64 << (8 * k)) - 1 };
+    !(ones(skip.end) & !ones(skip.start))
+}
+
+/// Equality of two slices of the same length, 16 to [`SHORT`] bytes, the first word's bits
+/// outside `first_kept` left out: 64-bit words XORed together, the last word overlapping the
+/// one before when the length is not a multiple of eight (it starts past the first word, so
+/// past the skipped bytes). A small datagram's comparison was two library calls (before and
+/// after the UDP checksum), each costing more than the bytes they compared.
+#[inline]
+fn eq_short(x: &[u8], y: &[u8], first_kept: u64) -> bool {
+    debug_assert!(x.len() == y.len() && (16..=SHORT).contains(&x.len()));
+    let n = x.len();
+    let word = |b: &[u8], at: usize| b.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_le_bytes);
+    let mut diff = (word(x, 0) ^ word(y, 0)) & first_kept;
+    diff |= word(x, n - 8) ^ word(y, n - 8);
+    let mut at = 8;
+    while at + 8 < n {
+        diff |= word(x, at) ^ word(y, at);
+        at += 8;
+    }
+    diff == 0
 }
 
 /// [`eq_chunks`] where either side was reassembled from fragments (out of line).
@@ -375,6 +417,7 @@ impl<F: Frame> DatagramFlow<F> {
     }
 
     /// A primary datagram whose frames are already counted as held.
+    #[inline(always)]
     pub(crate) fn on_primary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
         // Its frames are counted as held already: past the budget means over it now.
         if out.over_budget(cfg, 0, 0) {
@@ -422,6 +465,7 @@ impl<F: Frame> DatagramFlow<F> {
     }
 
     /// A secondary datagram whose frames are already counted as held.
+    #[inline(always)]
     pub(crate) fn on_secondary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
         item.pos = self.s_next;
         self.s_next += 1;
@@ -488,17 +532,27 @@ impl<F: Frame> DatagramFlow<F> {
     }
 
     /// Releases matched datagrams from the head, then looks for an unmatchable datagram.
-    #[inline]
+    /// Always in line: a flow in step has neither to do, and the checks cost less than the
+    /// call did.
+    #[inline(always)]
     fn settle(&mut self, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
-        while self.primary.front().is_some_and(|p| p.matched) {
-            if let Some(p) = self.primary.pop_front() {
-                p.release(out, Side::Primary, Via::Match, DropReason::Consumed);
-            }
+        if self.primary.front().is_some_and(|p| p.matched) {
+            self.release_matched(out);
         }
         if self.diverged || self.unmatched_primary == 0 || self.secondary.is_empty() {
             return;
         }
         self.find_unmatchable(out, cfg, key);
+    }
+
+    /// [`DatagramFlow::settle`]'s release of the matched datagrams at the head (out of line).
+    #[inline(never)]
+    fn release_matched(&mut self, out: &mut Out<'_, F>) {
+        while self.primary.front().is_some_and(|p| p.matched) {
+            if let Some(p) = self.primary.pop_front() {
+                p.release(out, Side::Primary, Via::Match, DropReason::Consumed);
+            }
+        }
     }
 
     /// [`DatagramFlow::settle`]'s search for an unmatchable datagram, once both sides hold
@@ -683,4 +737,29 @@ fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: Option<u64>) -> S
     hex_window(&mut d, "primary", &a, 0, at);
     hex_window(&mut d, "secondary", &b, 0, at);
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::proto::{ICMP, UDP};
+
+    /// Every length around the word-wise comparison's bounds, every byte changed in turn: only
+    /// the UDP checksum's bytes may differ.
+    #[test]
+    fn a_changed_byte_is_seen_at_every_length_but_the_udp_checksum() {
+        for proto in [UDP, ICMP, 47] {
+            for n in 0..=SHORT + 20 {
+                let x: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+                assert!(eq_compared(&x, &x.clone(), proto), "proto {proto}, {n} bytes");
+                for at in 0..n {
+                    let mut y = x.clone();
+                    y[at] ^= 0x40;
+                    let ignored = proto == UDP && skipped(UDP).contains(&at);
+                    assert_eq!(eq_compared(&x, &y, proto), ignored, "proto {proto}, {n} bytes, byte {at} changed");
+                }
+                assert!(!eq_compared(&x, &x[..n.saturating_sub(1)], proto) || n == 0, "{n} bytes vs one fewer");
+            }
+        }
+    }
 }

@@ -28,8 +28,19 @@ const DST_V4: u128 = 1 << 82;
 /// a word each. As large as the key (48 bytes), so a flow keeps its key in this form and a
 /// lookup compares three words instead of the key's fields (addresses as enums, VLANs as
 /// options): 17 instructions fewer a 64 B UDP pair in bursts (callgrind, the steady bench).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Eq)]
 pub(crate) struct PackedKey([u128; 3]);
+
+/// Word by word, in line: the derived comparison of the array called the library's `memcmp`
+/// for its 48 bytes (32 instructions a 64 B UDP pair in bursts).
+impl PartialEq for PackedKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let [a0, a1, a2] = self.0;
+        let [b0, b1, b2] = other.0;
+        ((a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2)) == 0
+    }
+}
 
 impl PackedKey {
     #[inline]
