@@ -188,7 +188,8 @@ fn a_thousand_tcp_and_udp_flows_spread_over_shards_and_meet_their_counterparts()
     let total = &run.stats["total"];
     assert_eq!(total["accounting"], "ok", "{total}");
     assert_eq!(total["primary_in"], primary.len());
-    assert_same_per_flow(&run.output, &primary);
+    // A secondary stalled by a loaded machine may leave a segment's verified part first.
+    assert_eq!(assert_same_per_flow(&run.output, &primary), total["released_parts"], "{total}");
     // Every segment and datagram met its secondary counterpart in the same shard: all
     // matched, and no timeout or mismatch was ever requested.
     assert_eq!(total["released"]["match"], primary.len(), "{total}");

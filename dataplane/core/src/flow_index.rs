@@ -1,11 +1,11 @@
 //! The flow table's index (SPEC §11): from a flow's key to the slot that holds it.
 //!
-//! Owns a hash table of slot numbers (4 bytes an entry, with hashbrown's control bytes one
-//! more), the packed form of a flow key (`PackedKey`, what is hashed and compared) and the
-//! keyed hash of it. The keys themselves live in the shard's slots, so
-//! the index of a 65,536-flow table takes about 640 KiB and stays in a core's L2 cache, where a
-//! map holding whole keys took 7 MiB and missed on every lookup; the one key comparison a
-//! lookup makes reads the slot the caller is about to use anyway.
+//! Owns a hash table of slot numbers (one 8-byte word a bucket: the slot number and 32 bits of
+//! the hash; at least twice the buckets as flows), the packed form of a flow key (`PackedKey`,
+//! what is hashed and compared) and the keyed hash of it. The keys themselves live in the
+//! shard's slots, so the index of a 65,536-flow table takes 1 MiB and stays in a core's L2
+//! cache, where a map holding whole keys took 7 MiB and missed on every lookup; the one key
+//! comparison a lookup makes reads the slot the caller is about to use anyway.
 //!
 //! The hash is keyed per shard (`ahash::RandomState`), so a peer choosing addresses and ports
 //! cannot make flows collide on purpose. It is computed once per frame and kept beside the
@@ -95,16 +95,31 @@ impl PackedKey {
     }
 }
 
-/// Slot numbers by key hash. The caller supplies the key comparison (the keys are in its slots).
+/// Slot numbers by key hash, in open addressing with linear probing. The caller supplies the
+/// key comparison (the keys are in its slots).
+///
+/// Each bucket is one word: the hash's low 32 bits (its tag) above the slot number, so a probe
+/// reads the slot only when the whole tag matches, and the bucket a key starts at (`tag &
+/// mask`) can be read ahead on its own ([`FlowIndex::read_ahead`]), the step hashbrown (which
+/// held the index before) offers no way to take. At most half the buckets are used, so a
+/// lookup almost always ends within the cache line it starts on; removal shifts later entries
+/// back (no tombstones), so a long-lived table does not slow down.
 pub(crate) struct FlowIndex {
-    table: hashbrown::HashTable<u32>,
+    buckets: Vec<u64>,
+    /// `buckets.len() - 1` (a power of two less one).
+    mask: usize,
+    len: usize,
     state: ahash::RandomState,
 }
+
+/// A free bucket (no slot is numbered `u32::MAX`).
+const EMPTY: u64 = u64::MAX;
 
 impl FlowIndex {
     /// An empty index with room for `capacity` flows before it grows.
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        FlowIndex { table: hashbrown::HashTable::with_capacity(capacity), state: ahash::RandomState::new() }
+        let buckets = capacity.saturating_mul(2).next_power_of_two().max(16);
+        FlowIndex { buckets: vec![EMPTY; buckets], mask: buckets - 1, len: 0, state: ahash::RandomState::new() }
     }
 
     /// The keyed hash of a packed key: two words for IPv4, three for IPv6.
@@ -118,37 +133,113 @@ impl FlowIndex {
         }
     }
 
+    /// The bucket a probe for `hash` starts at.
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        tag as usize & self.mask
+    }
+
+    /// Reads the bucket a lookup of `hash` starts at, so that the lookup finds it in the cache
+    /// (the burst lookup reads ahead for every frame before it probes for any).
+    #[inline]
+    pub(crate) fn read_ahead(&self, hash: u64) {
+        std::hint::black_box(self.buckets.get(self.home(hash as u32)));
+    }
+
     /// The slot with this hash for which `is` says yes.
     #[inline]
     pub(crate) fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.table.find(hash, |&slot| is(slot)).copied()
+        let tag = hash as u32;
+        let mut at = self.home(tag);
+        // Half the buckets at least are free: a probe ends long before this bound.
+        for _ in 0..self.buckets.len() {
+            let entry = self.buckets.get(at).copied().unwrap_or(EMPTY);
+            if entry == EMPTY {
+                return None;
+            }
+            if (entry >> 32) as u32 == tag && is(entry as u32) {
+                return Some(entry as u32);
+            }
+            at = (at + 1) & self.mask;
+        }
+        None
     }
 
     /// Records `slot` under `hash`; `hash_of` gives the hash of a slot already in the index
     /// (needed only when the table grows).
     pub(crate) fn insert(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
-        self.table.insert_unique(hash, slot, |&s| hash_of(s));
+        debug_assert!(slot != u32::MAX, "slot number reserved for free buckets");
+        if (self.len + 1) * 2 > self.buckets.len() {
+            self.grow(hash_of);
+        }
+        self.place(hash, slot);
+        self.len += 1;
+    }
+
+    /// Puts an entry in the first free bucket of its probe.
+    fn place(&mut self, hash: u64, slot: u32) {
+        let tag = hash as u32;
+        let mut at = self.home(tag);
+        while self.buckets.get(at).is_some_and(|&e| e != EMPTY) {
+            at = (at + 1) & self.mask;
+        }
+        if let Some(bucket) = self.buckets.get_mut(at) {
+            *bucket = u64::from(tag) << 32 | u64::from(slot);
+        }
+    }
+
+    /// Twice the buckets, every entry placed again (by its slot's hash: the tag holds only
+    /// the low half).
+    #[cold]
+    fn grow(&mut self, hash_of: impl Fn(u32) -> u64) {
+        let size = self.buckets.len() * 2;
+        let old = std::mem::replace(&mut self.buckets, vec![EMPTY; size]);
+        self.mask = size - 1;
+        for entry in old.into_iter().filter(|&e| e != EMPTY) {
+            self.place(hash_of(entry as u32), entry as u32);
+        }
     }
 
     /// Forgets `slot`, recorded under `hash`; whether it was there.
     pub(crate) fn remove(&mut self, hash: u64, slot: u32) -> bool {
-        match self.table.find_entry(hash, |&s| s == slot) {
-            Ok(entry) => {
-                entry.remove();
-                true
+        let tag = hash as u32;
+        let wanted = u64::from(tag) << 32 | u64::from(slot);
+        let mut at = self.home(tag);
+        let mut hole = loop {
+            match self.buckets.get(at).copied() {
+                Some(e) if e == wanted => break at,
+                Some(e) if e != EMPTY => at = (at + 1) & self.mask,
+                _ => return false,
             }
-            Err(_) => false,
+        };
+        // Shift back every later entry of the run whose probe passes the hole, so no probe
+        // meets a free bucket before its entry.
+        let mut next = (hole + 1) & self.mask;
+        while let Some(entry) = self.buckets.get(next).copied().filter(|&e| e != EMPTY) {
+            let home = self.home((entry >> 32) as u32);
+            if next.wrapping_sub(home) & self.mask >= next.wrapping_sub(hole) & self.mask {
+                if let Some(b) = self.buckets.get_mut(hole) {
+                    *b = entry;
+                }
+                hole = next;
+            }
+            next = (next + 1) & self.mask;
         }
+        if let Some(b) = self.buckets.get_mut(hole) {
+            *b = EMPTY;
+        }
+        self.len -= 1;
+        true
     }
 
     /// Flows recorded.
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
     /// Every recorded slot, in no particular order.
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.table.iter().copied()
+        self.buckets.iter().filter(|&&e| e != EMPTY).map(|&e| e as u32)
     }
 }
 
@@ -208,6 +299,50 @@ mod tests {
         assert_eq!(find(&index, &keys[617]), None);
         assert_eq!(find(&index, &keys[618]), Some(618));
         assert_eq!(index.slots().count(), 999);
+    }
+
+    /// Insertions and removals in any order, with hashes crowded onto a few buckets (the
+    /// runs wrap around the table's end): every recorded slot stays findable, a removed one
+    /// is gone, and the index never grows past twice its flows.
+    #[test]
+    fn crowded_runs_survive_removal_in_any_order() {
+        use std::collections::HashMap;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..200 {
+            let mut index = FlowIndex::with_capacity(4);
+            let mut live: HashMap<u32, u64> = HashMap::new();
+            let mut gone: Vec<(u32, u64)> = Vec::new();
+            for slot in 0..(40 + round % 50) as u32 {
+                // Homes crowd at the table's last buckets and at bucket 0, and many entries
+                // share a whole tag (the bits above 32 are not in it).
+                let hash =
+                    ((next() % 4) << 40) | ((next() % 3) << 32) | ((u64::from(u32::MAX) - next() % 6) * (next() % 2));
+                index.insert(hash, slot, |s| live[&s]);
+                live.insert(slot, hash);
+                if next() % 3 == 0 {
+                    let victim = *live.keys().nth(next() as usize % live.len()).unwrap();
+                    let h = live.remove(&victim).unwrap();
+                    assert!(index.remove(h, victim));
+                    gone.push((victim, h));
+                }
+                for (&s, &h) in &live {
+                    assert_eq!(index.find(h, |x| x == s), Some(s), "round {round}: slot {s} lost");
+                }
+                for &(s, h) in &gone {
+                    assert_eq!(index.find(h, |x| x == s), None, "round {round}: slot {s} still found");
+                    assert!(!index.remove(h, s));
+                }
+                assert_eq!(index.len(), live.len());
+                assert_eq!(index.slots().count(), live.len());
+                assert!(index.buckets.len() <= (4 * live.len()).max(16).next_power_of_two());
+            }
+        }
     }
 
     #[test]

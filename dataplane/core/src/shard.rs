@@ -588,9 +588,11 @@ impl<F: Frame> Shard<F> {
     /// overlapped their memory reads, where frame by frame each lookup waits for the one
     /// before: the batched lookup of DPDK's l3fwd, for a table too big for the cache.
     ///
-    /// Each step is taken for the whole burst before the next (hashes, index probes, entries,
-    /// held frames' buffers, their bytes), so each step's cache misses are outstanding
-    /// together instead of one after the other.
+    /// Each step is taken for the whole burst before the next (hashes, the buckets the probes
+    /// start at, index probes and entries, held frames' buffers, their bytes), so each step's
+    /// cache misses are outstanding together instead of one after the other. (Reading each
+    /// probe's likely entry as a step of its own, before the probes compare keys, cost more
+    /// than it saved: measured.)
     fn locate_burst(&self, side: Side, classes: &[Class], hints: &mut [FlowHint; LOCATE_CHUNK]) {
         if self.failed_over.is_some() {
             // Frames are forwarded uncompared: no flow to find.
@@ -603,6 +605,11 @@ impl<F: Frame> Shard<F> {
                 let key = PackedKey::new(key, kind as u8);
                 *hash = self.index.hash(&key);
                 *packed = Some(key);
+            }
+        }
+        for (packed, &hash) in keys.iter().zip(&hashes) {
+            if packed.is_some() {
+                self.index.read_ahead(hash);
             }
         }
         let mut flows: [Option<&Flow<F>>; LOCATE_CHUNK] = [None; LOCATE_CHUNK];
