@@ -155,6 +155,7 @@ impl<F> Out<'_, F> {
         }
     }
 
+    #[inline]
     pub(crate) fn release_held(&mut self, frame: F, via: Via, arrived: Timestamp, len: u32) {
         let c = &mut *self.counters;
         c.held_primary_frames = c.held_primary_frames.saturating_sub(1);
@@ -185,6 +186,7 @@ impl<F> Out<'_, F> {
         self.actions.push_back(Action::Release { frame, via });
     }
 
+    #[inline]
     pub(crate) fn release_secondary_held(&mut self, frame: F, len: u32, reason: DropReason) {
         let c = &mut *self.counters;
         c.held_secondary_frames = c.held_secondary_frames.saturating_sub(1);
