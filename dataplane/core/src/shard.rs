@@ -260,6 +260,11 @@ struct Slot<F> {
 }
 
 /// One core's comparator. See the module doc for the calling convention.
+///
+/// Cache-line aligned: where a shard began inside its line decided which of its fields shared
+/// lines, and that moved the 1460 B TCP pair by up to a sixth between builds that differed
+/// elsewhere (the steady bench, 2026-12-04); aligned, its layout is the same wherever it lives.
+#[repr(align(64))]
 pub struct Shard<F> {
     cfg: Config,
     index: FlowIndex,
