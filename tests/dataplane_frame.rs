@@ -197,7 +197,7 @@ fn divergence_on_two_shards_gives_one_do_checkpoint_and_output_waits_for_the_fra
 
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["total"]["accounting"], "ok");
-    colo_suite::assert_same_per_flow(&out, &primary);
+    assert_eq!(colo_suite::assert_same_per_flow(&out, &primary), stats["total"]["released_parts"]);
     assert_eq!(stats["coordinator"]["do_checkpoint_sent"], 2, "one epoch, resent once on reconnect");
 }
 
@@ -244,7 +244,7 @@ fn identical_traffic_never_asks_for_a_checkpoint() {
     assert_eq!(json["/colo/stats"]["released_match"], primary.len() as u64, "{json}");
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["coordinator"]["do_checkpoint_sent"], 0);
-    colo_suite::assert_same_per_flow(&out, &primary);
+    assert_eq!(colo_suite::assert_same_per_flow(&out, &primary), stats["total"]["released_parts"]);
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn admin_failover_to_primary_releases_held_output_without_a_frame() {
     assert_eq!(v["coordinator"]["failovers"], 1);
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["total"]["accounting"], "ok");
-    colo_suite::assert_same_per_flow(&out, &primary);
+    assert_eq!(colo_suite::assert_same_per_flow(&out, &primary), stats["total"]["released_parts"]);
 }
 
 /// `failover secondary` (SPEC §6): after it, the secondary's frames are what reaches the
@@ -343,7 +343,7 @@ fn a_half_message_from_a_vanishing_frame_does_not_disturb_the_dataplane() {
     });
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["total"]["accounting"], "ok");
-    colo_suite::assert_same_per_flow(&out, &primary);
+    assert_eq!(colo_suite::assert_same_per_flow(&out, &primary), stats["total"]["released_parts"]);
 }
 
 /// No frame connected when a checkpoint is needed (SPEC §7): hold, then after
@@ -367,5 +367,5 @@ fn without_a_frame_the_dataplane_fails_over_to_the_primary_after_frame_timeout()
     assert!(v["total"]["released"]["flush"].as_u64() > Some(0), "{}", v["total"]);
     let (stats, out) = finish(&dir, child);
     assert_eq!(stats["total"]["accounting"], "ok");
-    colo_suite::assert_same_per_flow(&out, &primary);
+    assert_eq!(colo_suite::assert_same_per_flow(&out, &primary), stats["total"]["released_parts"]);
 }

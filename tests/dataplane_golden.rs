@@ -37,7 +37,8 @@ fn check(shards: usize) {
         assert_eq!(run.code, Some(0), "{}: {}", pair.name, run.stderr);
         assert_eq!(run.stats["total"]["accounting"], "ok", "{}: {}", pair.name, run.stats["total"]);
         assert_eq!(run.stats["total"]["primary_in"], primary.len(), "{}", pair.name);
-        assert_same_per_flow(&run.output, &expected);
+        let parts = &run.stats["total"]["released_parts"];
+        assert_eq!(assert_same_per_flow(&run.output, &expected), *parts, "{}", pair.name);
         if pair.expect_all_matched {
             assert_eq!(run.stats["coordinator"]["checkpoints_completed"], 0, "{}: no checkpoint", pair.name);
         }

@@ -37,8 +37,9 @@ fn check_equal_streams(shards: usize) {
     let (primary, secondary) = resegmented_flows(40, 5);
     let run = run_dataplane(&dir, &primary, &secondary, shards, &[]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
-    assert_eq!(run.output.len(), primary.len(), "every primary frame released\n{}", run.stdout);
-    assert_same_per_flow(&run.output, &primary);
+    let parts = run.stats["total"]["released_parts"].as_u64().unwrap_or(0);
+    assert_eq!(run.output.len() as u64, primary.len() as u64 + parts, "every primary frame released\n{}", run.stdout);
+    assert_eq!(assert_same_per_flow(&run.output, &primary), parts);
     let total = &run.stats["total"];
     assert_eq!(total["accounting"], "ok", "{total}");
     assert_eq!(total["primary_in"], primary.len());
@@ -79,7 +80,7 @@ fn a_payload_divergence_is_caught_and_released_only_by_flush() {
     assert!(run.stats["coordinator"]["checkpoints_completed"].as_u64() >= Some(1));
     assert!(total["released"]["flush"].as_u64() >= Some(1), "{total}");
     // Standalone checkpoints release everything in the end, each flow in order.
-    assert_same_per_flow(&run.output, &primary);
+    assert_eq!(assert_same_per_flow(&run.output, &primary), run.stats["total"]["released_parts"]);
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn without_a_spare_lcore_the_main_lcore_does_the_io() {
         cmd.arg("--stats-json").arg(dir.join("stats.json"));
         let run = colo_suite::collect_run(&dir, cmd);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
-        assert_same_per_flow(&run.output, &primary);
+        assert_eq!(assert_same_per_flow(&run.output, &primary), run.stats["total"]["released_parts"]);
         assert_eq!(run.stats["total"]["released"]["match"], primary.len(), "{}", run.stats["total"]);
         assert_eq!(run.stats["total"]["accounting"], "ok");
     }
@@ -320,7 +321,7 @@ fn one_rx_lcore_per_guest_port_when_lcores_allow() {
     let run = colo_suite::collect_run(&dir, cmd);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("io_lcores=2"), "{}", run.stderr);
-    assert_same_per_flow(&run.output, &primary);
+    assert_eq!(assert_same_per_flow(&run.output, &primary), run.stats["total"]["released_parts"]);
     assert_eq!(run.stats["total"]["released"]["match"], primary.len(), "{}", run.stats["total"]);
     assert_eq!(run.stats["total"]["accounting"], "ok");
 }
@@ -368,7 +369,7 @@ fn everything_on_one_lcore_compares_releases_and_shuts_down() {
         .arg(dir.join("stats.json"));
     let run = colo_suite::collect_run(&dir, cmd);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
-    assert_same_per_flow(&run.output, &primary);
+    assert_eq!(assert_same_per_flow(&run.output, &primary), run.stats["total"]["released_parts"]);
     let total = &run.stats["total"];
     assert_eq!(total["accounting"], "ok", "{total}");
     assert_eq!(total["checkpoint_requests"]["tcp-payload-mismatch"], 1, "{total}");
@@ -568,7 +569,7 @@ fn short_frames_held_by_the_thousand_leave_unchanged() {
         assert_eq!(total["accounting"], "ok", "{total}");
         assert_eq!(total["checkpoint_requests"], serde_json::json!({}), "{total}");
         assert_eq!(total["released"]["match"], primary.len(), "{total}");
-        assert_same_per_flow(&run.output, &primary);
+        assert_eq!(assert_same_per_flow(&run.output, &primary), run.stats["total"]["released_parts"]);
         // Every mbuf is back in the pool once the run is over.
         assert_eq!(run.stats["mbufs"]["in_use"], 0, "{}", run.stats["mbufs"]);
         assert_eq!(run.stats["mbufs"]["size"], 40_000, "{}", run.stats["mbufs"]);
