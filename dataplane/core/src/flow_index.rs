@@ -165,12 +165,11 @@ impl FlowIndex {
         None
     }
 
-    /// Records `slot` under `hash`; `hash_of` gives the hash of a slot already in the index
-    /// (needed only when the table grows).
-    pub(crate) fn insert(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
+    /// Records `slot` under `hash`.
+    pub(crate) fn insert(&mut self, hash: u64, slot: u32) {
         debug_assert!(slot != u32::MAX, "slot number reserved for free buckets");
         if (self.len + 1) * 2 > self.buckets.len() {
-            self.grow(hash_of);
+            self.grow();
         }
         self.place(hash, slot);
         self.len += 1;
@@ -188,15 +187,16 @@ impl FlowIndex {
         }
     }
 
-    /// Twice the buckets, every entry placed again (by its slot's hash: the tag holds only
-    /// the low half).
+    /// Twice the buckets, every entry placed again. Its tag is all a bucket's place depends on
+    /// (the index stays far below 2^32 buckets), so no key is hashed again.
     #[cold]
-    fn grow(&mut self, hash_of: impl Fn(u32) -> u64) {
+    fn grow(&mut self) {
         let size = self.buckets.len() * 2;
+        debug_assert!(size <= 1 << 32, "the tag decides the bucket");
         let old = std::mem::replace(&mut self.buckets, vec![EMPTY; size]);
         self.mask = size - 1;
         for entry in old.into_iter().filter(|&e| e != EMPTY) {
-            self.place(hash_of(entry as u32), entry as u32);
+            self.place(entry >> 32, entry as u32);
         }
     }
 
@@ -288,7 +288,7 @@ mod tests {
         let keys: Vec<FlowKey> = (0..1000).map(key).collect();
         let hashes: Vec<u64> = keys.iter().map(|k| index.hash(&PackedKey::new(k, 0))).collect();
         for slot in 0..1000u32 {
-            index.insert(hashes[slot as usize], slot, |s| hashes[s as usize]);
+            index.insert(hashes[slot as usize], slot);
         }
         assert_eq!(index.len(), 1000);
         let find =
@@ -323,7 +323,7 @@ mod tests {
                 // share a whole tag (the bits above 32 are not in it).
                 let hash =
                     ((next() % 4) << 40) | ((next() % 3) << 32) | ((u64::from(u32::MAX) - next() % 6) * (next() % 2));
-                index.insert(hash, slot, |s| live[&s]);
+                index.insert(hash, slot);
                 live.insert(slot, hash);
                 if next() % 3 == 0 {
                     let victim = *live.keys().nth(next() as usize % live.len()).unwrap();
