@@ -93,7 +93,7 @@ impl Case {
     /// serves every sample (a million-flow table takes seconds to prime: a fresh one per
     /// sample left criterion time for a few cold bursts only), unless its pairs cannot be
     /// fed again: then a fresh primed shard takes over when they run out.
-    fn timed(&self, n: u64, burst: bool) -> Duration {
+    fn timed(&self, n: u64, how: Feed) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0u64;
         let mut classes = Vec::with_capacity(BURST);
@@ -108,13 +108,16 @@ impl Case {
             let pairs = &self.pairs[fed.next..fed.next + take];
             let start = Instant::now();
             let mut released = 0;
-            if burst {
-                for pairs in pairs.chunks(BURST) {
-                    released += feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut classes);
+            match how {
+                Feed::Bursts(first) => {
+                    for pairs in pairs.chunks(BURST) {
+                        released += feed_burst(&mut fed.shard, pairs, first, &mut fed.t, &mut classes);
+                    }
                 }
-            } else {
-                for pair in pairs {
-                    released += feed(&mut fed.shard, pair, &mut fed.t);
+                Feed::PairByPair => {
+                    for pair in pairs {
+                        released += feed(&mut fed.shard, pair, &mut fed.t);
+                    }
                 }
             }
             total += start.elapsed();
@@ -143,7 +146,18 @@ fn feed(shard: &mut Shard<Prebuilt>, (p, s): &(Prebuilt, Prebuilt), t: &mut u64)
 /// Frames a DPDK receive burst holds at most.
 const BURST: usize = 32;
 
-/// Hands a burst of primary frames, then the burst of their secondary copies, to the shard
+/// How a case's pairs are handed over.
+#[derive(Clone, Copy)]
+enum Feed {
+    /// Each primary frame, then its secondary copy.
+    PairByPair,
+    /// A burst of one side's frames, then the burst of their copies from the other side, the
+    /// side named first (a DPDK lcore polls its two guest ports in turn, so either guest's
+    /// burst can come first).
+    Bursts(Side),
+}
+
+/// Hands a burst of `first`'s frames, then the burst of the other side's copies, to the shard
 /// (the order a DPDK lcore receives them in when both guests send the same frames) the way
 /// the runtime does: the burst parsed, then handed over whole (`Shard::handle_burst`: its flows
 /// located together, then each frame handled and its actions drained). Returns the frames released.
@@ -151,6 +165,7 @@ const BURST: usize = 32;
 fn feed_burst(
     shard: &mut Shard<Prebuilt>,
     pairs: &[(Prebuilt, Prebuilt)],
+    first: Side,
     t: &mut u64,
     classes: &mut Vec<Class>,
 ) -> usize {
@@ -158,7 +173,8 @@ fn feed_burst(
     let now = Timestamp::from_nanos(*t);
     let mut released = 0;
     let side_of = |side: Side, (p, s): &(Prebuilt, Prebuilt)| if side == Side::Primary { *p } else { *s };
-    for side in [Side::Primary, Side::Secondary] {
+    let other = if first == Side::Primary { Side::Secondary } else { Side::Primary };
+    for side in [first, other] {
         classes.clear();
         // Each parse written in its place, as the runtime stages a burst.
         for pair in pairs {
@@ -265,7 +281,7 @@ fn pass(case: &Case, fed: &mut Fed, burst: bool) {
     let mut classes = Vec::with_capacity(BURST);
     if burst {
         for pairs in case.pairs.chunks(BURST) {
-            feed_burst(&mut fed.shard, pairs, &mut fed.t, &mut classes);
+            feed_burst(&mut fed.shard, pairs, Side::Primary, &mut fed.t, &mut classes);
         }
     } else {
         for pair in &case.pairs {
@@ -339,8 +355,11 @@ fn bench(c: &mut Criterion) {
         let case = case();
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(1));
-        g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n, false)));
-        g.bench_function("matched_pair_burst32", |b| b.iter_custom(|n| case.timed(n, true)));
+        g.bench_function("matched_pair", |b| b.iter_custom(|n| case.timed(n, Feed::PairByPair)));
+        g.bench_function("matched_pair_burst32", |b| b.iter_custom(|n| case.timed(n, Feed::Bursts(Side::Primary))));
+        g.bench_function("matched_pair_burst32_secondary_first", |b| {
+            b.iter_custom(|n| case.timed(n, Feed::Bursts(Side::Secondary)))
+        });
         g.bench_function("memcmp_baseline", |b| b.iter_custom(|n| memcmp(&case, n)));
         g.finish();
         counters(group, &case);

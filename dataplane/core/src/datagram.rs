@@ -433,11 +433,22 @@ impl<F: Frame> DatagramFlow<F> {
         self.p_next += 1;
         if !self.diverged && !self.secondary.is_empty() {
             let w = cfg.datagram_window as u64;
-            let found = self
-                .secondary
-                .iter()
-                .take_while(|s| s.pos <= item.pos.saturating_add(w))
-                .position(|s| s.pos.saturating_add(w) >= item.pos && s.same_as(&item));
+            let within = |s: &Item<F>| s.pos <= item.pos.saturating_add(w) && s.pos.saturating_add(w) >= item.pos;
+            // In step, the copy is the oldest held secondary datagram: it is looked at first and
+            // taken without a search (the secondary often sends first: a DPDK port pair brings
+            // each side's bursts in turn).
+            let found = if self.secondary.front().is_some_and(|s| within(s) && s.same_as(&item)) {
+                Some(0)
+            } else {
+                // The rest in position order, up to the window's end.
+                self.secondary
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .take_while(|(_, s)| s.pos <= item.pos.saturating_add(w))
+                    .find(|(_, s)| within(s) && s.same_as(&item))
+                    .map(|(i, _)| i)
+            };
             if let Some(s) = found.and_then(|i| self.secondary.remove(i)) {
                 s.release(out, Side::Secondary, Via::Match, DropReason::Consumed);
                 if self.primary.is_empty() {

@@ -50,6 +50,7 @@ impl<T> Fifo<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn push_back(&mut self, x: T) {
         if self.head.is_none() {
             self.head = Some(x);
@@ -70,6 +71,7 @@ impl<T> Fifo<T> {
     }
 
     /// Removes and returns element `i`, keeping the others in order.
+    #[inline]
     pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
         match i {
             0 => self.pop_front(),
