@@ -594,3 +594,48 @@ fn a_changed_byte_among_thousands_held_is_caught() {
     let known: std::collections::HashSet<&Vec<u8>> = primary.iter().collect();
     assert!(run.output.iter().all(|f| known.contains(f)), "only primary frames, unmodified");
 }
+
+/// With the EAL on hugepages, each shard's flow table is reserved on the hugepage pool (the
+/// stats say where it went); under `--no-huge` nothing is.
+#[test]
+fn flow_tables_go_on_hugepages_when_the_eal_does() {
+    colo_suite::hugepages(512);
+    let (primary, secondary) = resegmented_flows(20, 3);
+    for on_hugepages in [true, false] {
+        let dir = scratch_dir(&format!("dp-tables-{on_hugepages}"));
+        let shards = 2;
+        colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
+        colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
+        let mut eal = colo_suite::dataplane_eal_args(&dir, shards + 2);
+        if on_hugepages {
+            eal.retain(|a| a != "--no-huge" && a != "--no-shconf");
+            eal.extend(["--in-memory".into(), "--single-file-segments".into()]);
+            if let Some(m) = eal.iter().position(|a| a == "-m") {
+                eal[m + 1] = "256".into();
+            }
+        }
+        let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
+        cmd.args(eal)
+            .arg("--")
+            .args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
+            .args(["--shards", &shards.to_string(), "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"])
+            .arg("--stats-json")
+            .arg(dir.join("stats.json"))
+            .env("RUNTIME_DIRECTORY", &dir)
+            .stdin(std::process::Stdio::null());
+        let run = colo_suite::collect_run(&dir, cmd);
+        assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+        assert_eq!(run.stats["total"]["accounting"], "ok");
+        assert_eq!(run.stats["total"]["released"]["match"], primary.len());
+        let tables = &run.stats["tables"];
+        assert_eq!(tables["on_hugepages"], on_hugepages, "{tables}");
+        let peak = tables["peak_hugepage_bytes"].as_u64().unwrap_or(0);
+        if on_hugepages {
+            // Each shard's table: 65,536 entries of more than a cache line each.
+            assert!(peak >= shards as u64 * 65_536 * 64, "{tables}");
+            assert_eq!(tables["pool_refused"], 0, "{tables}");
+        } else {
+            assert_eq!(peak, 0, "{tables}");
+        }
+    }
+}

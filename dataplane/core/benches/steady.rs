@@ -12,6 +12,11 @@
 //! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them,
 //! handled as the runtime handles a burst: parsed, flows located together, then each frame).
 //!
+//! The flow tables are on 2 MiB hugepages where the pool has room, as `colo-dataplane` puts
+//! them when the EAL runs on hugepages (the million-flow case needs about 400 free pages:
+//! `echo 512 > /proc/sys/vm/nr_hugepages`); each case prints where its tables were.
+//! `STEADY_PAGES=small` keeps them on 4 KiB pages.
+//!
 //! Run: `cargo bench -p colo-core --bench steady` (`-- --quick` for a short run;
 //! `STEADY_CASES=udp64_10k` for one case). Instructions per pair, the same in every run:
 //! `valgrind --tool=callgrind --toggle-collect=steady::pass` on the bench binary with
@@ -25,6 +30,10 @@ use colo_core::fixtures::{Conn, IpFrame, TcpFrame};
 use colo_core::wire::Class;
 use colo_core::{Action, Config, Frame, Shard, Side, Timestamp};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// Large allocations (the flow tables) on hugepages once enabled, as in `colo-dataplane`.
+#[global_allocator]
+static ALLOC: huge_tables::HugeTables = huge_tables::HugeTables;
 
 /// A prebuilt frame handed over without a copy. Compare mode never writes into a frame, so a
 /// write gets an empty slice.
@@ -298,6 +307,13 @@ fn counters(name: &str, case: &Case) {
     let n = case.pairs.len() as u64;
     // The shard the samples fed, where its pairs can be fed again: priming is not repeated.
     let mut fed = case.fed.borrow_mut().take().filter(|_| case.repeats).unwrap_or_else(|| case.primed());
+    let memory = huge_tables::stats();
+    println!(
+        "{name}: {} MiB on hugepages, {} allocations the pool could not take{}",
+        memory.hugepage_bytes >> 20,
+        memory.fallbacks,
+        if huge_tables::enabled() { "" } else { " (STEADY_PAGES=small)" }
+    );
     for (how, burst) in [("pair by pair", false), ("bursts of 32", true)] {
         if burst && !case.repeats {
             // The TCP segments would be retransmissions to the shard that has had them.
@@ -341,6 +357,9 @@ fn counters(name: &str, case: &Case) {
 }
 
 fn bench(c: &mut Criterion) {
+    if std::env::var("STEADY_PAGES").as_deref() != Ok("small") {
+        huge_tables::enable();
+    }
     // STEADY_CASES=udp64_10k,tcp builds and runs only the cases whose names contain one of the
     // words (priming a million flows takes a while, under valgrind above all).
     let only = std::env::var("STEADY_CASES").unwrap_or_default();

@@ -420,9 +420,16 @@ impl NewFlowBudget {
 impl<F: Frame> Shard<F> {
     /// A shard with an empty flow table.
     pub fn new(config: Config) -> Self {
+        // The whole table is reserved at once: growing it later would move every entry (a
+        // copy of tens of megabytes on the lcore, and on hugepages there is no other way to
+        // grow). On normal pages the untouched part costs address space only; on hugepages the
+        // kernel reserves it all (24 MB at the default 65,536 flows). A capacity the allocator
+        // refuses leaves the table to grow as it fills.
+        let mut slots = Vec::new();
+        let _ = slots.try_reserve_exact(config.max_flows);
         Shard {
             index: FlowIndex::with_capacity(config.max_flows.min(1 << 10)),
-            slots: Vec::new(),
+            slots,
             free: Vec::new(),
             timers: DeadlineQueue::default(),
             actions: VecDeque::with_capacity(64),

@@ -55,6 +55,9 @@ pub struct RunSummary {
     pub lcores: Option<serde_json::Value>,
     /// The packet pool: driver, size, mbufs in use ([`pool_report`]).
     pub mbufs: Option<serde_json::Value>,
+    /// Where the flow tables were: hugepages at the peak, allocations the pool could not take
+    /// (filled by the binary, which owns the allocator).
+    pub tables: Option<serde_json::Value>,
 }
 
 /// Checks that hugepages exist unless the EAL options say `--no-huge` (SPEC §11).
@@ -1059,6 +1062,7 @@ pub fn summary_json(s: &RunSummary) -> serde_json::Value {
         "proxy": s.proxy,
         "lcores": s.lcores,
         "mbufs": s.mbufs,
+        "tables": s.tables,
         "ports": s.ports.iter().map(|(role, name, st)| serde_json::json!({
             "role": role, "name": name, "ipackets": st.ipackets, "opackets": st.opackets,
             "imissed": st.imissed, "ierrors": st.ierrors, "oerrors": st.oerrors, "rx_nombuf": st.rx_nombuf,

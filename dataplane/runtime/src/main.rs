@@ -9,6 +9,11 @@ use clap::Parser;
 use colo_dataplane::app;
 use colo_dataplane::config::{split_args, Args, RunConfig};
 
+/// Flow tables (allocations of 4 MiB and up) on the hugepage pool when the EAL runs on
+/// hugepages; everything else, and everything under `--no-huge`, on the system allocator.
+#[global_allocator]
+static ALLOC: huge_tables::HugeTables = huge_tables::HugeTables;
+
 fn main() {
     std::process::exit(real_main());
 }
@@ -57,6 +62,9 @@ fn real_main() -> i32 {
         eprintln!("colo-dataplane: {e}");
         return 1;
     }
+    if !eal_args.iter().any(|a| a == "--no-huge") {
+        huge_tables::enable();
+    }
     let eal = match dpdk::Eal::init(&eal_args) {
         Ok(eal) => eal,
         Err(e) => {
@@ -64,13 +72,19 @@ fn real_main() -> i32 {
             return 1;
         }
     };
-    let summary = match app::run(&eal, &cfg) {
+    let mut summary = match app::run(&eal, &cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("colo-dataplane: {e}");
             return 1;
         }
     };
+    let tables = huge_tables::stats();
+    summary.tables = Some(serde_json::json!({
+        "on_hugepages": huge_tables::enabled(),
+        "peak_hugepage_bytes": tables.peak_hugepage_bytes,
+        "pool_refused": tables.fallbacks,
+    }));
     let json = app::summary_json(&summary);
     if let Some(path) = &cfg.stats_json {
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
