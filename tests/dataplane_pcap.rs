@@ -628,7 +628,7 @@ fn flow_tables_go_on_hugepages_when_the_eal_does() {
         assert_eq!(run.stats["total"]["accounting"], "ok");
         assert_eq!(run.stats["total"]["released"]["match"], primary.len());
         let tables = &run.stats["tables"];
-        assert_eq!(tables["on_hugepages"], on_hugepages, "{tables}");
+        assert_eq!(tables["hugepages_allowed"], on_hugepages, "{tables}");
         let peak = tables["peak_hugepage_bytes"].as_u64().unwrap_or(0);
         if on_hugepages {
             // Each shard's table: 65,536 entries of more than a cache line each.

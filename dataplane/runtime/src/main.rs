@@ -81,7 +81,7 @@ fn real_main() -> i32 {
     };
     let tables = huge_tables::stats();
     summary.tables = Some(serde_json::json!({
-        "on_hugepages": huge_tables::enabled(),
+        "hugepages_allowed": huge_tables::enabled(),
         "peak_hugepage_bytes": tables.peak_hugepage_bytes,
         "pool_refused": tables.fallbacks,
     }));
