@@ -122,6 +122,19 @@ fn map(size: usize) -> *mut u8 {
     std::ptr::null_mut()
 }
 
+/// A mapping for `layout` if it belongs on the pool and the pool has room (a refusal is
+/// counted); null otherwise.
+fn from_pool(layout: Layout) -> *mut u8 {
+    if !wanted(layout) {
+        return std::ptr::null_mut();
+    }
+    let p = map(layout.size());
+    if p.is_null() {
+        FALLBACKS.fetch_add(1, Ordering::Relaxed);
+    }
+    p
+}
+
 /// Unmaps our mapping at `entry` of an allocation of `size` bytes.
 fn unmap(entry: &AtomicUsize, size: usize) {
     let addr = entry.swap(0, Ordering::AcqRel);
@@ -138,25 +151,19 @@ fn unmap(entry: &AtomicUsize, size: usize) {
 // by the record, never by guessing.
 unsafe impl GlobalAlloc for HugeTables {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if wanted(layout) {
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-            FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        let p = from_pool(layout);
+        if !p.is_null() {
+            return p;
         }
         // SAFETY: forwarded with the caller's layout (non-zero size, as `alloc` requires).
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if wanted(layout) {
-            // A fresh anonymous mapping reads as zeros.
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-            FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        // A fresh anonymous mapping reads as zeros.
+        let p = from_pool(layout);
+        if !p.is_null() {
+            return p;
         }
         // SAFETY: forwarded with the caller's layout.
         unsafe { System.alloc_zeroed(layout) }
@@ -176,12 +183,8 @@ unsafe impl GlobalAlloc for HugeTables {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let ours = layout.size() >= MIN_BYTES && entry_of(ptr).is_some();
         if !ours {
-            let onto_pool = new_size >= MIN_BYTES && enabled() && layout.align() <= PAGE;
-            let q = if onto_pool { map(new_size) } else { std::ptr::null_mut() };
+            let q = Layout::from_size_align(new_size, layout.align()).map_or(std::ptr::null_mut(), from_pool);
             if q.is_null() {
-                if onto_pool {
-                    FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                }
                 // SAFETY: the system allocator's block, resized by it.
                 return unsafe { System.realloc(ptr, layout, new_size) };
             }
