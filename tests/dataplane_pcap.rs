@@ -604,8 +604,6 @@ fn flow_tables_go_on_hugepages_when_the_eal_does() {
     for on_hugepages in [true, false] {
         let dir = scratch_dir(&format!("dp-tables-{on_hugepages}"));
         let shards = 2;
-        colo_suite::write_pcap(&dir.join("primary.pcap"), &primary);
-        colo_suite::write_pcap(&dir.join("secondary.pcap"), &secondary);
         let mut eal = colo_suite::dataplane_eal_args(&dir, shards + 2);
         if on_hugepages {
             eal.retain(|a| a != "--no-huge" && a != "--no-shconf");
@@ -614,16 +612,7 @@ fn flow_tables_go_on_hugepages_when_the_eal_does() {
                 eal[m + 1] = "256".into();
             }
         }
-        let mut cmd = std::process::Command::new(colo_suite::workspace_bin("colo-dataplane"));
-        cmd.args(eal)
-            .arg("--")
-            .args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
-            .args(["--shards", &shards.to_string(), "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"])
-            .arg("--stats-json")
-            .arg(dir.join("stats.json"))
-            .env("RUNTIME_DIRECTORY", &dir)
-            .stdin(std::process::Stdio::null());
-        let run = colo_suite::collect_run(&dir, cmd);
+        let run = colo_suite::run_dataplane_with(&dir, &primary, &secondary, shards, eal, &[]);
         assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
         assert_eq!(run.stats["total"]["accounting"], "ok");
         assert_eq!(run.stats["total"]["released"]["match"], primary.len());

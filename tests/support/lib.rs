@@ -174,11 +174,13 @@ pub fn dataplane_eal_args(dir: &Path, lcores: usize) -> Vec<String> {
 /// `net_pcap1` secondary input, `net_pcap2` output), with enough lcores for `shards` and the
 /// EAL options already followed by `--`.
 pub fn dataplane_command(dir: &Path, shards: usize) -> std::process::Command {
+    dataplane_command_with(dir, dataplane_eal_args(dir, shards + 2))
+}
+
+/// [`dataplane_command`] with these EAL options instead.
+pub fn dataplane_command_with(dir: &Path, eal: Vec<String>) -> std::process::Command {
     let mut cmd = std::process::Command::new(workspace_bin("colo-dataplane"));
-    cmd.args(dataplane_eal_args(dir, shards + 2))
-        .arg("--")
-        .env("RUNTIME_DIRECTORY", dir)
-        .stdin(std::process::Stdio::null());
+    cmd.args(eal).arg("--").env("RUNTIME_DIRECTORY", dir).stdin(std::process::Stdio::null());
     cmd
 }
 
@@ -208,9 +210,21 @@ pub fn run_dataplane(
     shards: usize,
     extra: &[&str],
 ) -> DataplaneRun {
+    run_dataplane_with(dir, primary, secondary, shards, dataplane_eal_args(dir, shards + 2), extra)
+}
+
+/// [`run_dataplane`] with these EAL options (which must include [`dataplane_eal_args`]'s vdevs).
+pub fn run_dataplane_with(
+    dir: &Path,
+    primary: &[Vec<u8>],
+    secondary: &[Vec<u8>],
+    shards: usize,
+    eal: Vec<String>,
+    extra: &[&str],
+) -> DataplaneRun {
     write_pcap(&dir.join("primary.pcap"), primary);
     write_pcap(&dir.join("secondary.pcap"), secondary);
-    let mut cmd = dataplane_command(dir, shards);
+    let mut cmd = dataplane_command_with(dir, eal);
     cmd.args(["--primary", "net_pcap0", "--secondary", "net_pcap1", "--output", "net_pcap2"])
         .args(["--shards", &shards.to_string(), "--checkpoint-mode", "standalone", "--exit-when-idle-ms", "300"])
         .arg("--stats-json")

@@ -309,7 +309,7 @@ fn counters(name: &str, case: &Case) {
     let mut fed = case.fed.borrow_mut().take().filter(|_| case.repeats).unwrap_or_else(|| case.primed());
     let memory = huge_tables::stats();
     println!(
-        "{name}: {} MiB on hugepages, {} allocations the pool could not take{}",
+        "{name}: {} MiB on hugepages, {} allocations the pool could not take so far{}",
         memory.hugepage_bytes >> 20,
         memory.fallbacks,
         if huge_tables::enabled() { "" } else { " (STEADY_PAGES=small)" }
