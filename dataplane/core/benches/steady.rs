@@ -11,6 +11,8 @@
 //! secondary's copy right after the primary's frame) and in bursts of 32 primary frames then
 //! their 32 secondary copies (`matched_pair_burst32`: the order a receive burst brings them,
 //! handled as the runtime handles a burst: parsed, flows located together, then each frame).
+//! Then `steady_udp64_10k_shards`: 1 to 4 shards fed at once, each on a thread of its own
+//! (throughput against the shard count; `benches/plot-shards` draws it).
 //!
 //! The flow tables are on 2 MiB hugepages where the pool has room, as `colo-dataplane` puts
 //! them when the EAL runs on hugepages (the million-flow case needs about 400 free pages:
@@ -383,6 +385,48 @@ fn bench(c: &mut Criterion) {
         g.finish();
         counters(group, &case);
     }
+    if wanted("steady_udp64_10k_shards") {
+        shards(c);
+    }
+}
+
+/// Throughput against the shard count: `SHARDS` shards (1 to 4), each on a thread of its own
+/// with its own 10,000 flows and frames (the disjoint flow sets RSS gives each shard), fed in
+/// bursts of 32 at once; one iteration is one pair per shard, so criterion's throughput is
+/// the pairs all shards compare in a second together. Nothing is shared between the shards
+/// but the allocator (untouched once primed), so on a machine with a CPU for each the rate
+/// grows with the count; past the CPUs it can only stay level (`benches/plot-shards` draws it).
+fn shards(c: &mut Criterion) {
+    const SHARDS: usize = 4;
+    let mut cases: Vec<Case> = (0..SHARDS).map(|_| udp_case(10_000, 16)).collect();
+    for case in &cases {
+        // Primed before any thread starts, so no shard primes while others are timed.
+        case.fed.replace(Some(case.primed()));
+    }
+    let mut g = c.benchmark_group("steady_udp64_10k_shards");
+    for shards in 1..=SHARDS {
+        g.throughput(Throughput::Elements(shards as u64));
+        g.bench_function(shards.to_string(), |b| {
+            b.iter_custom(|n| {
+                let start = std::sync::Barrier::new(shards);
+                std::thread::scope(|scope| {
+                    let running: Vec<_> = cases[..shards]
+                        .iter_mut()
+                        .map(|case| {
+                            let start = &start;
+                            scope.spawn(move || {
+                                start.wait();
+                                case.timed(n, Feed::Bursts(Side::Primary))
+                            })
+                        })
+                        .collect();
+                    // The slowest shard sets the time the count took.
+                    running.into_iter().filter_map(|t| t.join().ok()).max().unwrap_or_default()
+                })
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

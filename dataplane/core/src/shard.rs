@@ -254,6 +254,11 @@ impl<F: Frame> Flow<F> {
     }
 }
 
+/// A flow-table entry. Cache-line aligned: 384 bytes, six whole lines, instead of 368 bytes
+/// starting anywhere in a line, so an entry never shares a line with its neighbours and its
+/// fields sit at the same place in their lines in every entry. At a million flows that took
+/// a tenth off a pair in bursts (the steady bench, alternated), at 10,000 it changed nothing.
+#[repr(align(64))]
 struct Slot<F> {
     generation: u32,
     flow: Option<Flow<F>>,
