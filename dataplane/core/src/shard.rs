@@ -700,7 +700,7 @@ impl<F: Frame> Shard<F> {
             return out.drop_new(side, frame, DropReason::FailedOver);
         }
         self.counters.secondary_forwarded += 1;
-        self.actions.push_back(Action::Release { frame, via: Via::Passthrough });
+        crate::out::emit(&mut self.actions, Action::Release { frame, via: Via::Passthrough });
     }
 
     fn handle_non_ip(&mut self, side: Side, frame: F, now: Timestamp) {
