@@ -39,19 +39,21 @@ pub(crate) enum Pieces<F> {
     Many(Vec<Piece<F>>),
 }
 
-/// A whole datagram, ready to compare.
+/// A whole datagram, ready to compare. In field order (the flow entry's layout: see
+/// `shard::Slot`): `matched` second, so an empty queue head is told by the item's first bytes.
+#[repr(C)]
 pub(crate) struct Item<F> {
     /// IP protocol (SPEC §5.3 compares it), or 0 for non-IP frames.
     pub(crate) proto: u8,
-    pub(crate) pieces: Pieces<F>,
-    /// Compared length.
-    pub(crate) total: u32,
-    /// When it became whole (the compare timer starts here).
-    pub(crate) arrived: Timestamp,
-    pos: u64,
     matched: bool,
     /// A secondary datagram already kept by one standalone completion: the next one drops it.
     kept: bool,
+    /// Compared length.
+    pub(crate) total: u32,
+    pub(crate) pieces: Pieces<F>,
+    /// When it became whole (the compare timer starts here).
+    pub(crate) arrived: Timestamp,
+    pos: u64,
 }
 
 impl<F: Frame> Item<F> {
@@ -315,13 +317,10 @@ fn eq_scattered<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
     equal && a_len == a.total as usize
 }
 
-/// Comparison state of one datagram flow.
+/// Comparison state of one datagram flow. In field order (the flow entry's layout: see
+/// `shard::Slot`): positions and flags, then each guest's queue, the absorb list last.
+#[repr(C)]
 pub(crate) struct DatagramFlow<F> {
-    /// Held primary datagrams in primary order; `matched` ones wait for earlier ones. The
-    /// oldest is kept inline (in the flow's table entry), as is the secondary's.
-    primary: Fifo<Item<F>>,
-    /// Unmatched secondary datagrams in position order.
-    secondary: Fifo<Item<F>>,
     /// Position of the next primary / secondary datagram.
     p_next: u64,
     s_next: u64,
@@ -335,6 +334,11 @@ pub(crate) struct DatagramFlow<F> {
     pub(crate) timed_out: bool,
     /// The flow of non-IP frames: named `non-ip` in requests instead of by its key.
     non_ip: bool,
+    /// Held primary datagrams in primary order; `matched` ones wait for earlier ones. The
+    /// oldest is kept inline (in the flow's table entry), as is the secondary's.
+    primary: Fifo<Item<F>>,
+    /// Unmatched secondary datagrams in position order.
+    secondary: Fifo<Item<F>>,
     /// What the last flush released unmatched, for absorbing a lagging secondary's copies
     /// (boxed: most flows never have any, and the entry stays small). Freed by the first
     /// secondary datagram after absorbing ended or the list emptied, or by the next flush.

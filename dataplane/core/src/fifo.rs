@@ -11,7 +11,9 @@
 
 use std::collections::VecDeque;
 
-/// A FIFO with its first element inline. Invariant: `rest` is empty whenever `head` is.
+/// A FIFO with its first element inline. Invariant: `rest` is empty whenever `head` is. In
+/// field order: the head first, where a flow entry's hot lines are.
+#[repr(C)]
 pub(crate) struct Fifo<T> {
     head: Option<T>,
     rest: VecDeque<T>,
