@@ -150,3 +150,11 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+impl<T> Fifo<T> {
+    /// Where the inline head lies (for the flow entry's layout test).
+    pub(crate) fn head_addr(&self) -> usize {
+        &self.head as *const Option<T> as usize
+    }
+}
