@@ -755,6 +755,25 @@ fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: Option<u64>) -> S
 }
 
 #[cfg(test)]
+impl<F> DatagramFlow<F> {
+    /// The byte ranges a datagram flow in agreement reads and writes (positions, flags, the
+    /// primary's held datagram whole, the secondary's first bytes), as addresses, for the flow
+    /// entry's layout test (`shard::Slot`).
+    pub(crate) fn hot_ranges(&self) -> Vec<(&'static str, usize, usize)> {
+        let item = std::mem::size_of::<Option<Item<F>>>();
+        vec![
+            ("p_next", &self.p_next as *const u64 as usize, 8),
+            ("s_next", &self.s_next as *const u64 as usize, 8),
+            ("unmatched_primary", &self.unmatched_primary as *const usize as usize, 8),
+            ("diverged", &self.diverged as *const bool as usize, 1),
+            ("timed_out", &self.timed_out as *const bool as usize, 1),
+            ("primary head", self.primary.head_addr(), item),
+            ("secondary head's first bytes", self.secondary.head_addr(), 8),
+        ]
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::proto::{ICMP, UDP};
@@ -776,24 +795,5 @@ mod tests {
                 assert!(!eq_compared(&x, &x[..n.saturating_sub(1)], proto) || n == 0, "{n} bytes vs one fewer");
             }
         }
-    }
-}
-
-#[cfg(test)]
-impl<F> DatagramFlow<F> {
-    /// The byte ranges a datagram flow in agreement reads and writes (positions, flags, the
-    /// primary's held datagram whole, the secondary's first bytes), as addresses, for the flow
-    /// entry's layout test (`shard::Slot`).
-    pub(crate) fn hot_ranges(&self) -> Vec<(&'static str, usize, usize)> {
-        let item = std::mem::size_of::<Option<Item<F>>>();
-        vec![
-            ("p_next", &self.p_next as *const u64 as usize, 8),
-            ("s_next", &self.s_next as *const u64 as usize, 8),
-            ("unmatched_primary", &self.unmatched_primary as *const usize as usize, 8),
-            ("diverged", &self.diverged as *const bool as usize, 1),
-            ("timed_out", &self.timed_out as *const bool as usize, 1),
-            ("primary head", self.primary.head_addr(), item),
-            ("secondary head's first bytes", self.secondary.head_addr(), 8),
-        ]
     }
 }

@@ -96,6 +96,14 @@ impl<T> IntoIterator for Fifo<T> {
 }
 
 #[cfg(test)]
+impl<T> Fifo<T> {
+    /// Where the inline head lies (for the flow entry's layout test).
+    pub(crate) fn head_addr(&self) -> usize {
+        &self.head as *const Option<T> as usize
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -148,13 +156,5 @@ mod tests {
             }
             prop_assert!(fifo.into_iter().eq(model));
         }
-    }
-}
-
-#[cfg(test)]
-impl<T> Fifo<T> {
-    /// Where the inline head lies (for the flow entry's layout test).
-    pub(crate) fn head_addr(&self) -> usize {
-        &self.head as *const Option<T> as usize
     }
 }
