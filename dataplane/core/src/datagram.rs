@@ -51,8 +51,6 @@ pub(crate) struct Item<F> {
     /// Compared length.
     pub(crate) total: u32,
     pub(crate) pieces: Pieces<F>,
-    /// When it became whole (the compare timer starts here).
-    pub(crate) arrived: Timestamp,
     pos: u64,
 }
 
@@ -67,8 +65,29 @@ impl<F: Frame> Item<F> {
         first.and_then(|p| p.frame.bytes().get(p.data.offset as usize..)).unwrap_or_default()
     }
 
-    pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32, arrived: Timestamp) -> Self {
-        Item { proto, pieces, total, arrived, pos: 0, matched: false, kept: false }
+    /// A datagram made whole by its last piece: its pieces carry their arrival times, the
+    /// latest of which is when the datagram became whole ([`Item::arrived`]).
+    pub(crate) fn new(proto: u8, pieces: Pieces<F>, total: u32) -> Self {
+        Item { proto, pieces, total, pos: 0, matched: false, kept: false }
+    }
+
+    /// When it became whole: the compare timer starts here. Not kept apart from the pieces'
+    /// own times (the latest piece completed it), so the item fits a cache line and a flow
+    /// entry holds both guests' oldest datagrams in two lines (see `shard::Slot`).
+    #[inline]
+    pub(crate) fn arrived(&self) -> Timestamp {
+        match &self.pieces {
+            Pieces::One(p) => p.arrived,
+            Pieces::Many(v) => latest_arrival(v),
+        }
+    }
+
+    /// Restarts its compare clock at `now` (a standalone completion kept it).
+    fn restart_clock(&mut self, now: Timestamp) {
+        match &mut self.pieces {
+            Pieces::One(p) => p.arrived = now,
+            Pieces::Many(v) => v.iter_mut().for_each(|p| p.arrived = now),
+        }
     }
 
     /// Frames in this datagram.
@@ -168,6 +187,12 @@ impl<F: Frame> Item<F> {
             }
         }
     }
+}
+
+/// When the last of a reassembled datagram's pieces arrived (the datagram became whole then).
+#[inline(never)]
+fn latest_arrival<F>(pieces: &[Piece<F>]) -> Timestamp {
+    pieces.iter().map(|p| p.arrived).max().unwrap_or_default()
 }
 
 /// Hands one frame of a released datagram back.
@@ -604,8 +629,8 @@ impl<F: Frame> DatagramFlow<F> {
             return None;
         }
         let held = crate::timer::oldest_deadline(
-            self.primary.front().map(|h| h.arrived),
-            self.secondary.front().map(|h| h.arrived),
+            self.primary.front().map(Item::arrived),
+            self.secondary.front().map(Item::arrived),
             timeout,
         );
         match (held, self.both_unmatched_since()) {
@@ -616,13 +641,14 @@ impl<F: Frame> DatagramFlow<F> {
 
     /// When both sides began to hold unmatched datagrams (the later of the two oldest
     /// unmatched ones), if they do (SPEC §5.2 (c)).
+    #[inline]
     fn both_unmatched_since(&self) -> Option<Timestamp> {
         if self.unmatched_primary == 0 {
             return None;
         }
         // Held secondary datagrams are all unmatched (a match consumes them at once).
-        let s = self.secondary.front()?.arrived;
-        let p = self.primary.iter().find(|p| !p.matched)?.arrived;
+        let s = self.secondary.front()?.arrived();
+        let p = self.primary.iter().find(|p| !p.matched)?.arrived();
         Some(p.max(s))
     }
 
@@ -644,7 +670,7 @@ impl<F: Frame> DatagramFlow<F> {
             detail.insert_str(0, &format!("both sides hold unmatched datagrams since {since}: "));
             return Some((self.mismatch, detail));
         }
-        if let Some(p) = self.primary.front().filter(|p| p.arrived.saturating_add(timeout) <= now) {
+        if let Some(p) = self.primary.front().filter(|p| p.arrived().saturating_add(timeout) <= now) {
             return Some((
                 CheckpointReason::TimeoutPrimary,
                 format!(
@@ -653,13 +679,13 @@ impl<F: Frame> DatagramFlow<F> {
                     p.pos,
                     p.total,
                     p.proto,
-                    p.arrived,
+                    p.arrived(),
                     self.primary.len(),
                     self.secondary.len()
                 ),
             ));
         }
-        if let Some(s) = self.secondary.front().filter(|s| s.arrived.saturating_add(timeout) <= now) {
+        if let Some(s) = self.secondary.front().filter(|s| s.arrived().saturating_add(timeout) <= now) {
             return Some((
                 CheckpointReason::TimeoutSecondary,
                 format!(
@@ -667,7 +693,7 @@ impl<F: Frame> DatagramFlow<F> {
                     s.pos,
                     s.total,
                     s.proto,
-                    s.arrived,
+                    s.arrived(),
                     self.secondary.len()
                 ),
             ));
@@ -712,7 +738,7 @@ impl<F: Frame> DatagramFlow<F> {
                 if let Some(s) = self.secondary.get_mut(i) {
                     // A fresh compare window from this completion on.
                     s.kept = true;
-                    s.arrived = out.now;
+                    s.restart_clock(out.now);
                 }
                 i += 1;
             } else if let Some(s) = self.secondary.remove(i) {
@@ -756,9 +782,9 @@ fn mismatch_detail<F: Frame>(p: &Item<F>, s: &Item<F>, window: Option<u64>) -> S
 
 #[cfg(test)]
 impl<F> DatagramFlow<F> {
-    /// The byte ranges a datagram flow in agreement reads and writes (positions, flags, the
-    /// primary's held datagram whole, the secondary's first bytes), as addresses, for the flow
-    /// entry's layout test (`shard::Slot`).
+    /// The byte ranges a datagram flow in agreement reads and writes (positions, flags, both
+    /// guests' oldest held datagrams), as addresses, for the flow entry's layout test
+    /// (`shard::Slot`).
     pub(crate) fn hot_ranges(&self) -> Vec<(&'static str, usize, usize)> {
         let item = std::mem::size_of::<Option<Item<F>>>();
         vec![
@@ -768,7 +794,7 @@ impl<F> DatagramFlow<F> {
             ("diverged", &self.diverged as *const bool as usize, 1),
             ("timed_out", &self.timed_out as *const bool as usize, 1),
             ("primary head", self.primary.head_addr(), item),
-            ("secondary head's first bytes", self.secondary.head_addr(), 8),
+            ("secondary head", self.secondary.head_addr(), item),
         ]
     }
 }

@@ -257,7 +257,7 @@ impl<F: Frame> Reassembly<F> {
         let (src_port, dst_port) = wire::l4_ports(p.key.proto, head);
         let key = FlowKey { src_port, dst_port, ..p.key };
         let total = p.covered;
-        Fed::Complete(key, Item::new(key.proto, Pieces::Many(p.pieces), total, out.now))
+        Fed::Complete(key, Item::new(key.proto, Pieces::Many(p.pieces), total))
     }
 
     fn insert(&mut self, id: FragId, key: FlowKey, now: Timestamp, cfg: &Config, timers: &mut DeadlineQueue) -> u32 {

@@ -181,20 +181,40 @@ impl<F: Frame> Conn<F> {
     }
 }
 
+/// The deadline of a timer entry outstanding for a flow, or none: 8 bytes where
+/// `Option<Timestamp>` takes 16 (the flow entry's hot lines have room for nothing more, see
+/// [`Slot`]). `u64::MAX` nanoseconds is none; a deadline is armed at most one nanosecond
+/// before it (584 years after the clock's start), so none is never a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Armed(u64);
+
+impl Armed {
+    const NONE: Armed = Armed(u64::MAX);
+
+    /// The latest deadline that can be armed.
+    const LAST: Timestamp = Timestamp(u64::MAX - 1);
+
+    /// Armed at `at`, which must be at most [`Armed::LAST`].
+    fn at(at: Timestamp) -> Armed {
+        debug_assert!(at <= Armed::LAST);
+        Armed(at.0)
+    }
+
+    fn get(self) -> Option<Timestamp> {
+        (self != Armed::NONE).then_some(Timestamp(self.0))
+    }
+}
+
 /// A flow's state. Field order matters (see [`Slot`]): hot fields first, the hash last.
 #[repr(C)]
 struct Flow<F> {
     /// The flow's key and kind, in the form a lookup compares ([`Flow::key`] unpacks it).
     packed: PackedKey,
     /// Earliest compare-timer entry outstanding for this flow (lazy invalidation).
-    compare_at: Option<Timestamp>,
+    compare_at: Armed,
     /// Earliest lifetime-timer (idle/linger) entry outstanding.
-    lifetime_at: Option<Timestamp>,
+    lifetime_at: Armed,
     last_activity: Timestamp,
-    /// Which guests have sent a frame of this flow (bit 0 primary, bit 1 secondary).
-    seen: u8,
-    /// Counted among the shard's young one-sided flows (see [`Shard::one_sided`]).
-    young: bool,
     conn: Conn<F>,
     /// The index's hash of `packed`.
     hash: u64,
@@ -206,25 +226,12 @@ impl<F: Frame> Flow<F> {
         self.packed.key()
     }
 
-    /// A frame of `side` arrived: once both guests showed the flow it is no longer one of the
-    /// shard's young one-sided flows (`one_sided` counts those).
-    fn saw(&mut self, side: Side, one_sided: &mut usize) {
-        self.seen |= match side {
-            Side::Primary => 1,
-            Side::Secondary => 2,
-        };
-        if self.young && self.seen == 3 {
-            self.young = false;
-            *one_sided = one_sided.saturating_sub(1);
-        }
-    }
-
     /// Reads what handling a frame of `side` reads first (fields on the entry's cache lines
     /// and the comparison state they point to), and returns the other guest's oldest held
     /// bytes (what a frame in step is compared with), for the caller to read once the whole
     /// burst's entries are asked for (see [`Shard::locate_burst`]).
     fn warm(&self, side: Side) -> &[u8] {
-        std::hint::black_box((self.compare_at, self.last_activity, self.seen));
+        std::hint::black_box((self.compare_at, self.last_activity));
         match &self.conn {
             Conn::Tcp(c) => c.warm(side),
             Conn::Datagram(d) => d.warm(side),
@@ -256,23 +263,46 @@ impl<F: Frame> Flow<F> {
     }
 }
 
-/// A flow-table entry. Cache-line aligned: 384 bytes, six whole lines, instead of 368 bytes
-/// starting anywhere in a line, so an entry never shares a line with its neighbours and its
-/// fields sit at the same place in their lines in every entry (a sixth off a million-flow
-/// pair in bursts, the steady bench).
+/// A flow-table entry. Cache-line aligned: 320 bytes, five whole lines, so an entry never
+/// shares a line with its neighbours and its fields sit at the same place in their lines in
+/// every entry (the 368-byte entry before, starting anywhere in a line, cost a million-flow
+/// pair a sixth more in bursts, the steady bench).
 ///
 /// Its fields are laid out in order (`repr(C)` here, in [`Flow`], `DatagramFlow`, `Fifo` and
 /// `Item`) so that a datagram flow in agreement is handled within the first four lines: line 0
-/// the generation and the key the lookup compares, line 1 the deadlines, activity and
-/// positions, lines 2 and 3 the oldest held datagram of each guest (the secondary's "none"
-/// is its first bytes). The queues' overflow, the absorb list and the hash come last. CPUs
-/// fetch lines in aligned pairs, so the common path costs two 128-byte fetches from memory,
-/// not three: another sixth off a million-flow pair in bursts. A secondary datagram held
-/// whole (its copy not yet there) reaches into line 4.
+/// the generation, the guests seen and the key the lookup compares, line 1 the deadlines,
+/// activity, positions and flags, lines 1 to 3 the oldest held datagram of each guest (64
+/// bytes each; "none" is an item's second byte). The queues' overflow, the absorb list and
+/// the hash come last. CPUs fetch lines from memory in pairs, so the common path costs two
+/// such fetches a flow, not three: a third off a million-flow pair in bursts in all. What made
+/// the room: deadlines kept in 8 bytes ([`Armed`]), the guests seen beside the generation, a
+/// held datagram's arrival time kept once (in its piece), the queues' overflow boxed.
 #[repr(C, align(64))]
 struct Slot<F> {
     generation: u32,
+    /// Which guests have sent a frame of the slot's flow (bit 0 primary, bit 1 secondary).
+    /// Here rather than in the flow: the key's alignment leaves room beside the generation.
+    seen: u8,
+    /// The flow is counted among the shard's young one-sided flows (see
+    /// [`Shard::one_sided`]).
+    young: bool,
     flow: Option<Flow<F>>,
+}
+
+impl<F> Slot<F> {
+    /// A frame of `side` arrived: once both guests showed the flow it is no longer one of the
+    /// shard's young one-sided flows (`one_sided` counts those).
+    #[inline]
+    fn saw(&mut self, side: Side, one_sided: &mut usize) {
+        self.seen |= match side {
+            Side::Primary => 1,
+            Side::Secondary => 2,
+        };
+        if self.young && self.seen == 3 {
+            self.young = false;
+            *one_sided = one_sided.saturating_sub(1);
+        }
+    }
 }
 
 /// One core's comparator. See the module doc for the calling convention.
@@ -779,8 +809,8 @@ impl<F: Frame> Shard<F> {
             }
             self.one_sided_fifo.pop_front();
             let live = self.slots.get_mut(slot as usize).filter(|s| s.generation == generation);
-            if let Some(f) = live.and_then(|s| s.flow.as_mut()).filter(|f| f.young) {
-                f.young = false;
+            if let Some(s) = live.filter(|s| s.flow.is_some() && s.young) {
+                s.young = false;
                 self.one_sided = self.one_sided.saturating_sub(1);
             }
         }
@@ -983,15 +1013,16 @@ impl<F: Frame> Shard<F> {
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
         }
-        let Some(flow) = slot.ok().and_then(|s| self.slots.get_mut(s as usize)).and_then(|s| s.flow.as_mut()) else {
+        let Some(entry) = slot.ok().and_then(|s| self.slots.get_mut(s as usize)).filter(|s| s.flow.is_some()) else {
             let (frames, held) = frames.into_frames();
             for frame in frames {
                 self.overflow(side, frame, held, DropReason::FlowTableFull, &key, now);
             }
             return;
         };
+        entry.saw(side, &mut self.one_sided);
+        let Some(flow) = entry.flow.as_mut() else { return };
         flow.last_activity = now;
-        flow.saw(side, &mut self.one_sided);
         let Conn::Tcp(conn) = &mut flow.conn else {
             // The table keys TCP flows apart from datagram flows: unreachable.
             debug_assert!(false, "a TCP key mapped to a datagram flow");
@@ -1043,23 +1074,31 @@ impl<F: Frame> Shard<F> {
         // Built in one piece where it is handed over (built in two, the second copy waited on
         // the first one's stores).
         let piece = Piece { frame, arrived: now, len, data: span, at: 0, seq: 0, dup: false };
-        self.feed_item(side, slot, key, Item::new(proto, Pieces::One(piece), span.len, now), now);
+        self.feed_item(side, slot, key, Item::new(proto, Pieces::One(piece), span.len), now);
     }
 
     /// Gives a whole datagram (frames already counted as held) to its flow.
     #[inline(always)]
     fn feed_item(&mut self, side: Side, slot: u32, key: &FlowKey, item: Item<F>, now: Timestamp) {
         let mut out = out!(self, now);
-        let flow = self.slots.get_mut(slot as usize).and_then(|s| s.flow.as_mut());
-        let one_sided = &mut self.one_sided;
-        let Some(d) = flow.and_then(|f| {
-            f.last_activity = now;
-            f.saw(side, one_sided);
-            match &mut f.conn {
-                Conn::Datagram(d) => Some(d),
-                Conn::Tcp(_) => None,
+        let flow = match self.slots.get_mut(slot as usize) {
+            Some(s) if s.flow.is_some() => {
+                s.saw(side, &mut self.one_sided);
+                s.flow.as_mut()
             }
-        }) else {
+            _ => None,
+        };
+        let d = match flow {
+            Some(f) => {
+                f.last_activity = now;
+                match &mut f.conn {
+                    Conn::Datagram(d) => Some(d),
+                    Conn::Tcp(_) => None,
+                }
+            }
+            None => None,
+        };
+        let Some(d) = d else {
             // The slot came from `flow_slot` with a datagram kind just now: unreachable.
             debug_assert!(false, "a datagram slot without its datagram flow");
             for (frame, len) in item.into_frames() {
@@ -1163,20 +1202,18 @@ impl<F: Frame> Shard<F> {
             packed,
             conn: Conn::new(kind, &self.cfg),
             last_activity: now,
-            compare_at: None,
-            lifetime_at: None,
-            seen: 0,
-            young: true,
+            compare_at: Armed::NONE,
+            lifetime_at: Armed::NONE,
         };
         let slot = match self.free.pop() {
             Some(s) => {
                 if let Some(entry) = self.slots.get_mut(s as usize) {
-                    entry.flow = Some(flow);
+                    (entry.flow, entry.seen, entry.young) = (Some(flow), 0, true);
                 }
                 s
             }
             None => {
-                self.slots.push(Slot { generation: 0, flow: Some(flow) });
+                self.slots.push(Slot { generation: 0, seen: 0, young: true, flow: Some(flow) });
                 u32::try_from(self.slots.len() - 1).ok()?
             }
         };
@@ -1241,9 +1278,10 @@ impl<F: Frame> Shard<F> {
                     self.pairs.forget(&f.key(), c.secondary_port);
                 }
                 self.index.remove(f.hash, slot);
-                if f.young {
+                if s.young {
                     self.one_sided = self.one_sided.saturating_sub(1);
                 }
+                (s.seen, s.young) = (0, false);
                 s.generation = s.generation.wrapping_add(1);
                 self.free.push(slot);
                 self.counters.flows = self.counters.flows.saturating_sub(1);
@@ -1261,8 +1299,8 @@ impl<F: Frame> Shard<F> {
                 slots.get(slot as usize).is_some_and(|s| {
                     s.generation == generation
                         && s.flow.as_ref().is_some_and(|f| match kind {
-                            TimerKind::Compare => f.compare_at == Some(at),
-                            TimerKind::Lifetime => f.lifetime_at == Some(at),
+                            TimerKind::Compare => f.compare_at.get() == Some(at),
+                            TimerKind::Lifetime => f.lifetime_at.get() == Some(at),
                             TimerKind::Reassembly => false,
                         })
                 })
@@ -1286,14 +1324,17 @@ impl<F: Frame> Shard<F> {
         };
         let generation = s.generation;
         let Some(flow) = s.flow.as_mut() else { return };
-        let clamp = |d: Timestamp| match floor {
-            Some(f) if d <= f => Timestamp(f.0.saturating_add(1)),
-            _ => d,
+        let clamp = |d: Timestamp| {
+            let d = match floor {
+                Some(f) if d <= f => Timestamp(f.0.saturating_add(1)),
+                _ => d,
+            };
+            d.min(Armed::LAST)
         };
         if let Some(d) = flow.conn.compare_deadline(&self.cfg) {
             let d = clamp(d);
-            if flow.compare_at.is_none_or(|t| d < t) {
-                flow.compare_at = Some(d);
+            if flow.compare_at.get().is_none_or(|t| d < t) {
+                flow.compare_at = Armed::at(d);
                 self.timers.push(d, slot, generation, TimerKind::Compare);
             }
         }
@@ -1302,14 +1343,14 @@ impl<F: Frame> Shard<F> {
         if !flow.conn.is_empty() {
             return;
         }
-        if flow.lifetime_at.is_some() && matches!(flow.conn, Conn::Datagram(_)) {
+        if flow.lifetime_at.get().is_some() && matches!(flow.conn, Conn::Datagram(_)) {
             // A datagram flow's lifetime deadline (last activity + a fixed idle timeout) only
             // moves later: the entry already queued fires first and re-arms it.
             return;
         }
         let d = clamp(flow.lifetime_deadline(&self.cfg));
-        if flow.lifetime_at.is_none_or(|t| d < t) {
-            flow.lifetime_at = Some(d);
+        if flow.lifetime_at.get().is_none_or(|t| d < t) {
+            flow.lifetime_at = Armed::at(d);
             self.timers.push(d, slot, generation, TimerKind::Lifetime);
         }
     }
@@ -1339,10 +1380,10 @@ impl<F: Frame> Shard<F> {
                 TimerKind::Compare => &mut flow.compare_at,
                 TimerKind::Lifetime | TimerKind::Reassembly => &mut flow.lifetime_at,
             };
-            if *armed != Some(at) {
+            if armed.get() != Some(at) {
                 continue;
             }
-            *armed = None;
+            *armed = Armed::NONE;
             if kind == TimerKind::Lifetime {
                 if flow.removable(&self.cfg, now) {
                     self.remove(slot);
