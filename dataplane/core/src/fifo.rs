@@ -2,10 +2,10 @@
 //!
 //! Owns: the oldest element (inline) and the others (a boxed `VecDeque`, allocated on first
 //! overflow and kept: one word inline, so a flow entry's hot lines hold both guests' oldest
-//! datagrams, see `shard::Slot`). A datagram flow whose guests agree holds one datagram at a time on one
-//! side, waiting for its copy: kept inline it sits in the flow's table entry, which the lookup
-//! has just read, instead of in a heap buffer whose address is only known once the entry
-//! arrived (one dependent cache miss a frame fewer when flows are many).
+//! datagrams, see `shard::Slot`). A datagram flow whose guests agree holds one datagram at a
+//! time on one side, waiting for its copy: kept inline it sits in the flow's table entry,
+//! which the lookup has just read, instead of in a heap buffer whose address is only known
+//! once the entry arrived (one dependent cache miss a frame fewer when flows are many).
 //!
 //! Must never: lose or reorder an element — it behaves as a `VecDeque` for every operation it
 //! has (a property test holds the two to the same results).

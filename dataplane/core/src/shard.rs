@@ -289,19 +289,18 @@ struct Slot<F> {
     flow: Option<Flow<F>>,
 }
 
-impl<F> Slot<F> {
-    /// A frame of `side` arrived: once both guests showed the flow it is no longer one of the
-    /// shard's young one-sided flows (`one_sided` counts those).
-    #[inline]
-    fn saw(&mut self, side: Side, one_sided: &mut usize) {
-        self.seen |= match side {
-            Side::Primary => 1,
-            Side::Secondary => 2,
-        };
-        if self.young && self.seen == 3 {
-            self.young = false;
-            *one_sided = one_sided.saturating_sub(1);
-        }
+/// A frame of `side` arrived for the flow of the slot whose `seen` and `young` these are: once
+/// both guests showed the flow it is no longer one of the shard's young one-sided flows
+/// (`one_sided` counts those).
+#[inline]
+fn saw(seen: &mut u8, young: &mut bool, side: Side, one_sided: &mut usize) {
+    *seen |= match side {
+        Side::Primary => 1,
+        Side::Secondary => 2,
+    };
+    if *young && *seen == 3 {
+        *young = false;
+        *one_sided = one_sided.saturating_sub(1);
     }
 }
 
@@ -1013,15 +1012,15 @@ impl<F: Frame> Shard<F> {
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
         }
-        let Some(entry) = slot.ok().and_then(|s| self.slots.get_mut(s as usize)).filter(|s| s.flow.is_some()) else {
+        let Some(Slot { seen, young, flow: Some(flow), .. }) = slot.ok().and_then(|s| self.slots.get_mut(s as usize))
+        else {
             let (frames, held) = frames.into_frames();
             for frame in frames {
                 self.overflow(side, frame, held, DropReason::FlowTableFull, &key, now);
             }
             return;
         };
-        entry.saw(side, &mut self.one_sided);
-        let Some(flow) = entry.flow.as_mut() else { return };
+        saw(seen, young, side, &mut self.one_sided);
         flow.last_activity = now;
         let Conn::Tcp(conn) = &mut flow.conn else {
             // The table keys TCP flows apart from datagram flows: unreachable.
@@ -1081,22 +1080,16 @@ impl<F: Frame> Shard<F> {
     #[inline(always)]
     fn feed_item(&mut self, side: Side, slot: u32, key: &FlowKey, item: Item<F>, now: Timestamp) {
         let mut out = out!(self, now);
-        let flow = match self.slots.get_mut(slot as usize) {
-            Some(s) if s.flow.is_some() => {
-                s.saw(side, &mut self.one_sided);
-                s.flow.as_mut()
-            }
-            _ => None,
-        };
-        let d = match flow {
-            Some(f) => {
+        let d = match self.slots.get_mut(slot as usize) {
+            Some(Slot { seen, young, flow: Some(f), .. }) => {
+                saw(seen, young, side, &mut self.one_sided);
                 f.last_activity = now;
                 match &mut f.conn {
                     Conn::Datagram(d) => Some(d),
                     Conn::Tcp(_) => None,
                 }
             }
-            None => None,
+            _ => None,
         };
         let Some(d) = d else {
             // The slot came from `flow_slot` with a datagram kind just now: unreachable.
