@@ -2359,3 +2359,38 @@ fn a_datagram_flow_in_agreement_is_handled_within_its_entrys_first_four_lines() 
         assert!(end <= 256, "{name} at bytes {start}..{end} of the entry, past its first four lines");
     }
 }
+
+/// Deadlines are kept in 8 bytes with `u64::MAX` as "none" (`Armed`): a timeout so long that
+/// the deadline saturates must still arm (one nanosecond earlier), once, and never fire or
+/// read as unarmed (which would push a fresh timer entry per frame).
+#[test]
+fn deadlines_that_saturate_the_clock_arm_once_and_never_fire() {
+    let forever = Duration::MAX;
+    let cfg = Config {
+        compare_timeout: forever,
+        conn_idle_timeout: forever,
+        datagram_idle_timeout: forever,
+        linger: forever,
+        ..Config::default()
+    };
+    let mut shard: Shard<Vec<u8>> = Shard::new(cfg);
+    let frame = |n: u8| IpFrame::udp(53, 40000, &[n; 18]).build();
+    // Primary datagrams held without their copies: a compare deadline at the clock's end.
+    for n in 0..50u8 {
+        shard.handle(Side::Primary, frame(n), Timestamp::from_nanos(1 + u64::from(n)));
+    }
+    assert!(shard.poll_action().is_none(), "nothing leaves before its copy");
+    assert!(shard.timer_entries() <= 2, "{} timer entries for one flow", shard.timer_entries());
+    shard.handle_timeout(Timestamp(u64::MAX - 2));
+    assert!(shard.poll_action().is_none(), "no timeout can have expired");
+    let mut released = 0;
+    for n in 0..50u8 {
+        shard.handle(Side::Secondary, frame(n), Timestamp::from_nanos(100 + u64::from(n)));
+        while let Some(a) = shard.poll_action() {
+            released += usize::from(matches!(a, Action::Release { via: Via::Match, .. }));
+        }
+    }
+    assert_eq!(released, 50);
+    assert!(shard.timer_entries() <= 3, "{} timer entries for one flow", shard.timer_entries());
+    assert_eq!(shard.flow_count(), 1, "the idle flow is kept: its lifetime never ends");
+}
