@@ -107,7 +107,7 @@ impl Case {
     fn timed(&self, n: u64, how: Feed) -> Duration {
         let mut total = Duration::ZERO;
         let mut done = 0u64;
-        let mut classes = Vec::with_capacity(BURST);
+        let (mut classes, mut frames) = (Vec::with_capacity(BURST), Vec::with_capacity(BURST));
         let mut fed = self.fed.borrow_mut();
         while done < n {
             let fed = match fed.take() {
@@ -122,7 +122,7 @@ impl Case {
             match how {
                 Feed::Bursts(first) => {
                     for pairs in pairs.chunks(BURST) {
-                        released += feed_burst(&mut fed.shard, pairs, first, &mut fed.t, &mut classes);
+                        released += feed_burst(&mut fed.shard, pairs, first, &mut fed.t, &mut classes, &mut frames);
                     }
                 }
                 Feed::PairByPair => {
@@ -179,6 +179,7 @@ fn feed_burst(
     first: Side,
     t: &mut u64,
     classes: &mut Vec<Class>,
+    frames: &mut Vec<Prebuilt>,
 ) -> usize {
     *t += 100;
     let now = Timestamp::from_nanos(*t);
@@ -194,7 +195,8 @@ fn feed_burst(
                 colo_core::wire::parse_into(side_of(side, pair).bytes(), class);
             }
         }
-        let frames = pairs.iter().map(|pair| side_of(side, pair));
+        frames.clear();
+        frames.extend(pairs.iter().map(|pair| side_of(side, pair)));
         shard
             .handle_burst(side, frames, classes, now, |a| released += usize::from(matches!(a, Action::Release { .. })));
     }
@@ -289,10 +291,10 @@ fn memcmp(case: &Case, n: u64) -> Duration {
 /// --toggle-collect=steady::pass`) is taken over, the same in every run.
 #[inline(never)]
 fn pass(case: &Case, fed: &mut Fed, burst: bool) {
-    let mut classes = Vec::with_capacity(BURST);
+    let (mut classes, mut frames) = (Vec::with_capacity(BURST), Vec::with_capacity(BURST));
     if burst {
         for pairs in case.pairs.chunks(BURST) {
-            feed_burst(&mut fed.shard, pairs, Side::Primary, &mut fed.t, &mut classes);
+            feed_burst(&mut fed.shard, pairs, Side::Primary, &mut fed.t, &mut classes, &mut frames);
         }
     } else {
         for pair in &case.pairs {

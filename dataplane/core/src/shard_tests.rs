@@ -428,6 +428,46 @@ fn test_queue_overflow_requests_never_drops_primary() {
     assert_eq!(H::ckpts(&evs), vec!["queue-overflow", "resource-pressure"]);
 }
 
+/// A segment that matches the other guest's one held segment on arrival is compared at once
+/// and never held, so the memory budget does not refuse it: with the shard's budget spent on
+/// another connection's frames, a matched pair still goes through, in either order (where a
+/// queued secondary segment would be refused at 7/8 of the budget, and a queued primary
+/// segment past the whole budget would be dropped).
+#[test]
+fn test_a_segment_matched_on_arrival_is_not_weighed_against_the_memory_budget() {
+    let (pc, _) = conns();
+    let other = Conn { template: TcpFrame { dport: 40001, ..TcpFrame::default() }, ..Conn::default() };
+    let a = pc.data(0, b"hello");
+
+    // Primary first: 3 frames of the other connection and this one held, 4 of 4.
+    let mut h = H::with(Config { held_frames_budget: 4, ..Config::default() });
+    for i in 0..3u32 {
+        assert!(h.p(&other.data(i, b"z"), 0).is_empty());
+    }
+    assert!(h.p(&a, 1).is_empty());
+    assert_eq!(h.shard.counters().held_frames(), 4);
+    assert_eq!(h.s(&a, 2), vec![Ev::Rel(a.clone(), Via::Match), CONSUMED]);
+    assert_eq!(h.shard.counters().held_frames(), 3);
+
+    // Secondary first: its segment held, then the other connection takes the rest of the
+    // budget; the primary's copy, past the budget had it been queued, goes at once.
+    let mut h = H::with(Config { held_frames_budget: 4, ..Config::default() });
+    assert!(h.s(&a, 0).is_empty());
+    for i in 0..3u32 {
+        assert!(h.p(&other.data(i, b"z"), 1).is_empty());
+    }
+    assert_eq!(h.shard.counters().held_frames(), 4);
+    assert_eq!(h.p(&a, 2), vec![Ev::Rel(a.clone(), Via::Match), CONSUMED]);
+    assert_eq!(h.shard.counters().held_frames(), 3);
+    assert_eq!(h.shard.counters().primary_dropped.iter().sum::<u64>(), 0);
+    assert!(h.requests.is_empty());
+
+    // A primary segment that has to wait is still weighed: held up to the budget, dropped
+    // past it (SPEC §6).
+    assert!(h.p(&pc.data(5, b"world"), 3).is_empty());
+    let evs = h.p(&pc.data(10, b"!"), 4);
+    assert_eq!(evs, vec![Ev::Ckpt("resource-pressure"), Ev::Drop(Side::Primary, DropReason::MemoryBudget)]);
+}
 #[test]
 fn test_flow_table_full_resource_pressure_and_eviction() {
     let (pc, _) = conns();

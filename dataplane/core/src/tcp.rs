@@ -298,6 +298,11 @@ impl<F: Frame> HeldPrimary<F> {
 /// segments, far shorter than a compare timeout. A quarter of `timeout` when that is shorter.
 const PART_WAIT: core::time::Duration = core::time::Duration::from_millis(2);
 
+/// A secondary segment moved into the primary's sequence space (`off` from [`TcpConn`]).
+fn shifted(seg: &TcpSegment, off: u32) -> TcpSegment {
+    TcpSegment { seq: seg.seq.wrapping_add(off), ..*seg }
+}
+
 fn part_wait(timeout: core::time::Duration) -> core::time::Duration {
     PART_WAIT.min(timeout / 4)
 }
@@ -650,6 +655,16 @@ impl<F: Frame> TcpConn<F> {
             self.p_rst = Some(seg.seq);
         }
         let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
+        if let SegFrames::One(f) = &frames {
+            if let Some(next) = self.primary_meets_head(&seg, f.bytes()) {
+                // Compared on arrival, never queued: it goes at once (counted as held and
+                // released, a hold time of zero), and the secondary's copy is consumed.
+                self.compared = Some(next);
+                frames.hold(out, Side::Primary);
+                frames.release(out, Via::Match, out.now);
+                return self.consume_secondary(out);
+            }
+        }
         let len = frames.wire_len();
         // Fragments come held (reassembly counted them against the budget already).
         let fresh = matches!(frames, SegFrames::One(_));
@@ -715,6 +730,15 @@ impl<F: Frame> TcpConn<F> {
                 out.request(&mut self.requested, CheckpointReason::TcpRstMismatch, key, || {
                     format!("secondary reset (seq {}) where the primary sent SYN/SYN-ACK", seg.seq)
                 });
+            }
+        }
+        if let SegFrames::One(f) = &frames {
+            if let Some(next) = self.secondary_meets_head(&seg, f.bytes()) {
+                // Compared on arrival, never held: `compared` moves past it, the primary's
+                // segment goes if nothing else holds it, and this frame is consumed.
+                self.compared = Some(next);
+                self.release_ready(out);
+                return frames.refuse(out, Side::Secondary, DropReason::Consumed);
             }
         }
         let below = match (self.compared, self.offset) {
@@ -982,6 +1006,55 @@ impl<F: Frame> TcpConn<F> {
         } else {
             InLock::Partly(next)
         })
+    }
+
+    /// The lock-step case of a secondary segment, decided before it is queued: it carries
+    /// exactly the payload of the one held primary segment, which starts at `compared`, with
+    /// the same bytes, and nothing else is pending (no SYN, FIN or RST on either side, no
+    /// other segment held, no part of the primary's released). Returns the new `compared`.
+    /// The general path would hold the segment, compare it, release the primary's and consume
+    /// this one: the same actions, without the round trip through the queue. Not held, it is
+    /// not weighed against the memory budget or the queue bound either.
+    fn secondary_meets_head(&self, seg: &TcpSegment, bytes: &[u8]) -> Option<u32> {
+        if !self.secondary.is_empty() || self.primary.len() != 1 || self.head_sent != 0 {
+            return None;
+        }
+        let h = self.primary.front()?;
+        let off = self.offset?;
+        self.in_lock(&h.seg, &h.frames, &shifted(seg, off), bytes)
+    }
+
+    /// The lock-step case of a primary segment when the secondary sent first: it carries
+    /// exactly the payload of the one held secondary segment, which starts at `compared`,
+    /// with the same bytes, nothing else is pending, and the secondary has acknowledged what
+    /// the segment acknowledges (nothing else would hold it). Returns the new `compared`. The
+    /// general path would hold it, compare it, release it and consume the secondary's: the
+    /// same actions. Never held, it is not weighed against the memory budget or the queue
+    /// bound (which only ever drop a primary frame for the memory it would take).
+    fn primary_meets_head(&self, seg: &TcpSegment, bytes: &[u8]) -> Option<u32> {
+        if !self.primary.is_empty() || self.secondary.len() != 1 || self.head_sent != 0 {
+            return None;
+        }
+        if seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(seg.ack, a)) {
+            return None;
+        }
+        let s = self.secondary.front()?;
+        let off = self.offset?;
+        self.in_lock(&shifted(&s.seg, off), &s.frames, seg, bytes)
+    }
+
+    /// Whether `seg` (in `bytes`, one frame) and the held segment `held` (both in the
+    /// primary's sequence space) carry the same plain payload starting at `compared`, with no
+    /// SYN, FIN or RST anywhere in the connection's way; returns the position after them.
+    #[inline]
+    fn in_lock(&self, held: &TcpSegment, frames: &SegFrames<F>, seg: &TcpSegment, bytes: &[u8]) -> Option<u32> {
+        let c = self.compared?;
+        let plain = |s: &TcpSegment| !s.syn && !s.fin && !s.rst && s.payload_len > 0 && s.seq == c;
+        if self.diverged || self.p_rst.is_some() || self.s_rst_raw.is_some() || !plain(seg) || !plain(held) {
+            return None;
+        }
+        let (SegFrames::One(f), true) = (frames, held.payload_len == seg.payload_len) else { return None };
+        (payload(f.bytes(), held)? == payload(bytes, seg)?).then(|| c.wrapping_add(seg.payload_len))
     }
 
     /// Compares `[p, p+d)` of every primary segment covering `p` with secondary segment

@@ -109,7 +109,7 @@ fn run(steps: &[(Step, u8)], proxy: bool, failover: Option<(usize, bool)>, feedi
         match step {
             Step::Burst { secondary, frames } => {
                 let side = if *secondary { Side::Secondary } else { Side::Primary };
-                let burst: Vec<Indexed> = frames
+                let mut burst: Vec<Indexed> = frames
                     .iter()
                     .map(|&(flow, what)| {
                         next[side as usize] += 1;
@@ -124,7 +124,7 @@ fn run(steps: &[(Step, u8)], proxy: bool, failover: Option<(usize, bool)>, feedi
                 } else {
                     let classes: Vec<_> = burst.iter().map(|f| colo_core::wire::parse(&f.data)).collect();
                     let mut actions = Vec::new();
-                    shard.handle_burst(side, burst, &classes, now, |a| actions.push(a));
+                    shard.handle_burst(side, &mut burst, &classes, now, |a| actions.push(a));
                     log.record(actions);
                     drain(&mut shard, &mut log);
                 }

@@ -658,7 +658,7 @@ impl Outlets {
         if staged.len() == 0 {
             return; // an empty poll
         }
-        shard.handle_burst(side, staged.frames.drain(..), &staged.classes, now, |action| self.apply(action, id));
+        shard.handle_burst(side, &mut staged.frames, &staged.classes, now, |action| self.apply(action, id));
         staged.classes.clear();
     }
 
