@@ -188,15 +188,17 @@ fn feed_burst(
     let other = if first == Side::Primary { Side::Secondary } else { Side::Primary };
     for side in [first, other] {
         classes.clear();
-        // Each parse written in its place, as the runtime stages a burst.
+        frames.clear();
+        // Each frame staged with its parse written in its place, as a shard lcore stages a
+        // receive burst (`Staged::push_parsing`).
         for pair in pairs {
+            let frame = side_of(side, pair);
             classes.push(Class::NonIp(0));
             if let Some(class) = classes.last_mut() {
-                colo_core::wire::parse_into(side_of(side, pair).bytes(), class);
+                colo_core::wire::parse_into(frame.bytes(), class);
             }
+            frames.push(frame);
         }
-        frames.clear();
-        frames.extend(pairs.iter().map(|pair| side_of(side, pair)));
         shard
             .handle_burst(side, frames, classes, now, |a| released += usize::from(matches!(a, Action::Release { .. })));
     }
