@@ -445,11 +445,28 @@ impl<F: Frame> DatagramFlow<F> {
         (self.primary.iter().map(Item::frames).sum(), self.secondary.iter().map(Item::frames).sum())
     }
 
+    /// Whether primary datagram `item`, arriving now, would match the oldest held secondary
+    /// datagram with no primary datagram held ahead of it, and so be released at once by
+    /// [`DatagramFlow::on_primary`] (the memory budget's rare path only).
+    #[cold]
+    fn leaves_on_arrival(&self, item: &Item<F>, cfg: &Config) -> bool {
+        let w = cfg.datagram_window as u64;
+        let pos = self.p_next;
+        !self.diverged
+            && self.primary.is_empty()
+            && self
+                .secondary
+                .front()
+                .is_some_and(|s| s.pos <= pos.saturating_add(w) && s.pos.saturating_add(w) >= pos && s.same_as(item))
+    }
+
     /// A primary datagram whose frames are already counted as held.
     #[inline(always)]
     pub(crate) fn on_primary(&mut self, mut item: Item<F>, out: &mut Out<'_, F>, cfg: &Config, key: &FlowKey) {
-        // Its frames are counted as held already: past the budget means over it now.
-        if out.over_budget(cfg, 0, 0) {
+        // Its frames are counted as held already: past the budget means over it now. Unless
+        // it leaves at once (its copy is the oldest held secondary datagram and no primary
+        // one waits ahead of it): then it takes no memory, and goes as below.
+        if out.over_budget(cfg, 0, 0) && !self.leaves_on_arrival(&item, cfg) {
             // SPEC §6: only exhausted memory drops primary output, and it is counted.
             let held = out.counters.held_frames();
             self.request(out, CheckpointReason::ResourcePressure, key, || {

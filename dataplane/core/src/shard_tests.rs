@@ -844,6 +844,35 @@ fn test_udp_secondary_silent_is_timeout_primary_exactly() {
     assert_eq!(H::ckpts(&h.tick(3010)), vec!["timeout-secondary"]);
 }
 
+/// A primary datagram whose copy is the oldest held secondary datagram, with no primary one
+/// waiting ahead of it, leaves at once and takes no memory: the memory budget does not drop
+/// it. One that has to wait is still dropped past the budget (SPEC §6).
+#[test]
+fn test_a_datagram_matched_on_arrival_is_not_dropped_for_the_memory_budget() {
+    let mut h = H::with(Config { held_frames_budget: 4, ..Config::default() });
+    let a = udp(b"ping").build();
+    assert!(h.s(&a, 0).is_empty());
+    for i in 0..3u8 {
+        assert!(h.p(&udp_to(7, &[i]), 1).is_empty());
+    }
+    assert_eq!(h.shard.counters().held_frames(), 4);
+    assert_eq!(h.p(&a, 2), vec![CONSUMED, Ev::Rel(a.clone(), Via::Match)]);
+    assert_eq!(h.shard.counters().held_frames(), 3);
+    assert!(h.requests.is_empty());
+
+    assert!(h.p(&udp_to(7, b"w"), 3).is_empty());
+    let evs = h.p(&udp_to(7, b"x"), 4);
+    assert_eq!(evs, vec![Ev::Ckpt("resource-pressure"), Ev::Drop(Side::Primary, DropReason::MemoryBudget)]);
+    // A held copy that does not match is no reason to let a primary datagram past the budget.
+    let mut h = H::with(Config { held_frames_budget: 4, ..Config::default() });
+    assert!(h.s(&udp(b"pong").build(), 0).is_empty());
+    for i in 0..3u8 {
+        assert!(h.p(&udp_to(7, &[i]), 1).is_empty());
+    }
+    let evs = h.p(&udp(b"PONG").build(), 2);
+    assert_eq!(evs, vec![Ev::Ckpt("resource-pressure"), Ev::Drop(Side::Primary, DropReason::MemoryBudget)]);
+}
+
 #[test]
 fn test_udp_queue_overflow_requests_and_never_drops_primary() {
     let mut h = H::with(Config { max_queue_size: 2, held_frames_budget: 8, ..Config::default() });
