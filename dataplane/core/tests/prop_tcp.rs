@@ -77,9 +77,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             proptest::collection::vec((any::<usize>(), any::<usize>()), 0..4),
             proptest::collection::vec(0usize..40, 0..6),
         ),
+        any::<bool>(),
     )
         .prop_map(
-            |(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, (fin, isn), (probes, stalls))| Scenario {
+            |(
                 data,
                 p_cuts,
                 s_cuts,
@@ -88,10 +89,34 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 p_dups,
                 s_dups,
                 order,
-                fin,
-                isn,
-                probes,
-                stalls,
+                (fin, isn),
+                (probes, stalls),
+                lock_step,
+            )| {
+                let mut sc = Scenario {
+                    data,
+                    p_cuts,
+                    s_cuts,
+                    p_swaps,
+                    s_swaps,
+                    p_dups,
+                    s_dups,
+                    order,
+                    fin,
+                    isn,
+                    probes,
+                    stalls,
+                };
+                if lock_step {
+                    // Half the scenarios: both guests cut, reorder and repeat alike, and their
+                    // frames come in pairs, either guest's first (a segment then meets its
+                    // copy held alone: the shard compares it on arrival).
+                    sc.s_cuts = sc.p_cuts.clone();
+                    sc.s_swaps = sc.p_swaps.clone();
+                    sc.s_dups = sc.p_dups.clone();
+                    sc.order = sc.order.iter().flat_map(|&primary_first| [primary_first, !primary_first]).collect();
+                }
+                sc
             },
         )
 }
