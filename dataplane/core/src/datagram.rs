@@ -342,6 +342,13 @@ fn eq_scattered<F: Frame>(a: &Item<F>, b: &Item<F>) -> bool {
     equal && a_len == a.total as usize
 }
 
+/// Whether positions `a` and `b` are at most `w` apart (a datagram's copy is looked for
+/// within `datagram_window` positions of it).
+#[inline(always)]
+fn within_window(a: u64, b: u64, w: u64) -> bool {
+    a <= b.saturating_add(w) && a.saturating_add(w) >= b
+}
+
 /// Comparison state of one datagram flow. In field order (the flow entry's layout: see
 /// `shard::Slot`): positions and flags, then each guest's queue, the absorb list last.
 #[repr(C)]
@@ -451,13 +458,9 @@ impl<F: Frame> DatagramFlow<F> {
     #[cold]
     fn leaves_on_arrival(&self, item: &Item<F>, cfg: &Config) -> bool {
         let w = cfg.datagram_window as u64;
-        let pos = self.p_next;
         !self.diverged
             && self.primary.is_empty()
-            && self
-                .secondary
-                .front()
-                .is_some_and(|s| s.pos <= pos.saturating_add(w) && s.pos.saturating_add(w) >= pos && s.same_as(item))
+            && self.secondary.front().is_some_and(|s| within_window(s.pos, self.p_next, w) && s.same_as(item))
     }
 
     /// A primary datagram whose frames are already counted as held.
@@ -479,7 +482,7 @@ impl<F: Frame> DatagramFlow<F> {
         self.p_next += 1;
         if !self.diverged && !self.secondary.is_empty() {
             let w = cfg.datagram_window as u64;
-            let within = |s: &Item<F>| s.pos <= item.pos.saturating_add(w) && s.pos.saturating_add(w) >= item.pos;
+            let within = |s: &Item<F>| within_window(s.pos, item.pos, w);
             // In step, the copy is the oldest held secondary datagram: it is looked at first and
             // taken without a search (the secondary often sends first: a DPDK port pair brings
             // each side's bursts in turn).

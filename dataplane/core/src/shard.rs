@@ -658,26 +658,23 @@ impl<F: Frame> Shard<F> {
             let mut hints = [FlowHint::NONE; LOCATE_CHUNK];
             let mut held = [(std::ptr::null(), 0); LOCATE_CHUNK];
             let long = self.locate_burst(side, classes, &mut hints, &mut held);
-            for (i, (ahead, class)) in frames.as_slice().iter().zip(classes).enumerate().take(PREFETCH_AHEAD) {
-                if long >> i & 1 != 0 {
-                    prefetch_compared(class, ahead);
-                    if let Some(&(at, len)) = held.get(i) {
+            // Frame `j` of the chunk, `pending[k]` (the frames not handled yet start with the
+            // one about to be handled).
+            let prefetch = |j: usize, k: usize, pending: &[F]| {
+                if long >> j & 1 != 0 {
+                    if let (Some(frame), Some(class)) = (pending.get(k), classes.get(j)) {
+                        prefetch_compared(class, frame);
+                    }
+                    if let Some(&(at, len)) = held.get(j) {
                         cache_prefetch::range(at, len);
                     }
                 }
+            };
+            for j in 0..PREFETCH_AHEAD {
+                prefetch(j, j, frames.as_slice());
             }
             for (i, (class, &hint)) in classes.iter().zip(&hints).enumerate() {
-                if long >> (i + PREFETCH_AHEAD) & 1 != 0 {
-                    // The frames not handled yet start with this one.
-                    if let (Some(ahead), Some(its)) =
-                        (frames.as_slice().get(PREFETCH_AHEAD), classes.get(i + PREFETCH_AHEAD))
-                    {
-                        prefetch_compared(its, ahead);
-                    }
-                    if let Some(&(at, len)) = held.get(i + PREFETCH_AHEAD) {
-                        cache_prefetch::range(at, len);
-                    }
-                }
+                prefetch(i + PREFETCH_AHEAD, PREFETCH_AHEAD, frames.as_slice());
                 let Some(frame) = frames.next() else { return };
                 self.handle_located(side, frame, class, hint, now);
                 while let Some(action) = self.poll_action() {

@@ -1035,12 +1035,18 @@ impl<F: Frame> TcpConn<F> {
         if !self.primary.is_empty() || self.secondary.len() != 1 || self.head_sent != 0 {
             return None;
         }
-        if seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(seg.ack, a)) {
+        if self.awaits_ack(seg) {
             return None;
         }
         let s = self.secondary.front()?;
         let off = self.offset?;
         self.in_lock(&shifted(&s.seg, off), &s.frames, seg, bytes)
+    }
+
+    /// Whether primary segment `seg` acknowledges more than the secondary has (it then waits:
+    /// the client must not learn of data the secondary has not taken).
+    fn awaits_ack(&self, seg: &TcpSegment) -> bool {
+        seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(seg.ack, a))
     }
 
     /// Whether `seg` (in `bytes`, one frame) and the held segment `held` (both in the
@@ -1105,7 +1111,7 @@ impl<F: Frame> TcpConn<F> {
         if h.seg.has_positions() && !self.compared.is_some_and(|c| seq_le(h.seg.end(), c)) {
             return Some(blocked);
         }
-        if h.seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(h.seg.ack, a)) {
+        if self.awaits_ack(&h.seg) {
             return Some(HoldReason::AwaitingAck);
         }
         None
@@ -1193,7 +1199,7 @@ impl<F: Frame> TcpConn<F> {
         if self.diverged || h.seg.syn || h.seg.rst || !matches!(h.frames, SegFrames::One(_)) {
             return None;
         }
-        if h.seg.ack_flag && !self.s_ack_max.is_some_and(|a| seq_le(h.seg.ack, a)) {
+        if self.awaits_ack(&h.seg) {
             return None;
         }
         Some((self.head_sent, verified))

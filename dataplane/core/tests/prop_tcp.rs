@@ -62,7 +62,26 @@ struct Scenario {
     stalls: Vec<usize>,
 }
 
+impl Scenario {
+    /// The same stream sent alike by both guests (cut, reordered and repeated the same way),
+    /// their frames in pairs, either guest's first: a segment then meets its copy held alone,
+    /// and the shard compares it on arrival.
+    fn in_lock_step(mut self) -> Scenario {
+        self.s_cuts = self.p_cuts.clone();
+        self.s_swaps = self.p_swaps.clone();
+        self.s_dups = self.p_dups.clone();
+        self.order = self.order.iter().flat_map(|&primary_first| [primary_first, !primary_first]).collect();
+        self
+    }
+}
+
+/// Half the scenarios in lock step ([`Scenario::in_lock_step`]), half with each guest's
+/// stream cut and ordered independently.
 fn scenario() -> impl Strategy<Value = Scenario> {
+    (independent_scenario(), any::<bool>()).prop_map(|(sc, lock_step)| if lock_step { sc.in_lock_step() } else { sc })
+}
+
+fn independent_scenario() -> impl Strategy<Value = Scenario> {
     (
         proptest::collection::vec(any::<u8>(), 1..1500),
         proptest::collection::vec(any::<usize>(), 0..12),
@@ -77,10 +96,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             proptest::collection::vec((any::<usize>(), any::<usize>()), 0..4),
             proptest::collection::vec(0usize..40, 0..6),
         ),
-        any::<bool>(),
     )
         .prop_map(
-            |(
+            |(data, p_cuts, s_cuts, p_swaps, s_swaps, p_dups, s_dups, order, (fin, isn), (probes, stalls))| Scenario {
                 data,
                 p_cuts,
                 s_cuts,
@@ -89,34 +107,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 p_dups,
                 s_dups,
                 order,
-                (fin, isn),
-                (probes, stalls),
-                lock_step,
-            )| {
-                let mut sc = Scenario {
-                    data,
-                    p_cuts,
-                    s_cuts,
-                    p_swaps,
-                    s_swaps,
-                    p_dups,
-                    s_dups,
-                    order,
-                    fin,
-                    isn,
-                    probes,
-                    stalls,
-                };
-                if lock_step {
-                    // Half the scenarios: both guests cut, reorder and repeat alike, and their
-                    // frames come in pairs, either guest's first (a segment then meets its
-                    // copy held alone: the shard compares it on arrival).
-                    sc.s_cuts = sc.p_cuts.clone();
-                    sc.s_swaps = sc.p_swaps.clone();
-                    sc.s_dups = sc.p_dups.clone();
-                    sc.order = sc.order.iter().flat_map(|&primary_first| [primary_first, !primary_first]).collect();
-                }
-                sc
+                fin,
+                isn,
+                probes,
+                stalls,
             },
         )
 }
