@@ -58,11 +58,14 @@ impl<F: Frame> Item<F> {
     /// Its first frame's bytes from where the comparison starts (see
     /// [`crate::Shard::locate_burst`]).
     fn first_compared(&self) -> &[u8] {
-        let first = match &self.pieces {
+        self.first_piece().and_then(|p| p.frame.bytes().get(p.data.offset as usize..)).unwrap_or_default()
+    }
+
+    fn first_piece(&self) -> Option<&Piece<F>> {
+        match &self.pieces {
             Pieces::One(piece) => Some(piece),
             Pieces::Many(pieces) => pieces.first(),
-        };
-        first.and_then(|p| p.frame.bytes().get(p.data.offset as usize..)).unwrap_or_default()
+        }
     }
 
     /// A datagram made whole by its last piece: its pieces carry their arrival times, the
@@ -401,6 +404,15 @@ impl<F: Frame> DatagramFlow<F> {
             Side::Secondary => &self.primary,
         };
         other.front().map(Item::first_compared).unwrap_or_default()
+    }
+
+    /// The other guest's oldest held frame, the one [`DatagramFlow::warm`] reads.
+    pub(crate) fn held_front(&self, side: Side) -> Option<&F> {
+        let other = match side {
+            Side::Primary => &self.secondary,
+            Side::Secondary => &self.primary,
+        };
+        other.front().and_then(Item::first_piece).map(|p| &p.frame)
     }
 
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {

@@ -65,6 +65,11 @@ pub trait Frame {
     /// The same bytes, writable: proxy mode rewrites the secondary's TCP output in place after
     /// a failover to it (SPEC §6). Only called on frames about to be forwarded.
     fn bytes_mut(&mut self) -> &mut [u8];
+    /// Asks the cache for what [`Frame::bytes`] reads before the bytes themselves, and
+    /// returns at once: a frame behind a handle (a DPDK mbuf, whose header holds the data's
+    /// address) names that memory here. Changes nothing; the default asks for nothing.
+    #[inline]
+    fn prefetch(&self) {}
 }
 
 impl Frame for Vec<u8> {

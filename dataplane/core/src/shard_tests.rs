@@ -2463,3 +2463,59 @@ fn deadlines_that_saturate_the_clock_arm_once_and_never_fire() {
     assert!(shard.timer_entries() <= 3, "{} timer entries for one flow", shard.timer_entries());
     assert_eq!(shard.flow_count(), 1, "the idle flow is kept: its lifetime never ends");
 }
+
+/// A frame that counts how often it was asked to prefetch.
+#[derive(Debug)]
+struct Watched {
+    bytes: Vec<u8>,
+    prefetched: std::rc::Rc<std::cell::Cell<u32>>,
+}
+
+impl Frame for Watched {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+    fn prefetch(&self) {
+        self.prefetched.set(self.prefetched.get() + 1);
+    }
+}
+
+#[test]
+fn test_a_burst_asks_the_frames_it_is_compared_with_to_prefetch() {
+    let watched = |bytes: Vec<u8>| {
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        (Watched { bytes, prefetched: count.clone() }, count)
+    };
+    let mut shard: Shard<Watched> = Shard::new(Config::default());
+    let now = Timestamp::from_millis(1);
+    let mut sink = Vec::new();
+    // Held on the primary side: a datagram, and a segment of a connection past its handshake.
+    let (pc, sc) = conns();
+    let (syn_ack, _) = watched(pc.syn_ack());
+    shard.handle(Side::Primary, syn_ack, now);
+    let mut burst = vec![watched(sc.syn_ack()).0];
+    let classes: Vec<_> = burst.iter().map(|f| wire::parse(&f.bytes)).collect();
+    shard.handle_burst(Side::Secondary, &mut burst, &classes, now, |a| sink.push(a));
+    let (datagram, datagram_count) = watched(udp(b"answer").build());
+    let (segment, segment_count) = watched(pc.data(0, b"hello"));
+    let (later, later_count) = watched(pc.data(5, b"world"));
+    for f in [datagram, segment, later] {
+        shard.handle(Side::Primary, f, now);
+    }
+    // Handling them one by one asks nothing of the held frames.
+    assert_eq!((datagram_count.get(), segment_count.get(), later_count.get()), (0, 0, 0));
+
+    // The secondary's burst meets the oldest held frame of each flow, and a new flow.
+    let copies = [udp(b"answer").build(), pc.data(0, b"hello"), udp_to(7, b"new")];
+    let (mut burst, counts): (Vec<_>, Vec<_>) = copies.into_iter().map(watched).unzip();
+    let classes: Vec<_> = burst.iter().map(|f| wire::parse(&f.bytes)).collect();
+    shard.handle_burst(Side::Secondary, &mut burst, &classes, now, |a| sink.push(a));
+    assert_eq!((datagram_count.get(), segment_count.get()), (1, 1), "the held frames the burst is compared with");
+    assert_eq!(later_count.get(), 0, "not at the head of its queue");
+    assert!(counts.iter().all(|c| c.get() == 0), "the burst's own frames are not held");
+    let matched = sink.iter().filter(|a| matches!(a, Action::Release { via: Via::Match, .. })).count();
+    assert_eq!(matched, 3, "the SYN-ACK, the datagram and the first segment");
+}

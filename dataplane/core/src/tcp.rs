@@ -85,11 +85,15 @@ pub(crate) enum SegFrames<F> {
 impl<F: Frame> SegFrames<F> {
     /// The bytes of the (first) frame from `offset` (see [`crate::Shard::locate_burst`]).
     fn bytes_from(&self, offset: u32) -> &[u8] {
-        let first = match self {
+        self.first().and_then(|f| f.bytes().get(offset as usize..)).unwrap_or_default()
+    }
+
+    /// The (first) frame.
+    fn first(&self) -> Option<&F> {
+        match self {
             SegFrames::One(frame) => Some(frame),
             SegFrames::Fragments(pieces) => pieces.first().map(|p| &p.frame),
-        };
-        first.and_then(|f| f.bytes().get(offset as usize..)).unwrap_or_default()
+        }
     }
 
     /// A reassembled TCP datagram as a segment, if its first fragment holds the whole TCP
@@ -448,6 +452,15 @@ impl<F: Frame> TcpConn<F> {
             Side::Secondary => self.primary.front().map(|h| (&h.frames, h.seg.payload_offset)),
         };
         held.map(|(frames, offset)| frames.bytes_from(offset)).unwrap_or_default()
+    }
+
+    /// The other guest's oldest held frame, the one [`TcpConn::warm`] reads.
+    pub(crate) fn held_front(&self, side: Side) -> Option<&F> {
+        let frames = match side {
+            Side::Primary => self.secondary.front().map(|h| &h.frames),
+            Side::Secondary => self.primary.front().map(|h| &h.frames),
+        };
+        frames.and_then(SegFrames::first)
     }
 
     pub(crate) fn new(mode: Mode) -> Self {

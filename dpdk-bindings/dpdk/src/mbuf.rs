@@ -54,6 +54,12 @@ impl Mbuf {
         unsafe { self.raw.as_ref() }
     }
 
+    /// The address of the mbuf's header (for a prefetch; reading through it needs `unsafe`).
+    #[inline]
+    pub fn header_addr(&self) -> *const u8 {
+        self.raw.as_ptr().cast::<u8>()
+    }
+
     /// The bytes of the first segment (the whole frame when [`Mbuf::is_contiguous`]).
     #[inline]
     pub fn data(&self) -> &[u8] {
