@@ -400,29 +400,27 @@ impl<F: Frame> DatagramFlow<F> {
     /// [`crate::Shard::locate_burst`]).
     pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_next, self.s_next, self.unmatched_primary));
-        let other = match side {
-            Side::Primary => &self.secondary,
-            Side::Secondary => {
-                if self.primary.is_empty() {
-                    // A secondary datagram with no copy to meet looks for a lagging one in
-                    // the absorb list, then queues: read the entry's line that holds both
-                    // here, where its miss overlaps the burst's others (a million flows with
-                    // the secondary's burst first: about a tenth of a pair).
-                    std::hint::black_box((self.absorb.is_some(), self.secondary.len()));
-                }
-                &self.primary
-            }
-        };
-        other.front().map(Item::first_compared).unwrap_or_default()
+        if side == Side::Secondary && self.primary.is_empty() {
+            // A secondary datagram with no copy to meet looks for a lagging one in the absorb
+            // list, then queues: read the entry's line that holds both here, where its miss
+            // overlaps the burst's others (a million flows with the secondary's burst first:
+            // about a tenth of a pair).
+            std::hint::black_box((self.absorb.is_some(), self.secondary.len()));
+        }
+        self.other(side).front().map(Item::first_compared).unwrap_or_default()
     }
 
     /// The other guest's oldest held frame, the one [`DatagramFlow::warm`] reads.
     pub(crate) fn held_front(&self, side: Side) -> Option<&F> {
-        let other = match side {
+        self.other(side).front().and_then(Item::first_piece).map(|p| &p.frame)
+    }
+
+    /// The other guest's queue: what a datagram of `side` is compared with.
+    fn other(&self, side: Side) -> &Fifo<Item<F>> {
+        match side {
             Side::Primary => &self.secondary,
             Side::Secondary => &self.primary,
-        };
-        other.front().and_then(Item::first_piece).map(|p| &p.frame)
+        }
     }
 
     pub(crate) fn new(mismatch: CheckpointReason) -> Self {

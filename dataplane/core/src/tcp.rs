@@ -447,20 +447,21 @@ impl<F: Frame> TcpConn<F> {
     /// guest's oldest held payload it is compared with (see [`crate::Shard::locate_burst`]).
     pub(crate) fn warm(&self, side: Side) -> &[u8] {
         std::hint::black_box((self.p_bytes, self.s_bytes, self.compared, self.closed_at));
-        let held = match side {
-            Side::Primary => self.secondary.front().map(|h| (&h.frames, h.seg.payload_offset)),
-            Side::Secondary => self.primary.front().map(|h| (&h.frames, h.seg.payload_offset)),
-        };
-        held.map(|(frames, offset)| frames.bytes_from(offset)).unwrap_or_default()
+        self.other_head(side).map(|(frames, offset)| frames.bytes_from(offset)).unwrap_or_default()
     }
 
     /// The other guest's oldest held frame, the one [`TcpConn::warm`] reads.
     pub(crate) fn held_front(&self, side: Side) -> Option<&F> {
-        let frames = match side {
-            Side::Primary => self.secondary.front().map(|h| &h.frames),
-            Side::Secondary => self.primary.front().map(|h| &h.frames),
-        };
-        frames.and_then(SegFrames::first)
+        self.other_head(side).and_then(|(frames, _)| frames.first())
+    }
+
+    /// The other guest's oldest held segment (its frames and where its payload starts): what
+    /// a segment of `side` in step is compared with.
+    fn other_head(&self, side: Side) -> Option<(&SegFrames<F>, u32)> {
+        match side {
+            Side::Primary => self.secondary.front().map(|h| (&h.frames, h.seg.payload_offset)),
+            Side::Secondary => self.primary.front().map(|h| (&h.frames, h.seg.payload_offset)),
+        }
     }
 
     pub(crate) fn new(mode: Mode) -> Self {
