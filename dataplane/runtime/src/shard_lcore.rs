@@ -658,10 +658,21 @@ impl Outlets {
         if staged.len() == 0 {
             return; // an empty poll
         }
-        shard.handle_burst(side, &mut staged.frames, &staged.classes, now, |action| self.apply(action, id));
+        // Inlined, the action is read field by field from the shard's queue, as it was written;
+        // called, it was first copied out whole, and the copy's wide loads waited on the
+        // narrower stores that had just written it (a store-forwarding stall).
+        shard.handle_burst(
+            side,
+            &mut staged.frames,
+            &staged.classes,
+            now,
+            #[inline(always)]
+            |action| self.apply(action, id),
+        );
         staged.classes.clear();
     }
 
+    #[inline(always)]
     fn apply(&mut self, action: Action<HeldFrame>, shard: usize) {
         match action {
             Action::Release { frame, .. } => self.egress.send(frame, &mut self.tx),
