@@ -715,8 +715,11 @@ impl ControlLoop {
         if self.local_io.is_none() && self.local_shard.is_none() {
             return std::thread::sleep(d);
         }
-        let until = Instant::now() + d;
-        while Instant::now() < until {
+        // The deadline in TSC ticks: each round reads the TSC anyway, where the system clock
+        // was a call (vDSO) per round.
+        let until = dpdk::tsc()
+            .saturating_add(d.as_nanos().saturating_mul(u128::from(dpdk::tsc_hz())).div_ceil(1_000_000_000) as u64);
+        while dpdk::tsc() < until {
             if let Some((io, burst)) = &mut self.local_io {
                 let start = dpdk::tsc();
                 let moved = if io.shared.stop_rx.load(Ordering::Relaxed) {
