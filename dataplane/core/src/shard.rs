@@ -793,7 +793,7 @@ impl<F: Frame> Shard<F> {
         }
         let compare_non_ip = self.cfg.non_ip_policy == NonIpPolicy::Compare;
         match class {
-            Class::Tcp(key, seg) => self.handle_tcp(side, frame, *key, *seg, hint, now),
+            Class::Tcp(key, seg) => self.handle_tcp(side, frame, key, seg, hint, now),
             Class::Datagram(key, span) => self.handle_datagram(side, frame, key, Kind::Datagram, *span, hint, now),
             Class::OtherIp(key, span) => self.handle_datagram(side, frame, key, Kind::OtherIp, *span, hint, now),
             Class::Fragment(key, frag) => self.handle_fragment(side, frame, *key, *frag, now),
@@ -944,34 +944,38 @@ impl<F: Frame> Shard<F> {
         }
     }
 
-    fn handle_tcp(&mut self, side: Side, frame: F, key: FlowKey, seg: TcpSegment, hint: FlowHint, now: Timestamp) {
+    fn handle_tcp(&mut self, side: Side, frame: F, key: &FlowKey, seg: &TcpSegment, hint: FlowHint, now: Timestamp) {
+        // Borrowed from the burst's parse, not copied: a key moved to its paired connection
+        // lives in `moved`.
         let (mut frame, mut key, mut hint) = (frame, key, hint);
+        let moved: FlowKey;
         let mut paired = None;
         if self.cfg.mode == crate::Mode::Proxy {
             let guest_syn = seg.syn && !seg.ack_flag;
             match side {
-                Side::Secondary => match self.pair_secondary(frame, key, &seg, now) {
+                Side::Secondary => match self.pair_secondary(frame, *key, seg, now) {
                     Some((f, k)) => {
-                        if k != key {
+                        if k != *key {
                             // Moved to its paired connection: the hint was for the old key.
                             hint = FlowHint::NONE;
                         }
-                        (frame, key) = (f, k);
+                        (frame, moved) = (f, k);
+                        key = &moved;
                     }
                     None => return,
                 },
                 Side::Primary
                     if guest_syn
                         && self
-                            .tcp_conn(&key)
-                            .is_none_or(|c| !c.has_primary_syn() || c.is_new_incarnation(Side::Primary, &seg)) =>
+                            .tcp_conn(key)
+                            .is_none_or(|c| !c.has_primary_syn() || c.is_new_incarnation(Side::Primary, seg)) =>
                 {
-                    paired = self.pairs.primary_syn(&key, now, self.cfg.compare_timeout);
+                    paired = self.pairs.primary_syn(key, now, self.cfg.compare_timeout);
                 }
                 Side::Primary => {}
             }
         }
-        self.handle_tcp_conn(side, SegFrames::One(frame), key, seg, hint, now);
+        self.handle_tcp_conn(side, SegFrames::One(frame), key, *seg, hint, now);
         if let Some(parked) = paired {
             self.unpark(parked, key.src_port, now);
         }
@@ -1075,7 +1079,7 @@ impl<F: Frame> Shard<F> {
         self.handle_tcp_conn(
             Side::Secondary,
             SegFrames::One(frame),
-            FlowKey { src_port: primary_port, ..key },
+            &FlowKey { src_port: primary_port, ..key },
             seg,
             FlowHint::NONE,
             now,
@@ -1086,7 +1090,7 @@ impl<F: Frame> Shard<F> {
         &mut self,
         side: Side,
         frames: SegFrames<F>,
-        key: FlowKey,
+        key: &FlowKey,
         seg: TcpSegment,
         hint: FlowHint,
         now: Timestamp,
@@ -1094,7 +1098,7 @@ impl<F: Frame> Shard<F> {
         if seg.syn && side == Side::Secondary {
             self.offsets_epoch += 1;
         }
-        let slot = self.flow_slot(&key, Kind::Tcp, hint, now);
+        let slot = self.flow_slot(key, Kind::Tcp, hint, now);
         let mut out = out!(self, now);
         if slot == Err(NoFlow::Budget) {
             return self.refuse_new_flow(side, frames, now);
@@ -1103,7 +1107,7 @@ impl<F: Frame> Shard<F> {
         else {
             let (frames, held) = frames.into_frames();
             for frame in frames {
-                self.overflow(side, frame, held, DropReason::FlowTableFull, &key, now);
+                self.overflow(side, frame, held, DropReason::FlowTableFull, key, now);
             }
             return;
         };
@@ -1116,12 +1120,12 @@ impl<F: Frame> Shard<F> {
         };
         if conn.is_new_incarnation(side, &seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
-            self.pairs.forget_alias(&key, conn.secondary_port);
+            self.pairs.forget_alias(key, conn.secondary_port);
             conn.reincarnate(self.cfg.mode);
         }
         match side {
-            Side::Primary => conn.on_primary(frames, seg, &mut out, &self.cfg, &key),
-            Side::Secondary => conn.on_secondary(frames, seg, &mut out, &self.cfg, &key),
+            Side::Primary => conn.on_primary(frames, seg, &mut out, &self.cfg, key),
+            Side::Secondary => conn.on_secondary(frames, seg, &mut out, &self.cfg, key),
         }
         if conn.is_closed() && conn.closed_at.is_none() {
             conn.closed_at = Some(now);
@@ -1265,7 +1269,7 @@ impl<F: Frame> Shard<F> {
                 key.src_port = port;
             }
         }
-        self.handle_tcp_conn(side, frames, key, seg, FlowHint::NONE, now);
+        self.handle_tcp_conn(side, frames, &key, seg, FlowHint::NONE, now);
     }
 
     fn insert(&mut self, packed: PackedKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {
