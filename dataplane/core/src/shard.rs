@@ -1427,9 +1427,15 @@ impl<F: Frame> Shard<F> {
         if !flow.conn.is_empty() {
             return;
         }
-        if flow.lifetime_at.get().is_some() && matches!(flow.conn, Conn::Datagram(_)) {
-            // A datagram flow's lifetime deadline (last activity + a fixed idle timeout) only
-            // moves later: the entry already queued fires first and re-arms it.
+        // A datagram flow's lifetime deadline (last activity + a fixed idle timeout) only moves
+        // later, and so does a TCP connection's while it is neither closed (linger) nor
+        // unanswered (the shorter idle timeout): the entry already queued fires first and
+        // re-arms it.
+        let only_later = match &flow.conn {
+            Conn::Datagram(_) => true,
+            Conn::Tcp(c) => c.closed_at.is_none() && !c.unanswered(),
+        };
+        if only_later && flow.lifetime_at.get().is_some() {
             return;
         }
         let d = clamp(flow.lifetime_deadline(&self.cfg));
