@@ -975,7 +975,7 @@ impl<F: Frame> Shard<F> {
                 Side::Primary => {}
             }
         }
-        self.handle_tcp_conn(side, SegFrames::One(frame), key, *seg, hint, now);
+        self.handle_tcp_conn(side, SegFrames::One(frame), key, seg, hint, now);
         if let Some(parked) = paired {
             self.unpark(parked, key.src_port, now);
         }
@@ -1080,7 +1080,7 @@ impl<F: Frame> Shard<F> {
             Side::Secondary,
             SegFrames::One(frame),
             &FlowKey { src_port: primary_port, ..key },
-            seg,
+            &seg,
             FlowHint::NONE,
             now,
         );
@@ -1091,7 +1091,7 @@ impl<F: Frame> Shard<F> {
         side: Side,
         frames: SegFrames<F>,
         key: &FlowKey,
-        seg: TcpSegment,
+        seg: &TcpSegment,
         hint: FlowHint,
         now: Timestamp,
     ) {
@@ -1118,7 +1118,7 @@ impl<F: Frame> Shard<F> {
             debug_assert!(false, "a TCP key mapped to a datagram flow");
             return frames.refuse(&mut out, side, DropReason::Internal);
         };
-        if conn.is_new_incarnation(side, &seg) {
+        if conn.is_new_incarnation(side, seg) {
             // The old incarnation's port alias (a paired guest-opened connection) goes too.
             self.pairs.forget_alias(key, conn.secondary_port);
             conn.reincarnate(self.cfg.mode);
@@ -1269,7 +1269,7 @@ impl<F: Frame> Shard<F> {
                 key.src_port = port;
             }
         }
-        self.handle_tcp_conn(side, frames, &key, seg, FlowHint::NONE, now);
+        self.handle_tcp_conn(side, frames, &key, &seg, FlowHint::NONE, now);
     }
 
     fn insert(&mut self, packed: PackedKey, kind: Kind, hash: u64, now: Timestamp) -> Option<u32> {

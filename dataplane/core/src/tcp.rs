@@ -623,14 +623,14 @@ impl<F: Frame> TcpConn<F> {
     pub(crate) fn on_primary(
         &mut self,
         frames: SegFrames<F>,
-        seg: TcpSegment,
+        seg: &TcpSegment,
         out: &mut Out<'_, F>,
         cfg: &Config,
         key: &FlowKey,
     ) {
         if seg.syn {
             if self.p_syn.is_none() {
-                self.p_syn = Some(SynInfo::of(&seg, frames.head_bytes()));
+                self.p_syn = Some(SynInfo::of(seg, frames.head_bytes()));
                 if self.compared.is_none() {
                     let start = seg.seq.wrapping_add(1);
                     self.base = Some(start);
@@ -670,7 +670,7 @@ impl<F: Frame> TcpConn<F> {
         }
         let retransmission = !seg.syn && seg.has_positions() && self.compared.is_some_and(|c| seq_le(seg.end(), c));
         if let SegFrames::One(f) = &frames {
-            if let Some(next) = self.primary_meets_head(&seg, f.bytes()) {
+            if let Some(next) = self.primary_meets_head(seg, f.bytes()) {
                 // Compared on arrival, never queued: it goes at once (counted as held and
                 // released, a hold time of zero), and the secondary's copy is consumed.
                 self.compared = Some(next);
@@ -702,7 +702,7 @@ impl<F: Frame> TcpConn<F> {
                 }
                 self.p_tail_end = Some(seg.end());
             }
-            self.primary.push_back(HeldPrimary { frames, seg, arrived: out.now, retransmission, len });
+            self.primary.push_back(HeldPrimary { frames, seg: *seg, arrived: out.now, retransmission, len });
             if self.over_window(self.primary.len(), self.p_bytes, cfg) {
                 let (n, bytes, window) = (self.primary.len(), self.p_bytes, self.client_window());
                 out.request(&mut self.requested, CheckpointReason::QueueOverflow, key, || {
@@ -716,7 +716,7 @@ impl<F: Frame> TcpConn<F> {
     pub(crate) fn on_secondary(
         &mut self,
         frames: SegFrames<F>,
-        seg: TcpSegment,
+        seg: &TcpSegment,
         out: &mut Out<'_, F>,
         cfg: &Config,
         key: &FlowKey,
@@ -725,10 +725,10 @@ impl<F: Frame> TcpConn<F> {
             self.s_ack_max = Some(seq_max(self.s_ack_max, seg.ack));
         }
         if seg.syn && self.s_syn.is_none() {
-            self.s_syn = Some(SynInfo::of(&seg, frames.head_bytes()));
+            self.s_syn = Some(SynInfo::of(seg, frames.head_bytes()));
             self.learn_offset();
         }
-        self.secondary_sent_up_to(&seg);
+        self.secondary_sent_up_to(seg);
         if seg.has_positions() {
             self.s_last_at = out.now;
         }
@@ -747,7 +747,7 @@ impl<F: Frame> TcpConn<F> {
             }
         }
         if let SegFrames::One(f) = &frames {
-            if let Some(next) = self.secondary_meets_head(&seg, f.bytes()) {
+            if let Some(next) = self.secondary_meets_head(seg, f.bytes()) {
                 // Compared on arrival, never held: `compared` moves past it, the primary's
                 // segment goes if nothing else holds it, and this frame is consumed.
                 self.compared = Some(next);
@@ -781,7 +781,7 @@ impl<F: Frame> TcpConn<F> {
             let len = frames.wire_len();
             frames.hold(out, Side::Secondary);
             self.s_bytes += u64::from(len);
-            self.secondary.push_back(HeldSecondary { frames, seg, arrived: out.now, len, kept: false });
+            self.secondary.push_back(HeldSecondary { frames, seg: *seg, arrived: out.now, len, kept: false });
         }
         self.progress(out, key);
     }
