@@ -61,10 +61,10 @@ mod tests {
             let clock = TscClock::at(0, hz);
             for ticks in [0, 1, 7, hz - 1, hz, hz + 1, hz * 60 + 12_345, hz * a_day, hz * a_day * 365] {
                 let (got, want) = (u128::from(clock.ticks_to_nanos(ticks)), exact(ticks, hz));
-                // Never ahead of the exact reading, and behind by less than a nanosecond for
-                // the factor's rounding per 2^32 ticks, plus one for the reading's own.
+                // Never ahead of the exact reading, and behind by less than a nanosecond per
+                // 2^32 ticks (the factor's rounding) plus one for each of the two floors.
                 assert!(got <= want, "{hz} Hz, {ticks} ticks: {got} ns, exact {want}");
-                let bound = 1 + u128::from(ticks >> SCALE_BITS) + 1;
+                let bound = u128::from(ticks >> SCALE_BITS) + 2;
                 assert!(want - got <= bound, "{hz} Hz, {ticks} ticks: {got} ns, exact {want}");
                 // Which, for a day of ticks at these rates, is tens of microseconds at most.
                 if ticks == hz * a_day {
